@@ -1,0 +1,62 @@
+"""agent-mesh: addressable, stateful AI agents on a NATS message bus."""
+
+__version__ = "0.1.0"
+
+from mesh.agent import Agent  # noqa: E402
+from mesh.bus import NatsOptions, connect  # noqa: E402
+from mesh.client import MeshClient  # noqa: E402
+from mesh.context import TurnContext, current_turn  # noqa: E402
+from mesh.errors import (  # noqa: E402
+    AgentError,
+    BadJson,
+    CallCycle,
+    ConnectionFailed,
+    MeshError,
+    MeshTimeout,
+    NameInvalid,
+    NoResponders,
+    PayloadTooLarge,
+    RequestError,
+    SchemaMismatch,
+    StateConflict,
+    StateError,
+    StateInvalid,
+    StateTooLarge,
+    Unavailable,
+)
+from mesh.runtime import Runtime, RuntimeOptions  # noqa: E402
+from mesh.server import NatsServer  # noqa: E402
+from mesh.subjects import agent_subject, decode_name, encode_name, instance_key  # noqa: E402
+
+__all__ = [
+    "Agent",
+    "AgentError",
+    "BadJson",
+    "CallCycle",
+    "ConnectionFailed",
+    "MeshClient",
+    "MeshError",
+    "MeshTimeout",
+    "NameInvalid",
+    "NatsOptions",
+    "NatsServer",
+    "NoResponders",
+    "PayloadTooLarge",
+    "RequestError",
+    "Runtime",
+    "RuntimeOptions",
+    "SchemaMismatch",
+    "StateConflict",
+    "StateError",
+    "StateInvalid",
+    "StateTooLarge",
+    "TurnContext",
+    "Unavailable",
+    "__version__",
+    "agent_subject",
+    "connect",
+    "current_turn",
+    "decode_name",
+    "encode_name",
+    "instance_key",
+]

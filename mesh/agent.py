@@ -1,0 +1,96 @@
+"""The class users subclass: an agent type with a typed state and a request handler."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Any, ClassVar, Generic, TypeVar
+
+import structlog
+from pydantic import BaseModel, TypeAdapter
+
+from mesh import subjects
+from mesh.client import MeshClient
+
+S = TypeVar("S")
+
+
+class Agent(Generic[S]):
+    """An addressable, stateful agent. Subclass it, set `type`, write `on_request`.
+
+        class Counter(Agent[CounterState]):
+            type = "counter"
+
+            async def on_request(self, req: Add) -> Total:
+                self.state.value += req.add
+                return Total(value=self.state.value)
+
+    One instance object lives per `(type, name)` in the worker that owns it. `self.state` is loaded
+    before its first turn and saved (compare-and-set) after every turn that changed it; turns of one
+    instance never overlap anywhere in the mesh. An agent declared `Agent[None]` (or plain `Agent`)
+    has no state: its turns run concurrently on whichever worker receives them.
+
+    The request model is read from `on_request`'s annotation (a pydantic model, or any type pydantic
+    can validate); a body that does not match gets a `schema_mismatch` error before the handler runs.
+    """
+
+    type: ClassVar[str]
+    state_model: ClassVar[type[BaseModel] | None] = None
+    request_adapter: ClassVar[TypeAdapter[Any]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            if typing.get_origin(base) is Agent:
+                (arg,) = typing.get_args(base)
+                if arg is None or arg is type(None):
+                    cls.state_model = None
+                elif isinstance(arg, type) and issubclass(arg, BaseModel):
+                    cls.state_model = arg
+                elif not isinstance(arg, TypeVar):
+                    raise TypeError(f"{cls.__name__}: agent state must be a pydantic model, not {arg!r}")
+        hints = typing.get_type_hints(cls.on_request)
+        params = [p for p in inspect.signature(cls.on_request).parameters if p != "self"]
+        cls.request_adapter = TypeAdapter(hints.get(params[0], Any) if params else Any)
+        if "type" in cls.__dict__:
+            subjects.check_type(cls.type)
+
+    def __init__(self, name: str, state: S, mesh: MeshClient) -> None:
+        self.name = name
+        self.state: S = state
+        self.mesh = mesh
+        self.log: structlog.typing.FilteringBoundLogger = structlog.get_logger("mesh.agent").bind(
+            agent_type=self.type, agent_name=name
+        )
+
+    @classmethod
+    def initial_state(cls, name: str) -> S:
+        """The state of an instance that has never saved one; override to derive it from the name."""
+        if cls.state_model is None:
+            return None  # type: ignore[return-value]
+        return cls.state_model()  # type: ignore[return-value]
+
+    async def on_activate(self) -> None:
+        """Called once when this process takes ownership of the instance, after its state loaded."""
+
+    async def on_request(self, request: Any) -> Any:
+        """Handle one request (or fire-and-forget message); the return value is the JSON reply."""
+        raise NotImplementedError(f"{type(self).__name__} must define on_request")
+
+    async def on_state_changed(self, previous: S) -> None:
+        """Called within the turn whose handler changed the state, before it is saved."""
+
+    async def on_deactivate(self) -> None:
+        """Called when this process lets the instance go (idle eviction or shutdown)."""
+
+    async def call(self, agent_type: str, name: str, payload: Any = None, *, timeout: float | None = None) -> Any:
+        """Request/reply to another instance; the deadline and trace of this turn travel with it."""
+        return await self.mesh.call(agent_type, name, payload, timeout=timeout)
+
+    async def send(self, agent_type: str, name: str, payload: Any = None) -> None:
+        """Fire-and-forget to another instance."""
+        await self.mesh.send(agent_type, name, payload)
+
+    async def emit(self, kind: str, data: Any = None) -> None:
+        """Publish an event of this instance on `events.<type>.<name>.<kind>`."""
+        await self.mesh.emit(self.type, self.name, kind, data)

@@ -1,0 +1,156 @@
+"""The one seam to nats-py: connecting, requests and KV, with NATS exceptions mapped to mesh ones."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors as jse
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+from mesh.errors import ConnectionFailed, MeshTimeout, NoResponders, StateConflict, Unavailable
+
+
+@dataclass(frozen=True)
+class NatsOptions:
+    """How to reach NATS: servers plus optional credentials (all plain values, read at the edge)."""
+
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    name: str = "agent-mesh"
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds_file: str | None = None
+    nkey_seed_file: str | None = None
+    connect_timeout: float = 2.0
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> NatsOptions:
+        servers = tuple(u.strip() for u in url.split(",") if u.strip())
+        return cls(servers=servers, **kwargs)
+
+
+async def connect(options: NatsOptions, *, reconnect: bool = True) -> Client:
+    """Connect with unlimited reconnects; a server that cannot be reached at all is a clear error."""
+    kwargs: dict[str, Any] = {
+        "servers": list(options.servers),
+        "name": options.name,
+        "connect_timeout": options.connect_timeout,
+        "max_reconnect_attempts": -1 if reconnect else 0,
+        "reconnect_time_wait": 0.5,
+        "allow_reconnect": reconnect,
+    }
+    if options.user:
+        kwargs["user"] = options.user
+        kwargs["password"] = options.password or ""
+    if options.token:
+        kwargs["token"] = options.token
+    if options.creds_file:
+        kwargs["user_credentials"] = options.creds_file
+    if options.nkey_seed_file:
+        kwargs["nkeys_seed"] = options.nkey_seed_file
+
+    async def _quiet(_: Exception) -> None:
+        return None
+
+    kwargs["error_cb"] = _quiet
+    try:
+        return await nats.connect(**kwargs)
+    except (nats.errors.NoServersError, OSError, asyncio.TimeoutError) as exc:
+        raise ConnectionFailed(
+            f"cannot connect to NATS at {', '.join(options.servers)}: {exc or type(exc).__name__}"
+        ) from exc
+    except Exception as exc:  # nats-py raises a variety of auth and protocol errors here
+        raise ConnectionFailed(f"cannot connect to NATS at {', '.join(options.servers)}: {exc}") from exc
+
+
+async def request(
+    nc: Client, subject: str, data: bytes, *, timeout: float, headers: dict[str, str] | None = None
+) -> Msg:
+    try:
+        return await nc.request(subject, data, timeout=timeout, headers=headers)
+    except nats.errors.NoRespondersError as exc:
+        raise NoResponders(f"no worker serves {subject}") from exc
+    except (nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
+        raise MeshTimeout(f"no reply on {subject} within {timeout:.3g}s") from exc
+    except nats.errors.ConnectionClosedError as exc:
+        raise ConnectionFailed("NATS connection is closed") from exc
+
+
+async def open_bucket(js: JetStreamContext, bucket: str, *, history: int = 1) -> KeyValue:
+    """Bind a KV bucket, creating it (file storage, direct gets) the first time."""
+    try:
+        return await js.key_value(bucket)
+    except jse.BucketNotFoundError:
+        pass
+    config = KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE, direct=True)
+    try:
+        return await js.create_key_value(config)
+    except jse.BadRequestError:
+        return await js.key_value(bucket)  # another process created it with the same name first
+
+
+class Bucket:
+    """A KV bucket with the mesh's error mapping: conflicts are `StateConflict`, misses are None."""
+
+    def __init__(self, kv: KeyValue, js: JetStreamContext, name: str) -> None:
+        self._kv = kv
+        self._js = js
+        self.name = name
+
+    async def get(self, key: str) -> tuple[bytes, int] | None:
+        try:
+            entry = await self._kv.get(key)
+        except jse.KeyNotFoundError:
+            return None
+        except (nats.errors.TimeoutError, jse.ServiceUnavailableError) as exc:
+            raise Unavailable(f"KV {self.name} did not answer: {exc}") from exc
+        if entry.value is None or entry.revision is None:
+            return None  # an expiry marker (see NOTES 1.5) counts as absent
+        return entry.value, entry.revision
+
+    async def write(self, key: str, value: bytes, last: int) -> int:
+        """Compare-and-set: `last=0` means the key must not exist. Returns the new revision."""
+        try:
+            if last == 0:
+                return await self._kv.create(key, value)
+            return await self._kv.update(key, value, last=last)
+        except jse.KeyWrongLastSequenceError as exc:
+            raise StateConflict(f"{self.name}/{key} changed since revision {last}") from exc
+        except (nats.errors.TimeoutError, jse.ServiceUnavailableError) as exc:
+            raise Unavailable(f"KV {self.name} did not confirm the write: {exc}") from exc
+
+    async def put_with_ttl(self, key: str, value: bytes, ttl_seconds: int) -> int:
+        ack = await self._js.publish(f"$KV.{self.name}.{key}", value, msg_ttl=ttl_seconds)
+        return ack.seq
+
+    async def delete(self, key: str, last: int | None = None) -> bool:
+        """Delete, with compare-and-set when `last` is given; False when the key had moved on."""
+        try:
+            await self._kv.delete(key, last=last)
+            return True
+        except jse.BadRequestError:
+            return False  # nats-py reports a CAS-delete conflict as a plain BadRequestError
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        watcher = await self._kv.watch(f"{prefix}>" if prefix else ">", meta_only=True, ignore_deletes=True)
+        found: list[str] = []
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                found.append(entry.key)
+        finally:
+            await watcher.stop()
+        return found
+
+    @property
+    def kv(self) -> KeyValue:
+        return self._kv

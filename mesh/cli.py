@@ -1,0 +1,184 @@
+"""The `mesh` command: run the mesh (`up`, `worker`) and talk to it (`call`, `state`, `ls`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from mesh import bus, subjects
+from mesh.agent import Agent
+from mesh.client import MeshClient
+from mesh.errors import MeshError
+from mesh.logging import configure_logging
+from mesh.runtime import Runtime
+from mesh.server import NatsServer
+from mesh.settings import MeshSettings
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+def load_agents(spec: str) -> list[type[Agent[Any]]]:
+    """`module` (its `AGENTS` list) or `module:attribute` (a list of agent classes, or one class)."""
+    module_name, _, attribute = spec.partition(":")
+    module = importlib.import_module(module_name)
+    found = getattr(module, attribute or "AGENTS")
+    agents = [found] if isinstance(found, type) else list(found)
+    for cls in agents:
+        if not (isinstance(cls, type) and issubclass(cls, Agent)):
+            raise TypeError(f"{spec}: {cls!r} is not an Agent subclass")
+    return agents
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mesh", description="Addressable, stateful agents on NATS.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_nats(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--nats-url", help="NATS server URL(s), comma separated (env NATS_URL)")
+        return p
+
+    def with_runtime(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--app", help="module listing agent classes (env MESH_APP; default services.demo)")
+        p.add_argument("--log-format", choices=["console", "json"], help="env MESH_LOG_FORMAT")
+        p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="env MESH_LOG_LEVEL")
+
+    up = with_nats(commands.add_parser("up", help="start an embedded nats-server (unless --nats-url) and a worker"))
+    with_runtime(up)
+    up.add_argument("--nats-port", type=int, help="embedded server port (env MESH_NATS_PORT; default 4222)")
+    up.add_argument("--store", help="embedded server store directory (env MESH_STORE; default .mesh)")
+
+    worker = with_nats(commands.add_parser("worker", help="run one more worker process for the same agents"))
+    with_runtime(worker)
+
+    call = with_nats(commands.add_parser("call", help="send a request to TYPE/NAME and print the reply"))
+    call.add_argument("address", help="TYPE/NAME, e.g. counter/demo")
+    call.add_argument("payload", nargs="?", default="null", help="JSON request body")
+    call.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
+
+    state = with_nats(commands.add_parser("state", help="print the stored state of TYPE/NAME as JSON"))
+    state.add_argument("address")
+
+    ls = with_nats(commands.add_parser("ls", help="list agent types and the workers serving them"))
+    ls.add_argument("type", nargs="?", help="list this type's stored instances instead")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = MeshSettings()
+    overrides = {
+        k: v for k, v in vars(args).items()
+        if k in {"nats_url", "nats_port", "store", "app", "log_format", "log_level"} and v is not None
+    }
+    settings = settings.model_copy(update=overrides)
+    try:
+        return asyncio.run(COMMANDS[args.command](args, settings))
+    except MeshError as exc:
+        print(f"mesh: error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def cmd_up(args: argparse.Namespace, settings: MeshSettings) -> int:
+    configure_logging(settings.log_format, settings.log_level)
+    if settings.nats_url:
+        return await _serve(settings, settings.nats_url)
+    server = NatsServer(settings.store, port=settings.nats_port)
+    await server.start()
+    try:
+        print(
+            f"mesh is up: nats-server at {server.url} (store {settings.store}); "
+            f"try: mesh call counter/demo '{{\"add\": 1}}'",
+            file=sys.stderr, flush=True,
+        )
+        return await _serve(settings, server.url)
+    finally:
+        server.stop()
+
+
+async def cmd_worker(args: argparse.Namespace, settings: MeshSettings) -> int:
+    configure_logging(settings.log_format, settings.log_level)
+    return await _serve(settings, settings.nats_url or DEFAULT_URL)
+
+
+async def _serve(settings: MeshSettings, url: str) -> int:
+    agents = load_agents(settings.app)
+    nc = await bus.connect(settings.nats_options(url, "mesh-worker"))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runtime = Runtime(nc, agents, options=settings.runtime_options())
+    await runtime.start()
+    try:
+        await stop.wait()
+    finally:
+        await runtime.stop()
+        await nc.drain()
+    return 0
+
+
+async def _client(args: argparse.Namespace, settings: MeshSettings) -> MeshClient:
+    url = settings.nats_url or DEFAULT_URL
+    return MeshClient(await bus.connect(settings.nats_options(url, "mesh-cli"), reconnect=False))
+
+
+async def cmd_call(args: argparse.Namespace, settings: MeshSettings) -> int:
+    agent_type, name = subjects.parse_address(args.address)
+    try:
+        payload = orjson.loads(args.payload)
+    except orjson.JSONDecodeError as exc:
+        print(f"mesh: error [bad_json]: the payload argument is not JSON: {exc}", file=sys.stderr)
+        return 2
+    async with await _client(args, settings) as client:
+        reply = await client.call(agent_type, name, payload, timeout=args.timeout)
+    print(orjson.dumps(reply).decode())
+    return 0
+
+
+async def cmd_state(args: argparse.Namespace, settings: MeshSettings) -> int:
+    agent_type, name = subjects.parse_address(args.address)
+    async with await _client(args, settings) as client:
+        state = await client.state(agent_type, name)
+    if state is None:
+        print(f"mesh: {agent_type}/{name} has no stored state", file=sys.stderr)
+        return 1
+    print(orjson.dumps(state).decode())
+    return 0
+
+
+async def cmd_ls(args: argparse.Namespace, settings: MeshSettings) -> int:
+    async with await _client(args, settings) as client:
+        if args.type:
+            subjects.check_type(args.type)
+            js = client.nc.jetstream()
+            bucket = bus.Bucket(await bus.open_bucket(js, subjects.STATE_BUCKET), js, subjects.STATE_BUCKET)
+            for key in sorted(await bucket.keys(f"{args.type}.")):
+                print(subjects.decode_name(key.split(".", 1)[1]))
+            return 0
+        services = await client.services()
+    by_type: dict[str, list[str]] = {}
+    for info in services:
+        by_type.setdefault(info["name"], []).append(info["metadata"].get("mesh.worker", "?"))
+    if not by_type:
+        print("no agent types are being served", file=sys.stderr)
+        return 1
+    print(f"{'TYPE':<24} {'WORKERS':>7}  WORKER IDS")
+    for agent_type in sorted(by_type):
+        workers = sorted(by_type[agent_type])
+        print(f"{agent_type:<24} {len(workers):>7}  {' '.join(workers)}")
+    return 0
+
+
+COMMANDS = {"up": cmd_up, "worker": cmd_worker, "call": cmd_call, "state": cmd_state, "ls": cmd_ls}
+
+if __name__ == "__main__":
+    sys.exit(main())

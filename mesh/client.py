@@ -1,0 +1,121 @@
+"""Calling agents from anywhere: scripts, tests, services, and other agents' turns."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+
+from mesh import bus, subjects, wire
+from mesh.context import current_turn
+from mesh.errors import MeshTimeout, PayloadTooLarge
+from mesh.tracing import child_traceparent
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class MeshClient:
+    """Request/reply, fire-and-forget and events on agent subjects.
+
+    Inside a turn, calls inherit the turn's trace id, deadline and call chain, so a cycle
+    (A calls B calls A) fails fast instead of waiting for the deadline.
+    """
+
+    def __init__(self, nc: Client, *, default_timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.nc = nc
+        self.default_timeout = default_timeout
+
+    @classmethod
+    async def connect(cls, options: bus.NatsOptions, **kwargs: Any) -> MeshClient:
+        return cls(await bus.connect(options), **kwargs)
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def __aenter__(self) -> MeshClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def call(
+        self, agent_type: str, name: str, payload: Any = None, *, timeout: float | None = None
+    ) -> Any:
+        """Send a request to `(agent_type, name)` and return its decoded JSON reply.
+
+        Raises the callee's error as its typed `MeshError` subclass.
+        """
+        data = payload if isinstance(payload, bytes) else wire.dumps(payload)
+        return wire.loads(await self.call_raw(subjects.agent_subject(agent_type, name), data, timeout=timeout))
+
+    async def call_raw(self, subject: str, data: bytes, *, timeout: float | None = None) -> bytes:
+        timeout, headers = self._outgoing(timeout)
+        try:
+            msg = await bus.request(self.nc, subject, data, timeout=timeout, headers=headers)
+        except nats.errors.MaxPayloadError as exc:
+            raise PayloadTooLarge(f"request of {len(data)} bytes is over NATS max_payload") from exc
+        err = wire.error_of(msg.headers, msg.data)
+        if err is not None:
+            raise err
+        return msg.data
+
+    async def send(self, agent_type: str, name: str, payload: Any = None) -> None:
+        """Fire-and-forget: the instance runs a turn for it; nobody waits for the reply."""
+        _, headers = self._outgoing(None)
+        data = payload if isinstance(payload, bytes) else wire.dumps(payload)
+        try:
+            await self.nc.publish(subjects.agent_subject(agent_type, name), data, headers=headers)
+        except nats.errors.MaxPayloadError as exc:
+            raise PayloadTooLarge(f"message of {len(data)} bytes is over NATS max_payload") from exc
+
+    async def emit(self, agent_type: str, name: str, kind: str, data: Any = None) -> None:
+        """Publish an event on `events.<type>.<name>.<kind>`."""
+        _, headers = self._outgoing(None)
+        await self.nc.publish(subjects.event_subject(agent_type, name, kind), wire.dumps(data), headers=headers)
+
+    async def state(self, agent_type: str, name: str) -> Any | None:
+        """The stored state of an instance as JSON, or None if it has never saved any."""
+        js = self.nc.jetstream()
+        bucket = bus.Bucket(await bus.open_bucket(js, subjects.STATE_BUCKET), js, subjects.STATE_BUCKET)
+        found = await bucket.get(subjects.instance_key(agent_type, name))
+        return None if found is None else wire.loads(found[0])
+
+    async def services(self, *, wait: float = 0.5) -> list[dict[str, Any]]:
+        """Every agent-type service instance that answers `$SRV.INFO` within `wait` seconds."""
+        inbox = self.nc.new_inbox()
+        replies: list[dict[str, Any]] = []
+        sub = await self.nc.subscribe(inbox)
+        try:
+            await self.nc.publish("$SRV.INFO", b"", reply=inbox)
+            deadline = asyncio.get_running_loop().time() + wait
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                try:
+                    msg = await sub.next_msg(timeout=left)
+                except nats.errors.TimeoutError:
+                    break
+                info = wire.loads(msg.data)
+                if (info.get("metadata") or {}).get("mesh.kind") == "agent":
+                    replies.append(info)
+        finally:
+            await sub.unsubscribe()
+        return replies
+
+    def _outgoing(self, timeout: float | None) -> tuple[float, dict[str, str]]:
+        turn = current_turn.get()
+        timeout = self.default_timeout if timeout is None else timeout
+        headers: dict[str, str] = {}
+        if turn is None:
+            headers[subjects.HEADER_TRACEPARENT] = child_traceparent(None)
+        else:
+            headers[subjects.HEADER_TRACEPARENT] = child_traceparent(turn.traceparent)
+            headers[subjects.HEADER_CHAIN] = ",".join(turn.chain)
+            left = turn.remaining()
+            if left is not None:
+                if left <= 0:
+                    raise MeshTimeout("the current turn's deadline has already passed")
+                timeout = min(timeout, left)
+        headers[subjects.HEADER_TIMEOUT] = str(max(1, int(timeout * 1000)))
+        return timeout, headers

@@ -1,0 +1,34 @@
+"""The context of the turn that is running now, so calls made inside it carry its trace and deadline."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+
+@dataclass(slots=True)
+class TurnContext:
+    """What a turn passes on to every call it makes: trace, call chain and deadline."""
+
+    agent_type: str
+    name: str
+    key: str
+    turn_id: str
+    traceparent: str
+    chain: tuple[str, ...]
+    deadline: float | None
+    log: structlog.typing.FilteringBoundLogger = field(repr=False)
+
+    def remaining(self) -> float | None:
+        """Seconds left before the caller stops waiting, or None when nobody waits."""
+        if self.deadline is None:
+            return None
+        return self.deadline - time.monotonic()
+
+
+current_turn: contextvars.ContextVar[TurnContext | None] = contextvars.ContextVar(
+    "mesh_current_turn", default=None
+)

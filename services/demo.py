@@ -1,0 +1,60 @@
+"""The demo agents `mesh up` and `mesh worker` serve when no `--app` is given."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mesh import Agent
+
+
+class CounterState(BaseModel):
+    value: int = 0
+
+
+class Add(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    add: int = Field(description="Amount to add (may be negative).")
+
+
+class Total(BaseModel):
+    value: int
+
+
+class Counter(Agent[CounterState]):
+    """A counter per name: `{"add": n}` -> `{"value": total}`."""
+
+    type = "counter"
+
+    async def on_request(self, request: Add) -> Total:
+        self.state.value += request.add
+        return Total(value=self.state.value)
+
+
+class Echo(Agent[None]):
+    """Stateless: replies with what it received (turns of one name may run concurrently)."""
+
+    type = "echo"
+
+    async def on_request(self, request: Any) -> Any:
+        return request
+
+
+class RelayState(BaseModel):
+    relayed: int = 0
+
+
+class Relay(Agent[RelayState]):
+    """Composition demo: `{"to": "TYPE/NAME", "payload": ...}` calls that instance and returns its reply."""
+
+    type = "relay"
+
+    async def on_request(self, request: dict[str, Any]) -> Any:
+        agent_type, _, name = str(request["to"]).partition("/")
+        reply = await self.call(agent_type, name, request.get("payload"))
+        self.state.relayed += 1
+        return reply
+
+
+AGENTS = [Counter, Echo, Relay]
