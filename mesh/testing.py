@@ -1,0 +1,130 @@
+"""Pytest fixtures that run the real thing: a nats-server on a free port, runtimes, worker processes.
+
+Enable them in a `conftest.py` with `pytest_plugins = ["mesh.testing"]`, then:
+
+    async def test_counter(mesh_factory, mesh_client):
+        await mesh_factory([Counter])
+        assert await mesh_client.call("counter", "a", {"add": 1}) == {"value": 1}
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from mesh import bus
+from mesh.agent import Agent
+from mesh.client import MeshClient
+from mesh.runtime import Runtime, RuntimeOptions
+from mesh.server import NatsServer
+
+RuntimeFactory = Callable[..., Awaitable[Runtime]]
+
+
+@pytest_asyncio.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
+    """A fresh JetStream nats-server on 127.0.0.1 with its store under `tmp_path`."""
+    server = NatsServer(tmp_path / "nats-store")
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest_asyncio.fixture
+async def mesh_client(nats_server: NatsServer) -> AsyncIterator[MeshClient]:
+    client = MeshClient(await bus.connect(bus.NatsOptions.from_url(nats_server.url)), default_timeout=10.0)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest_asyncio.fixture
+async def mesh_factory(nats_server: NatsServer) -> AsyncIterator[RuntimeFactory]:
+    """Start in-process runtimes, each on its own connection: `await mesh_factory([Counter])`."""
+    started: list[Runtime] = []
+
+    async def start(agents: Sequence[type[Agent[Any]]], options: RuntimeOptions | None = None) -> Runtime:
+        nc = await bus.connect(bus.NatsOptions.from_url(nats_server.url, name="mesh-test-worker"))
+        runtime = Runtime(nc, agents, options=options)
+        await runtime.start()
+        started.append(runtime)
+        return runtime
+
+    try:
+        yield start
+    finally:
+        for runtime in reversed(started):
+            await runtime.stop(grace=2.0)
+            await runtime.nc.close()
+
+
+class WorkerProcess:
+    """A `mesh worker` child process whose stderr (JSON logs) goes to a file."""
+
+    def __init__(self, url: str, app: str, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        full_env = {**os.environ, "NATS_URL": url, "MESH_LOG_FORMAT": "json", **(env or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mesh", "worker", "--app", app],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
+        )
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_started(self, timeout: float = 20.0) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while "worker.started" not in self.log_text():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker did not start:\n{self.log_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start `mesh worker` processes: `worker_factory(url, app="services.demo", env={...})`."""
+    workers: list[WorkerProcess] = []
+
+    def start(url: str, app: str = "services.demo", env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(url, app, tmp_path / f"worker-{len(workers)}.log", env)
+        workers.append(worker)
+        worker.wait_started()
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in workers:
+            worker.terminate(timeout=5.0)
