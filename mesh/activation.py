@@ -191,6 +191,7 @@ class Activation:
         self.status = Status.OWNED
         self.owner = self.runtime.worker_id
         await self.agent.on_activate()
+        self.current = _dump(self.agent.state)  # what on_activate changed is saved with the next turn
         self.log.debug("instance.activated", revision=self.state_revision)
 
     async def _run_batch(self, batch: list[Envelope]) -> None:
@@ -269,7 +270,7 @@ class Activation:
 
 def _dump(state: Any) -> bytes:
     if isinstance(state, pydantic.BaseModel):
-        return state.__pydantic_serializer__.to_json(state)
+        return state.__pydantic_serializer__.to_json(state, warnings=False)
     return wire.dumps(state)
 
 
