@@ -43,7 +43,8 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Client:
         "servers": list(options.servers),
         "name": options.name,
         "connect_timeout": options.connect_timeout,
-        "max_reconnect_attempts": -1 if reconnect else 0,
+        # nats-py uses this bound for the first connect too; unbounded would retry a wrong URL forever.
+        "max_reconnect_attempts": 2,
         "reconnect_time_wait": 0.5,
         "allow_reconnect": reconnect,
     }
@@ -62,13 +63,17 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Client:
 
     kwargs["error_cb"] = _quiet
     try:
-        return await nats.connect(**kwargs)
+        nc = await nats.connect(**kwargs)
     except (nats.errors.NoServersError, OSError, asyncio.TimeoutError) as exc:
         raise ConnectionFailed(
-            f"cannot connect to NATS at {', '.join(options.servers)}: {exc or type(exc).__name__}"
+            f"cannot connect to NATS at {', '.join(options.servers)}: {exc or type(exc).__name__} "
+            "(is a nats-server running there? `mesh up` starts one)"
         ) from exc
     except Exception as exc:  # nats-py raises a variety of auth and protocol errors here
         raise ConnectionFailed(f"cannot connect to NATS at {', '.join(options.servers)}: {exc}") from exc
+    if reconnect:
+        nc.options["max_reconnect_attempts"] = -1  # once connected, ride out any outage
+    return nc
 
 
 async def request(
