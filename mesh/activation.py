@@ -32,7 +32,7 @@ from mesh.errors import (
     StateTooLarge,
     Unavailable,
 )
-from mesh.tracing import child_traceparent, trace_id
+from mesh.tracing import child_traceparent
 
 if TYPE_CHECKING:
     from mesh.runtime import Runtime
@@ -83,7 +83,7 @@ def new_turn_id() -> str:
 class Activation:
     __slots__ = (
         "runtime", "agent_cls", "name", "key", "status", "owner", "dir_revision", "state_revision",
-        "agent", "saved", "current", "queue", "running", "last_used", "log",
+        "agent", "saved", "current", "queue", "running", "last_used",
     )
 
     def __init__(self, runtime: Runtime, agent_cls: type[Agent[Any]], name: str, key: str) -> None:
@@ -101,7 +101,10 @@ class Activation:
         self.queue: deque[Envelope] = deque()
         self.running = False
         self.last_used = time.monotonic()
-        self.log = runtime.log.bind(agent_type=agent_cls.type, agent_name=name)
+
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger:
+        return self.runtime.log.bind(agent_type=self.agent_cls.type, agent_name=self.name)
 
     def deliver(self, envelope: Envelope) -> None:
         self.last_used = time.monotonic()
@@ -192,7 +195,8 @@ class Activation:
         self.owner = self.runtime.worker_id
         await self.agent.on_activate()
         self.current = _dump(self.agent.state)  # what on_activate changed is saved with the next turn
-        self.log.debug("instance.activated", revision=self.state_revision)
+        if self.runtime.log_turns:
+            self.log.debug("instance.activated", revision=self.state_revision)
 
     async def _run_batch(self, batch: list[Envelope]) -> None:
         outcomes = [await self._turn(envelope) for envelope in batch]
@@ -220,7 +224,7 @@ class Activation:
             return Outcome(envelope, None, MeshTimeout("the caller's deadline passed before the turn started"))
         if self.runtime.directory.fenced():
             return Outcome(envelope, None, Unavailable("worker lease lapsed; retry"))
-        turn = self.runtime.turn_context(self.agent_cls.type, self.name, self.key, envelope, self.log)
+        turn = self.runtime.turn_context(self.agent_cls.type, self.name, self.key, envelope, self.runtime.log)
         token = current_turn.set(turn)
         started = time.time()
         before = self.current
@@ -279,10 +283,8 @@ def make_turn_context(
 ) -> TurnContext:
     incoming = envelope.headers.get(subjects.HEADER_CHAIN)
     chain = (*incoming.split(","), key) if incoming else (key,)
-    traceparent = child_traceparent(envelope.headers.get(subjects.HEADER_TRACEPARENT))
-    turn_id = new_turn_id()
     return TurnContext(
-        agent_type=agent_type, name=name, key=key, turn_id=turn_id, traceparent=traceparent,
-        chain=chain, deadline=envelope.deadline,
-        log=log.bind(turn_id=turn_id, trace_id=trace_id(traceparent)),
+        agent_type=agent_type, name=name, key=key, turn_id=new_turn_id(),
+        traceparent=child_traceparent(envelope.headers.get(subjects.HEADER_TRACEPARENT)),
+        chain=chain, deadline=envelope.deadline, base_log=log,
     )

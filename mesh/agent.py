@@ -11,6 +11,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from mesh import subjects
 from mesh.client import MeshClient
+from mesh.context import current_turn
 
 S = TypeVar("S")
 
@@ -59,9 +60,14 @@ class Agent(Generic[S]):
         self.name = name
         self.state: S = state
         self.mesh = mesh
-        self.log: structlog.typing.FilteringBoundLogger = structlog.get_logger("mesh.agent").bind(
-            agent_type=self.type, agent_name=name
-        )
+
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger:
+        """The current turn's logger (agent type, name, turn id, trace id bound), or an instance logger."""
+        turn = current_turn.get()
+        if turn is not None and turn.agent_type == self.type and turn.name == self.name:
+            return turn.log
+        return structlog.get_logger("mesh.agent").bind(agent_type=self.type, agent_name=self.name)
 
     @classmethod
     def initial_state(cls, name: str) -> S:

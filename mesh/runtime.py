@@ -280,7 +280,7 @@ class Runtime:
         return AgentError(f"{type(exc).__name__}: {exc}")
 
     async def _stateless_turn(self, cls: type[Agent[Any]], name: str, key: str, envelope: Envelope) -> None:
-        turn = self.turn_context(cls.type, name, key, envelope, self.log.bind(agent_type=cls.type, agent_name=name))
+        turn = self.turn_context(cls.type, name, key, envelope, self.log)
         token = current_turn.set(turn)
         try:
             result = await cls(name, None, self.client).on_request(decode_request(cls, envelope.data))
