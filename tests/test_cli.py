@@ -112,3 +112,24 @@ async def test_readme_first_command_runs_the_mesh_from_a_fresh_virtualenv(tmp_pa
     assert b"worker.stopped" in output
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()  # its nats-server is gone too
+
+
+async def test_nats_user_password_auth_from_the_environment(tmp_path) -> None:
+    from mesh import NatsServer
+    from mesh.bus import NatsOptions, connect
+    from mesh.runtime import Runtime
+
+    async with NatsServer(tmp_path / "store", extra_args=["--user", "meshuser", "--pass", "s3cret-pw"]) as server:
+        code, _, err = await mesh("call", "counter/a", '{"add": 1}', url=server.url)
+        assert code == 1 and "[connection_failed]" in err and "s3cret-pw" not in err
+        nc = await connect(NatsOptions.from_url(server.url, user="meshuser", password="s3cret-pw"))
+        async with Runtime(nc, AGENTS):
+            env = {"MESH_NATS_USER": "meshuser", "MESH_NATS_PASSWORD": "s3cret-pw"}
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "mesh", "call", "counter/a", '{"add": 1}',
+                env={**os.environ, "NATS_URL": server.url, "PYTHONPATH": str(ROOT), **env},
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(process.communicate(), 30)
+            assert (process.returncode, out) == (0, b'{"value":1}\n'), err
+        await nc.close()
