@@ -122,7 +122,10 @@ async def _serve(settings: MeshSettings, url: str) -> int:
         await stop.wait()
     finally:
         await runtime.stop()
-        await nc.drain()
+        try:
+            await nc.drain()
+        except Exception:  # the server went away first; nothing is left to flush
+            await nc.close()
     return 0
 
 

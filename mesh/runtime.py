@@ -148,14 +148,15 @@ class Runtime:
         while any(a.running for a in self.activations.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         owned = [a for a in self.activations.values() if a.status is Status.OWNED and not a.running]
-        await asyncio.gather(*(self.directory.release(a.key, a.dir_revision) for a in owned))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
-            await self.directory.retire()
-        except Exception as exc:
-            self.log.warning("worker.retire_failed", error=str(exc))
+            async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
+                await asyncio.gather(*(self.directory.release(a.key, a.dir_revision) for a in owned))
+                await self.directory.retire()
+        except Exception as exc:  # NATS gone: our lease simply expires and others take over then
+            self.log.warning("worker.retire_failed", error=str(exc) or type(exc).__name__)
         self.log.info("worker.stopped", released=len(owned))
 
     def statistics(self) -> dict[str, Any]:

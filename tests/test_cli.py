@@ -133,3 +133,33 @@ async def test_nats_user_password_auth_from_the_environment(tmp_path) -> None:
             out, err = await asyncio.wait_for(process.communicate(), 30)
             assert (process.returncode, out) == (0, b'{"value":1}\n'), err
         await nc.close()
+
+
+async def test_mesh_up_owns_its_nats_server(tmp_path) -> None:
+    """Stopped by Ctrl-C or killed outright, `mesh up` never leaves its nats-server behind."""
+    for stop in (signal.SIGINT, signal.SIGKILL):
+        port = free_port()
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("NATS_URL", None)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mesh", "up", "--nats-port", str(port), "--store", str(tmp_path / "s"),
+            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        output = b""
+        while b"worker.started" not in output:
+            line = await asyncio.wait_for(process.stderr.readline(), 30)
+            assert line, output
+            output += line
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        process.send_signal(stop)
+        await asyncio.wait_for(process.wait(), 30)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"nats-server still listening on {port} after {stop!r}")
+        if stop == signal.SIGINT:
+            assert process.returncode == 0

@@ -100,6 +100,8 @@ async def test_state_survives_restarting_every_worker_and_the_server(tmp_path, w
         assert await client.call("counter", "r0", {"add": 1}) == {"value": 101}
         assert await client.call("counter", "r199", {"add": 0}) == {"value": 200}
         await client.close()
+        for worker in workers:
+            assert worker.terminate() == 0
     finally:
         server.stop()
 
