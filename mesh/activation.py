@@ -98,7 +98,7 @@ class Activation:
         self.agent: Agent[Any] | None = None
         self.saved = b""  # state bytes as last written (or loaded)
         self.current = b""  # state bytes after the last successful turn
-        self.queue: deque[Envelope] = deque()
+        self.queue: deque[Envelope] | None = None  # created on demand: most instances idle
         self.running = False
         self.last_used = time.monotonic()
 
@@ -111,6 +111,8 @@ class Activation:
         if self.status is Status.REMOTE:
             self.runtime.forward(self, envelope)
             return
+        if self.queue is None:
+            self.queue = deque()
         self.queue.append(envelope)
         if not self.running:
             self.running = True
@@ -141,6 +143,7 @@ class Activation:
             self.status = Status.PENDING
             self.agent = None
             if self.queue:
+                self.running = True
                 await self._drain()
             else:
                 self.running = False
@@ -169,6 +172,7 @@ class Activation:
             self.runtime.forget(self)
         finally:
             self.running = False
+            self.queue = None
 
     async def _activate(self) -> None:
         owner, revision = await self.runtime.directory.resolve(self.key)

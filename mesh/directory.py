@@ -98,4 +98,5 @@ class Directory:
 
     async def retire(self) -> None:
         """Drop this worker's lease so others take over its instances at once."""
+        self._lease_until = 0.0
         await self.workers.delete(self.worker_id)

@@ -147,17 +147,19 @@ class Runtime:
         deadline = time.monotonic() + grace
         while any(a.running for a in self.activations.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        owned = [a for a in self.activations.values() if a.status is Status.OWNED and not a.running]
+        owned = sum(1 for a in self.activations.values() if a.status is Status.OWNED)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
+            # One delete hands over every instance: a directory entry naming a worker without a
+            # lease is taken over by the next worker that needs it.
             async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
-                await asyncio.gather(*(self.directory.release(a.key, a.dir_revision) for a in owned))
                 await self.directory.retire()
         except Exception as exc:  # NATS gone: our lease simply expires and others take over then
             self.log.warning("worker.retire_failed", error=str(exc) or type(exc).__name__)
-        self.log.info("worker.stopped", released=len(owned))
+        self.activations.clear()
+        self.log.info("worker.stopped", handed_over=owned)
 
     def statistics(self) -> dict[str, Any]:
         owned = sum(1 for a in self.activations.values() if a.status is Status.OWNED)
