@@ -27,11 +27,13 @@ class Hop(Agent[HopState]):
         turn = current_turn.get()
         assert turn is not None
         here = {"at": f"{self.type}/{self.name}", "trace": trace_id(turn.traceparent)}
+        if request.get("emit"):
+            await self.emit("visited", here)
         if not path:
-            return {"trail": [here]}
+            return {"trail": [here], "remaining": turn.remaining()}
         agent_type, _, name = path[0].partition("/")
         reply = await self.call(agent_type, name, {"path": path[1:]}, timeout=request.get("timeout"))
-        return {"trail": [here, *reply["trail"]]}
+        return {"trail": [here, *reply["trail"]], "remaining": reply["remaining"]}
 
 
 class FaultyState(BaseModel):

@@ -183,3 +183,29 @@ async def test_discovery_lists_each_type_as_a_micro_service(mesh_factory, mesh_c
     stats = orjson.loads((await mesh_client.nc.request("$SRV.STATS.counter", b"", timeout=5)).data)
     assert stats["endpoints"][0]["num_requests"] >= 1
     assert stats["endpoints"][0]["data"]["turns"] >= 1
+
+
+async def test_deadline_travels_with_nested_calls(mesh_factory, mesh_client) -> None:
+    await mesh_factory(AGENTS)
+    direct = await mesh_client.call("hop", "d1", {}, timeout=5)
+    assert 0 < direct["remaining"] <= 5
+    nested = await mesh_client.call("hop", "d2", {"path": ["hop/d3"], "timeout": 60}, timeout=5)
+    assert 0 < nested["remaining"] <= 5  # the inner call never waits longer than the outer caller
+
+
+async def test_send_is_fire_and_forget_and_emit_publishes_events(mesh_factory, mesh_client) -> None:
+    await mesh_factory(AGENTS)
+    events = await mesh_client.nc.subscribe("events.hop.>")
+    await mesh_client.send("counter", "ff", {"add": 2})
+    await mesh_client.send("counter", "ff", {"add": "not a number"})  # fails in its turn, logged only
+    await mesh_client.send("counter", "ff", {"add": 3})
+    for _ in range(100):
+        if await mesh_client.state("counter", "ff") == {"value": 5}:
+            break
+        await asyncio.sleep(0.05)
+    assert await mesh_client.state("counter", "ff") == {"value": 5}
+    await mesh_client.call("hop", "e.1", {"emit": True})
+    event = await events.next_msg(timeout=5)
+    assert event.subject == "events.hop.e=2E1.visited"
+    assert orjson.loads(event.data)["at"] == "hop/e.1"
+    assert event.headers["traceparent"].startswith("00-")
