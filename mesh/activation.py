@@ -83,7 +83,7 @@ def new_turn_id() -> str:
 class Activation:
     __slots__ = (
         "runtime", "agent_cls", "name", "key", "status", "owner", "dir_revision", "state_revision",
-        "agent", "saved", "current", "queue", "running", "last_used",
+        "agent", "saved", "current", "queue", "running", "last_used", "epoch",
     )
 
     def __init__(self, runtime: Runtime, agent_cls: type[Agent[Any]], name: str, key: str) -> None:
@@ -101,6 +101,7 @@ class Activation:
         self.queue: deque[Envelope] | None = None  # created on demand: most instances idle
         self.running = False
         self.last_used = time.monotonic()
+        self.epoch = 0
 
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:
@@ -153,6 +154,8 @@ class Activation:
         try:
             limit = self.runtime.options.max_batch
             while self.queue:
+                if self.status is Status.OWNED and self.epoch != self.runtime.directory.epoch:
+                    self.status = Status.PENDING
                 if self.status is Status.PENDING:
                     await self._activate()
                 if self.status is Status.REMOTE:
@@ -180,6 +183,7 @@ class Activation:
             self.status, self.owner = Status.REMOTE, owner
             return
         self.dir_revision = revision
+        self.epoch = self.runtime.directory.epoch
         model = self.agent_cls.state_model
         assert model is not None
         found = await self.runtime.state.get(self.key)

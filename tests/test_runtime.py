@@ -9,6 +9,8 @@ import pytest
 
 from mesh import (
     AgentError,
+    MeshTimeout,
+    Unavailable,
     BadJson,
     CallCycle,
     MeshClient,
@@ -209,3 +211,29 @@ async def test_send_is_fire_and_forget_and_emit_publishes_events(mesh_factory, m
     assert event.subject == "events.hop.e=2E1.visited"
     assert orjson.loads(event.data)["at"] == "hop/e.1"
     assert event.headers["traceparent"].startswith("00-")
+
+
+async def test_workers_ride_out_a_nats_server_restart(mesh_factory, mesh_client, nats_server) -> None:
+    options = RuntimeOptions(lease_ttl=2, heartbeat=0.3)
+    runtimes = [await mesh_factory(AGENTS, options) for _ in range(2)]
+    for i in range(20):
+        assert await mesh_client.call("counter", f"z{i}", {"add": 1}) == {"value": 1}
+    nats_server.stop()
+    await asyncio.sleep(3)  # longer than the lease: every worker is fenced, every lease expired
+    assert all(rt.directory.fenced() for rt in runtimes)
+    await nats_server.start()
+    for _ in range(200):
+        if not any(rt.directory.fenced() for rt in runtimes) and mesh_client.nc.is_connected:
+            break
+        await asyncio.sleep(0.05)
+    for i in range(20):
+        for attempt in range(50):
+            try:
+                assert await mesh_client.call("counter", f"z{i}", {"add": 1}, timeout=5) == {"value": 2}
+                break
+            except (NoResponders, MeshTimeout, Unavailable):  # resubscribing after the reconnect
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"z{i} never answered after the restart")
+    for i in range(20):
+        assert await mesh_client.state("counter", f"z{i}") == {"value": 2}
