@@ -22,6 +22,7 @@ import structlog
 from mesh import subjects, wire
 from mesh.agent import Agent
 from mesh.context import TurnContext, current_turn
+from mesh.observe import StateRecord
 from mesh.errors import (
     AgentError,
     BadJson,
@@ -214,6 +215,12 @@ class Activation:
                     raise Unavailable("worker lease lapsed before the state could be saved")
                 self.state_revision = await self.runtime.state.write(self.key, self.current, self.state_revision)
                 self.saved = self.current
+                if self.runtime.observers:
+                    saved = StateRecord(
+                        self.agent_cls.type, self.name, self.runtime.worker_id, self.state_revision, len(self.saved)
+                    )
+                    for observer in self.runtime.observers:
+                        observer.on_state_saved(saved)
             except MeshError as err:
                 self.log.warning("state.save_failed", code=err.code, error=err.message)
                 for outcome in outcomes:
@@ -251,11 +258,8 @@ class Activation:
             self._rollback(before)
         finally:
             current_turn.reset(token)
-        if self.runtime.log_turns:
-            turn.log.debug(
-                "turn.finished", started_at=started, ended_at=time.time(),
-                outcome=outcome.error.code if outcome.error else "ok",
-            )
+        if self.runtime.log_turns or self.runtime.observers:
+            self.runtime.turn_finished(turn, started, outcome.error)
         return outcome
 
     async def _accept_state(self, agent: Agent[Any], before: bytes, after: bytes) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from mesh.agent import Agent
 from mesh.client import MeshClient
 from mesh.context import TurnContext, current_turn
 from mesh.directory import Directory, new_worker_id
+from mesh.observe import Observer, TurnRecord
 from mesh.errors import (
     AgentError,
     CallCycle,
@@ -70,6 +71,7 @@ class Runtime:
         *,
         options: RuntimeOptions | None = None,
         worker_id: str | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.nc = nc
         self.options = options or RuntimeOptions()
@@ -83,6 +85,7 @@ class Runtime:
         self.client = MeshClient(nc, default_timeout=self.options.call_timeout)
         self.log = structlog.get_logger("mesh.runtime").bind(worker=self.worker_id)
         self.log_turns = False
+        self.observers = list(observers)
         self.activations: dict[str, Activation] = {}
         self.stats = {t: TypeStats() for t in self.agents}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -272,6 +275,20 @@ class Runtime:
     ) -> TurnContext:
         return make_turn_context(agent_type, name, key, envelope, log)
 
+    def turn_finished(self, turn: TurnContext, started: float, error: MeshError | None) -> None:
+        """Log the turn (at debug) and tell the observers; only called when either wants it."""
+        ended = time.time()
+        code = error.code if error else "ok"
+        if self.log_turns:
+            turn.log.debug("turn.finished", started_at=started, ended_at=ended, outcome=code)
+        if self.observers:
+            record = TurnRecord(
+                turn.agent_type, turn.name, self.worker_id, turn.turn_id, turn.traceparent,
+                started, ended, code, error.message if error else None,
+            )
+            for observer in self.observers:
+                observer.on_turn(record)
+
     def as_mesh_error(self, exc: Exception, turn: TurnContext) -> MeshError:
         stats = self.stats[turn.agent_type]
         stats.turns += 1
@@ -285,6 +302,7 @@ class Runtime:
     async def _stateless_turn(self, cls: type[Agent[Any]], name: str, key: str, envelope: Envelope) -> None:
         turn = self.turn_context(cls.type, name, key, envelope, self.log)
         token = current_turn.set(turn)
+        started = time.time()
         try:
             result = await cls(name, None, self.client).on_request(decode_request(cls, envelope.data))
             outcome = Outcome(envelope, wire.dumps(result), None)
@@ -293,6 +311,8 @@ class Runtime:
             outcome = Outcome(envelope, None, self.as_mesh_error(exc, turn))
         finally:
             current_turn.reset(token)
+        if self.log_turns or self.observers:
+            self.turn_finished(turn, started, outcome.error)
         await self.reply(outcome)
 
     # -- background --------------------------------------------------------------------------

@@ -237,3 +237,34 @@ async def test_workers_ride_out_a_nats_server_restart(mesh_factory, mesh_client,
             raise AssertionError(f"z{i} never answered after the restart")
     for i in range(20):
         assert await mesh_client.state("counter", f"z{i}") == {"value": 2}
+
+
+async def test_observers_see_every_turn_and_state_write(mesh_factory, mesh_client, nats_server) -> None:
+    from mesh.bus import NatsOptions, connect
+    from mesh.observe import StateRecord, TurnRecord
+    from mesh.runtime import Runtime
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.turns: list[TurnRecord] = []
+            self.states: list[StateRecord] = []
+
+        def on_turn(self, record: TurnRecord) -> None:
+            self.turns.append(record)
+
+        def on_state_saved(self, record: StateRecord) -> None:
+            self.states.append(record)
+
+    recorder = Recorder()
+    nc = await connect(NatsOptions.from_url(nats_server.url))
+    async with Runtime(nc, AGENTS, observers=[recorder]):
+        await mesh_client.call("counter", "o", {"add": 1})
+        with pytest.raises(SchemaMismatch):
+            await mesh_client.call("counter", "o", {"add": "x"})
+        await mesh_client.call("echo", "o", 1)
+    await nc.close()
+    assert [(t.agent_type, t.outcome) for t in recorder.turns] == [
+        ("counter", "ok"), ("counter", "schema_mismatch"), ("echo", "ok")
+    ]
+    assert all(t.started_at <= t.ended_at for t in recorder.turns)
+    assert [(s.agent_type, s.name, s.size) for s in recorder.states] == [("counter", "o", len(b'{"value":1}'))]
