@@ -22,9 +22,7 @@ import structlog
 from mesh import subjects, wire
 from mesh.agent import Agent
 from mesh.context import TurnContext, current_turn
-from mesh.observe import StateRecord
 from mesh.errors import (
-    AgentError,
     BadJson,
     MeshError,
     MeshTimeout,
@@ -33,6 +31,7 @@ from mesh.errors import (
     StateTooLarge,
     Unavailable,
 )
+from mesh.observe import StateRecord
 from mesh.tracing import child_traceparent
 
 if TYPE_CHECKING:
@@ -106,7 +105,10 @@ class Activation:
 
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:
-        return self.runtime.log.bind(agent_type=self.agent_cls.type, agent_name=self.name)
+        log: structlog.typing.FilteringBoundLogger = self.runtime.log.bind(
+            agent_type=self.agent_cls.type, agent_name=self.name
+        )
+        return log
 
     def deliver(self, envelope: Envelope) -> None:
         self.last_used = time.monotonic()

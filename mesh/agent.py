@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import typing
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import structlog
 from pydantic import BaseModel, TypeAdapter
@@ -36,7 +37,7 @@ class Agent(Generic[S]):
     """
 
     type: ClassVar[str]
-    state_model: ClassVar[type[BaseModel] | None] = None
+    state_model: ClassVar[builtins.type[BaseModel] | None] = None
     request_adapter: ClassVar[TypeAdapter[Any]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -67,14 +68,15 @@ class Agent(Generic[S]):
         turn = current_turn.get()
         if turn is not None and turn.agent_type == self.type and turn.name == self.name:
             return turn.log
-        return structlog.get_logger("mesh.agent").bind(agent_type=self.type, agent_name=self.name)
+        log: structlog.typing.FilteringBoundLogger = structlog.get_logger("mesh.agent")
+        return log.bind(agent_type=self.type, agent_name=self.name)
 
     @classmethod
     def initial_state(cls, name: str) -> S:
         """The state of an instance that has never saved one; override to derive it from the name."""
         if cls.state_model is None:
             return None  # type: ignore[return-value]
-        return cls.state_model()  # type: ignore[return-value]
+        return cast(S, cls.state_model())
 
     async def on_activate(self) -> None:
         """Called once when this process takes ownership of the instance, after its state loaded."""

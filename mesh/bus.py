@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +63,7 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Client:
     kwargs["error_cb"] = _quiet
     try:
         nc = await nats.connect(**kwargs)
-    except (nats.errors.NoServersError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
         raise ConnectionFailed(
             f"cannot connect to NATS at {', '.join(options.servers)}: {exc or type(exc).__name__} "
             "(is a nats-server running there? `mesh up` starts one)"
@@ -83,7 +82,7 @@ async def request(
         return await nc.request(subject, data, timeout=timeout, headers=headers)
     except nats.errors.NoRespondersError as exc:
         raise NoResponders(f"no worker serves {subject}") from exc
-    except (nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, nats.errors.TimeoutError) as exc:
         raise MeshTimeout(f"no reply on {subject} within {timeout:.3g}s") from exc
     except nats.errors.ConnectionClosedError as exc:
         raise ConnectionFailed("NATS connection is closed") from exc
@@ -153,7 +152,7 @@ class Bucket:
                     break
                 found.append(entry.key)
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
         return found
 
     @property

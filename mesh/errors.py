@@ -116,16 +116,15 @@ class ConnectionFailed(MeshError):
 
 
 def _leaves(cls: type[MeshError]) -> list[type[MeshError]]:
-    found = []
+    found: list[type[MeshError]] = []
     for sub in cls.__subclasses__():
         found.append(sub)
         found.extend(_leaves(sub))
     return found
 
 
-ERRORS_BY_CODE: dict[str, type[MeshError]] = {
-    cls.code: cls for cls in [MeshError, *_leaves(MeshError)]
-}
+_ALL: list[type[MeshError]] = [MeshError, *_leaves(MeshError)]
+ERRORS_BY_CODE: dict[str, type[MeshError]] = {cls.code: cls for cls in _ALL}
 """Every error class by its wire code; the table in subjects.md lists the same codes."""
 
 

@@ -27,7 +27,6 @@ from mesh.agent import Agent
 from mesh.client import MeshClient
 from mesh.context import TurnContext, current_turn
 from mesh.directory import Directory, new_worker_id
-from mesh.observe import Observer, TurnRecord
 from mesh.errors import (
     AgentError,
     CallCycle,
@@ -38,6 +37,7 @@ from mesh.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from mesh.observe import Observer, TurnRecord
 
 MAX_HOPS = 3
 
@@ -135,7 +135,9 @@ class Runtime:
             metadata={"mesh.kind": "agent", "mesh.type": agent_type, "mesh.worker": self.worker_id},
             queue_group="mesh", stats_handler=stats_data,
         )
-        await service.add_endpoint(name="request", subject=subjects.agent_wildcard(agent_type), handler=self._on_request)
+        await service.add_endpoint(
+            name="request", subject=subjects.agent_wildcard(agent_type), handler=self._on_request
+        )
         return service
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -194,7 +196,8 @@ class Runtime:
                 )
             chain = headers.get(subjects.HEADER_CHAIN)
             if chain and key in chain.split(","):
-                raise CallCycle(f"{agent_type}/{subjects.decode_name(token)} is already waiting in this call chain: {chain}")
+                name = subjects.decode_name(token)
+                raise CallCycle(f"{agent_type}/{name} is already waiting in this call chain: {chain}")
             if not self._accepting:
                 raise Unavailable("worker is shutting down; retry")
             envelope = Envelope(msg.data, msg.reply or None, headers, _deadline(headers, msg.reply))

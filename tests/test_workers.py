@@ -36,7 +36,7 @@ def assert_no_overlap(turns: list[dict]) -> None:
         by_instance[(t["agent_type"], t["agent_name"])].append((t["started_at"], t["ended_at"], t["worker"]))
     for instance, intervals in by_instance.items():
         intervals.sort()
-        for (s1, e1, w1), (s2, e2, w2) in zip(intervals, intervals[1:]):
+        for (s1, e1, w1), (s2, e2, w2) in zip(intervals, intervals[1:], strict=False):
             assert s2 >= e1, f"turns of {instance} overlap: {(s1, e1, w1)} and {(s2, e2, w2)}"
 
 
