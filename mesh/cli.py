@@ -290,12 +290,7 @@ async def cmd_dead_letters(args: argparse.Namespace, settings: MeshSettings) -> 
             for seq in missing:
                 print(f"mesh: there is no dead letter {seq}", file=sys.stderr)
             return 1 if missing else 0
-        try:
-            letters = await deadletters.list_dead(js)
-        except Exception as exc:  # the stream does not exist yet: nothing ever failed
-            if "not found" not in str(exc).lower():
-                raise
-            letters = []
+        letters = await deadletters.list_dead(js)  # no MESH_DEAD stream yet: nothing ever failed
     for letter in letters:
         print(orjson.dumps(letter.model_dump(mode="json")).decode())
     return 0

@@ -141,11 +141,14 @@ async def publish_retrying(
         except nats.errors.MaxPayloadError as exc:
             raise PayloadTooLarge(f"message of {len(data)} bytes is over NATS max_payload") from exc
         except jse.NoStreamResponseError as exc:
+            error: Exception = exc  # no stream yet, or its leader is being elected
             if not created:
-                await ensure_streams(js, replicas)
                 created = True
-                continue
-            error: Exception = exc
+                try:
+                    await ensure_streams(js, replicas)
+                    continue
+                except (nats.errors.TimeoutError, jse.APIError, nats.errors.NoRespondersError) as exc2:
+                    error = exc2
         except (nats.errors.TimeoutError, jse.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
             error = exc
         except jse.APIError as exc:

@@ -12,6 +12,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mesh import bus, subjects
+from mesh.client import MeshClient
+from mesh.delivery import consumer_name
 from mesh.testing import WorkerProcess
 
 TESTS = Path(__file__).parent
@@ -76,3 +79,25 @@ def mesh_cli(url: str, *args: str, timeout: float = 30.0) -> subprocess.Complete
         [sys.executable, "-m", "mesh", *args], capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **FAST, "NATS_URL": url},
     )
+
+
+async def owner_of(client: MeshClient, key: str) -> str | None:
+    js = client.nc.jetstream()
+    directory = bus.Bucket(await bus.open_bucket(js, subjects.DIRECTORY_BUCKET), js, subjects.DIRECTORY_BUCKET)
+    found = await directory.get(key)
+    return None if found is None else found[0].decode()
+
+
+async def value(client: MeshClient, agent_type: str, name: str, field: str = "value") -> int:
+    state = await client.state(agent_type, name)
+    return 0 if state is None else int(state[field])
+
+
+async def backlog(client: MeshClient, agent_type: str, name: str) -> int:
+    """Durable messages to this agent type not yet acknowledged (stored or in flight)."""
+    js = client.nc.jetstream()
+    total = 0
+    for p in range(subjects.DURABLE_PARTITIONS):
+        info = await js.consumer_info(subjects.DURABLE_STREAM, consumer_name(agent_type, p))
+        total += (info.num_pending or 0) + (info.num_ack_pending or 0)
+    return total

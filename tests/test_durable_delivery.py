@@ -5,35 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
-from durable_support import APP, env, eventually, mesh_cli, wait_log, worker_id
+from durable_support import APP, backlog, env, eventually, mesh_cli, owner_of, value, wait_log, worker_id
 
 from mesh import bus, subjects
-from mesh.client import MeshClient
-from mesh.delivery import consumer_name
 
 TOTAL = 2000
-
-
-async def owner_of(client: MeshClient, key: str) -> str | None:
-    js = client.nc.jetstream()
-    directory = bus.Bucket(await bus.open_bucket(js, subjects.DIRECTORY_BUCKET), js, subjects.DIRECTORY_BUCKET)
-    found = await directory.get(key)
-    return None if found is None else found[0].decode()
-
-
-async def value(client: MeshClient, agent_type: str, name: str, field: str = "value") -> int:
-    state = await client.state(agent_type, name)
-    return 0 if state is None else int(state[field])
-
-
-async def backlog(client: MeshClient, agent_type: str, name: str) -> int:
-    """Messages of the instance's partition not yet acknowledged (stored or in flight)."""
-    js = client.nc.jetstream()
-    total = 0
-    for p in range(subjects.DURABLE_PARTITIONS):
-        info = await js.consumer_info(subjects.DURABLE_STREAM, consumer_name(agent_type, p))
-        total += (info.num_pending or 0) + (info.num_ack_pending or 0)
-    return total
 
 
 async def test_2000_durable_sends_survive_two_sigkills_exactly_once(nats_server, mesh_client, worker_factory):
