@@ -64,12 +64,19 @@ def log_events(worker: WorkerProcess, event: str) -> list[dict[str, Any]]:
 
 
 async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float = 30.0) -> T:
-    """Poll `probe` until `accept` holds; fail with the last value seen."""
+    """Poll `probe` until `accept` holds; fail with the last value seen.
+
+    A probe that raises (a read during a leader election times out) counts as "not yet".
+    """
     deadline = time.monotonic() + timeout
     while True:
-        value = await probe()
-        if accept(value):
-            return value
+        try:
+            value: Any = await probe()
+        except Exception as exc:
+            value = exc
+        else:
+            if accept(value):
+                return value
         assert time.monotonic() < deadline, f"condition not reached; last value {value!r}"
         await asyncio.sleep(0.1)
 
