@@ -129,8 +129,12 @@ class Bucket:
 
     async def get_with_headers(self, key: str) -> tuple[bytes, int, dict[str, str]] | None:
         """Like `get`, plus the headers stored with the value (e.g. the processed-ids record)."""
+        stream, subject = f"KV_{self.name}", f"$KV.{self.name}.{key}"
         try:
-            msg = await self._js.get_msg(f"KV_{self.name}", subject=f"$KV.{self.name}.{key}", direct=True)
+            try:
+                msg = await self._js.get_msg(stream, subject=subject, direct=True)
+            except nats.errors.NoRespondersError:  # a bucket created without direct gets
+                msg = await self._js.get_msg(stream, subject=subject)
         except jse.NotFoundError:
             return None
         except (nats.errors.TimeoutError, jse.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:

@@ -15,7 +15,7 @@ from datetime import datetime
 
 import orjson
 
-from mesh import bus, deadletters, schedules, subjects
+from mesh import bus, deadletters, subjects
 from mesh.agent import Agent
 from mesh.client import MeshClient
 from mesh.delivery import DurableDelivery
@@ -264,13 +264,13 @@ async def cmd_schedule(args: argparse.Namespace, settings: MeshSettings) -> int:
                 return 1
             print(f"schedule {args.id} of {agent_type}/{name} cancelled", file=sys.stderr)
             return 0
-        agent_type = name = None
-        if args.address:
-            if "/" in args.address:
-                agent_type, name = subjects.parse_address(args.address)
-            else:
-                agent_type = subjects.check_type(args.address)
-        found = await client.schedules(agent_type, name)
+        of_type: str | None = None
+        of_name: str | None = None
+        if args.address and "/" in args.address:
+            of_type, of_name = subjects.parse_address(args.address)
+        elif args.address:
+            of_type = subjects.check_type(args.address)
+        found = await client.schedules(of_type, of_name)
     for info in found:
         print(orjson.dumps(info.model_dump()).decode())
     return 0

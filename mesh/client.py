@@ -81,7 +81,8 @@ class MeshClient:
         """Store a message for the instance in JetStream and return its stream sequence.
 
         It runs as a turn at least once and takes effect once (`mesh.delivery`); a send retried with
-        the same `msg_id` within two minutes is stored only once.
+        the same `msg_id` within two minutes is stored only once. Workers create the stream (with
+        `MESH_REPLICAS`); a send that finds none creates it with one replica.
         """
         from mesh.durable import publish_durable
 

@@ -63,7 +63,6 @@ class DurableDelivery:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subs: list[Any] = []
         self._stopping = False
-        self._in_flight = 0
 
     async def start(self) -> None:
         await ensure_streams(self._js, self.options.replicas)
@@ -135,7 +134,6 @@ class DurableDelivery:
         }
         if method := headers.get(subjects.HEADER_METHOD):
             out[subjects.HEADER_METHOD] = method
-        self._in_flight += 1
         keepalive = asyncio.get_running_loop().create_task(self._keep_alive(msg))
         try:
             reply = await bus.request(
@@ -147,7 +145,6 @@ class DurableDelivery:
             error = exc
         finally:
             keepalive.cancel()
-            self._in_flight -= 1
         try:
             if error is None:
                 await msg.ack()
