@@ -119,7 +119,11 @@ class DurableDelivery:
                 await asyncio.sleep(0.5)
                 continue
             for msg in msgs:
-                await self._deliver(msg, agent_type)
+                try:
+                    await self._deliver(msg, agent_type)
+                except Exception as exc:  # e.g. the connection dropped: unacked, so it comes back
+                    self.log.warning("durable.delivery_failed", agent_type=agent_type, error=repr(exc))
+                    await asyncio.sleep(0.5)
 
     async def _deliver(self, msg: Msg, agent_type: str) -> None:
         meta = msg.metadata

@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig, SubjectTransform
 
 from mesh import subjects, wire
-from mesh.errors import MeshError, NameInvalid, PayloadTooLarge, Unavailable
+from mesh.errors import MeshError, NameInvalid, PayloadTooLarge, RequestError, Unavailable
 
 DEAD_MAX_AGE = 30 * 24 * 3600.0
 
@@ -154,6 +154,8 @@ async def publish_retrying(
         except jse.APIError as exc:
             if exc.code in (500, 503):
                 error = exc
+            elif exc.code == 400:
+                raise RequestError(f"JetStream refused the message on {subject}: {exc.description}") from exc
             else:
                 raise MeshError(f"JetStream refused the message on {subject}: {exc.description}") from exc
         except nats.errors.ConnectionReconnectingError as exc:
