@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import inspect
 import typing
+from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import structlog
@@ -98,6 +99,29 @@ class Agent(Generic[S]):
     async def send(self, agent_type: str, name: str, payload: Any = None) -> None:
         """Fire-and-forget to another instance."""
         await self.mesh.send(agent_type, name, payload)
+
+    async def send_durable(
+        self, agent_type: str, name: str, payload: Any = None, *, msg_id: str | None = None, method: str | None = None
+    ) -> int:
+        """Store a message for another instance in JetStream; it runs there once, even across crashes."""
+        return await self.mesh.send_durable(agent_type, name, payload, msg_id=msg_id, method=method)
+
+    async def schedule(
+        self, schedule_id: str, payload: Any = None, *, at: datetime | None = None, delay: float | None = None,
+        every: float | str | None = None, cron: str | None = None, method: str | None = None,
+    ) -> int:
+        """Deliver `payload` to this instance at `at`, after `delay` s, `every` interval or on `cron`.
+
+        Idempotent by `schedule_id`: registering the same id again replaces the schedule, so calling
+        this in `on_activate` is safe. The payload goes to `on_request`, or to `method` (`@mesh.method`).
+        """
+        return await self.mesh.schedule(
+            self.type, self.name, schedule_id, payload, at=at, delay=delay, every=every, cron=cron, method=method
+        )
+
+    async def cancel_schedule(self, schedule_id: str) -> bool:
+        """Stop schedule `schedule_id` of this instance; False if it did not exist."""
+        return await self.mesh.cancel_schedule(self.type, self.name, schedule_id)
 
     async def emit(self, kind: str, data: Any = None) -> None:
         """Publish an event of this instance on `events.<type>.<name>.<kind>`."""

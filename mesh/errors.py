@@ -5,7 +5,8 @@
     │   ├── BadJson             body is not JSON                                   bad_json 400
     │   ├── NameInvalid         instance or type name cannot be addressed          name_invalid 400
     │   ├── PayloadTooLarge     body over the configured request limit             payload_too_large 413
-    │   └── SchemaMismatch      JSON does not match the handler's request model    schema_mismatch 422
+    │   ├── SchemaMismatch      JSON does not match the handler's request model    schema_mismatch 422
+    │   └── MethodNotFound      `Mesh-Method` names no method marked `@mesh.method`  method_not_found 404
     ├── AgentError              the handler raised                                 handler_error 500
     ├── StateError              a turn produced state that cannot be saved
     │   ├── StateInvalid        state fails its own model's validation             state_invalid 500
@@ -63,6 +64,11 @@ class PayloadTooLarge(RequestError):
 class SchemaMismatch(RequestError):
     code = "schema_mismatch"
     status = 422
+
+
+class MethodNotFound(RequestError):
+    code = "method_not_found"
+    status = 404
 
 
 class AgentError(MeshError):

@@ -37,6 +37,7 @@ from mesh.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from mesh.methods import invoke_method
 from mesh.observe import Observer, TurnRecord
 
 MAX_HOPS = 3
@@ -307,7 +308,12 @@ class Runtime:
         token = current_turn.set(turn)
         started = time.time()
         try:
-            result = await cls(name, None, self.client).on_request(decode_request(cls, envelope.data))
+            agent = cls(name, None, self.client)
+            method = envelope.headers.get(subjects.HEADER_METHOD)
+            if method:
+                result = await invoke_method(agent, method, envelope.data)
+            else:
+                result = await agent.on_request(decode_request(cls, envelope.data))
             outcome = Outcome(envelope, wire.dumps(result), None)
             self.stats[cls.type].turns += 1
         except Exception as exc:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from core_agents import AGENTS
 
 from mesh.server import free_port
-from tests.agents import AGENTS
 
 ROOT = Path(__file__).parent.parent
 

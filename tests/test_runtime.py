@@ -6,6 +6,7 @@ import time
 import nats
 import orjson
 import pytest
+from core_agents import AGENTS
 
 from mesh import (
     AgentError,
@@ -25,7 +26,6 @@ from mesh import (
     instance_key,
 )
 from mesh.bus import Bucket, open_bucket
-from tests.agents import AGENTS
 
 
 async def state_bucket(client: MeshClient) -> Bucket:
