@@ -94,6 +94,8 @@ async def open_bucket(js: JetStreamContext, bucket: str, *, history: int = 1) ->
         return await js.key_value(bucket)
     except jse.BucketNotFoundError:
         pass
+    except (nats.errors.TimeoutError, jse.ServiceUnavailableError) as exc:
+        raise Unavailable(f"KV bucket {bucket} did not answer (JetStream leader election?): {exc}") from exc
     config = KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE, direct=True)
     try:
         return await js.create_key_value(config)
