@@ -8,6 +8,7 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors as jse
+import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -103,13 +104,17 @@ async def open_bucket(js: JetStreamContext, bucket: str, *, history: int = 1) ->
         return await js.key_value(bucket)  # another process created it with the same name first
 
 
+_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+
+
 class Bucket:
     """A KV bucket with the mesh's error mapping: conflicts are `StateConflict`, misses are None."""
 
-    def __init__(self, kv: KeyValue, js: JetStreamContext, name: str) -> None:
+    def __init__(self, kv: KeyValue, js: JetStreamContext, name: str, *, timeout: float = 5.0) -> None:
         self._kv = kv
         self._js = js
         self.name = name
+        self._timeout = timeout
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
         try:
@@ -122,16 +127,51 @@ class Bucket:
             return None  # an expiry marker (see NOTES 1.5) counts as absent
         return entry.value, entry.revision
 
-    async def write(self, key: str, value: bytes, last: int) -> int:
-        """Compare-and-set: `last=0` means the key must not exist. Returns the new revision."""
+    async def write(self, key: str, value: bytes, last: int, headers: dict[str, str] | None = None) -> int:
+        """Compare-and-set: `last=0` means the key must not exist. Returns the new revision.
+
+        `headers` are stored in the same message as the value, so atomically with it. This is the
+        hot path of every turn: one JetStream publish whose ack is parsed with orjson, skipping
+        nats-py's key regex, PubAck dataclass and stdlib-json parsing.
+        """
+        subject = f"$KV.{self.name}.{key}"
         try:
-            if last == 0:
-                return await self._kv.create(key, value)
-            return await self._kv.update(key, value, last=last)
-        except jse.KeyWrongLastSequenceError as exc:
-            raise StateConflict(f"{self.name}/{key} changed since revision {last}") from exc
-        except (nats.errors.TimeoutError, jse.ServiceUnavailableError) as exc:
-            raise Unavailable(f"KV {self.name} did not confirm the write: {exc}") from exc
+            return await self._publish_expecting(subject, value, last, headers)
+        except StateConflict:
+            if last != 0:
+                raise
+            # "Must not exist" also accepts a delete tombstone, as KeyValue.create does.
+            tombstone = await self._tombstone_revision(subject)
+            if tombstone is None:
+                raise
+            return await self._publish_expecting(subject, value, tombstone, headers)
+
+    async def _publish_expecting(self, subject: str, value: bytes, last: int, headers: dict[str, str] | None) -> int:
+        expected = {_EXPECTED_LAST: str(last)}
+        try:
+            msg = await self._js._nc.request(
+                subject, value, timeout=self._timeout, headers={**headers, **expected} if headers else expected
+            )
+        except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise Unavailable(f"KV {self.name} did not confirm the write: {exc or type(exc).__name__}") from exc
+        ack = orjson.loads(msg.data)
+        error = ack.get("error")
+        if error is None:
+            return int(ack["seq"])
+        if error.get("err_code") in (10071, 10164):
+            raise StateConflict(f"{self.name}: {subject} changed since revision {last}")
+        raise Unavailable(f"KV {self.name} refused the write: {error.get('description')}")
+
+    async def _tombstone_revision(self, subject: str) -> int | None:
+        try:
+            msg = await self._js.get_msg(f"KV_{self.name}", subject=subject, direct=True)
+        except jse.NotFoundError:
+            return None
+        except (nats.errors.TimeoutError, jse.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
+            raise Unavailable(f"KV {self.name} did not answer: {exc}") from exc
+        if (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
+            return None
+        return msg.seq
 
     async def get_with_headers(self, key: str) -> tuple[bytes, int, dict[str, str]] | None:
         """Like `get`, plus the headers stored with the value (e.g. the processed-ids record)."""
@@ -152,31 +192,7 @@ class Bucket:
 
     async def write_with_headers(self, key: str, value: bytes, last: int, headers: dict[str, str]) -> int:
         """Compare-and-set like `write`, storing `headers` in the same message (so atomically)."""
-        subject = f"$KV.{self.name}.{key}"
-        try:
-            try:
-                return await self._publish_expecting(subject, value, last, headers)
-            except StateConflict:
-                if last != 0:
-                    raise
-                # "Must not exist" also accepts a delete tombstone, as KeyValue.create does.
-                msg = await self._js.get_msg(f"KV_{self.name}", subject=subject, direct=True)
-                if (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE") or msg.seq is None:
-                    raise
-                return await self._publish_expecting(subject, value, msg.seq, headers)
-        except (nats.errors.TimeoutError, jse.ServiceUnavailableError, jse.NoStreamResponseError) as exc:
-            raise Unavailable(f"KV {self.name} did not confirm the write: {exc}") from exc
-
-    async def _publish_expecting(self, subject: str, value: bytes, last: int, headers: dict[str, str]) -> int:
-        try:
-            ack = await self._js.publish(
-                subject, value, headers={**headers, "Nats-Expected-Last-Subject-Sequence": str(last)}
-            )
-        except jse.APIError as exc:
-            if exc.err_code in (10071, 10164):
-                raise StateConflict(f"{self.name}/{subject} changed since revision {last}") from exc
-            raise
-        return ack.seq
+        return await self.write(key, value, last, headers)
 
     async def put_with_ttl(self, key: str, value: bytes, ttl_seconds: int) -> int:
         ack = await self._js.publish(f"$KV.{self.name}.{key}", value, msg_ttl=ttl_seconds)

@@ -12,6 +12,7 @@ form, so two different subjects can never reach the same instance and no name ca
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Final
 
@@ -20,6 +21,7 @@ from mesh.errors import NameInvalid
 MAX_NAME_LENGTH: Final = 256
 TYPE_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _TOKEN_PATTERN: Final = re.compile(r"^(?:[A-Za-z0-9_-]|=[0-9A-F]{2})+$")
+_PLAIN_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]+$")
 _SAFE: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _ESCAPES: Final = [chr(b) if b in _SAFE else f"={b:02X}" for b in range(256)]
 
@@ -100,6 +102,8 @@ def encode_name(name: str) -> str:
 
 def decode_name(token: str) -> str:
     """The instance name a subject token stands for; rejects tokens `encode_name` never makes."""
+    if _PLAIN_PATTERN.match(token) and len(token) <= MAX_NAME_LENGTH:
+        return token  # nothing escaped: the token is the name
     if not _TOKEN_PATTERN.match(token):
         raise NameInvalid(f"subject token {token[:80]!r} is not an encoded instance name")
     out = bytearray()
@@ -134,6 +138,7 @@ def instance_key(agent_type: str, name: str) -> str:
     return f"{check_type(agent_type)}.{encode_name(name)}"
 
 
+@functools.lru_cache(maxsize=4096)
 def agent_subject(agent_type: str, name: str) -> str:
     return f"agents.{instance_key(agent_type, name)}"
 
