@@ -22,6 +22,7 @@ import structlog
 from mesh import subjects, wire
 from mesh.agent import Agent
 from mesh.context import TurnContext, current_turn
+from mesh.mail import InboundEmail
 from mesh.errors import (
     AgentError,
     BadJson,
@@ -69,6 +70,17 @@ def decode_request(agent_cls: type[Agent[Any]], data: bytes) -> Any:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise BadJson(f"body is not valid JSON: {exc.errors()[0]['msg']}") from exc
         raise SchemaMismatch(_summarize(exc)) from exc
+
+
+async def run_handler(agent: Agent[Any], envelope: Envelope) -> Any:
+    """Call the hook a request is for: `on_email` for mail (`Mesh-Mail` header), else `on_request`."""
+    if envelope.headers.get(subjects.HEADER_MAIL):
+        try:
+            mail = InboundEmail.model_validate_json(envelope.data)
+        except pydantic.ValidationError as exc:
+            raise SchemaMismatch(_summarize(exc)) from exc
+        return await agent.on_email(mail)
+    return await agent.on_request(decode_request(type(agent), envelope.data))
 
 
 def _summarize(exc: pydantic.ValidationError) -> str:
@@ -233,8 +245,7 @@ class Activation:
         started = time.time()
         before = self.current
         try:
-            request = decode_request(self.agent_cls, envelope.data)
-            result = await agent.on_request(request)
+            result = await run_handler(agent, envelope)
             body = wire.dumps(result)
             after = _dump(agent.state)
             if after != before:

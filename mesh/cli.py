@@ -1,4 +1,4 @@
-"""The `mesh` command: run the mesh (`up`, `worker`) and talk to it (`call`, `state`, `ls`)."""
+"""The `mesh` command: run the mesh (`up`, `worker`, `smtp`) and talk to it (`call`, `state`, `ls`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+import structlog
 
 from mesh import bus, subjects
 from mesh.agent import Agent
@@ -19,7 +20,7 @@ from mesh.errors import MeshError
 from mesh.logging import configure_logging
 from mesh.runtime import Runtime
 from mesh.server import NatsServer
-from mesh.settings import MeshSettings
+from mesh.settings import MailSettings, MeshSettings
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
@@ -53,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     with_runtime(up)
     up.add_argument("--nats-port", type=int, help="embedded server port (env MESH_NATS_PORT; default 4222)")
     up.add_argument("--store", help="embedded server store directory (env MESH_STORE; default .mesh)")
+    up.add_argument("--smtp", help="HOST:PORT for the SMTP ingestion service, or `off` (env MESH_SMTP_LISTEN; "
+                                   "default 127.0.0.1:2525)")
+
+    smtp = with_nats(commands.add_parser("smtp", help="run the SMTP ingestion service alone (agents reachable by mail)"))
+    smtp.add_argument("--listen", help="HOST:PORT to accept mail on (env MESH_SMTP_LISTEN; default 127.0.0.1:2525)")
+    smtp.add_argument("--log-format", choices=["console", "json"], help="env MESH_LOG_FORMAT")
+    smtp.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="env MESH_LOG_LEVEL")
 
     worker = with_nats(commands.add_parser("worker", help="run one more worker process for the same agents"))
     with_runtime(worker)
@@ -90,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def cmd_up(args: argparse.Namespace, settings: MeshSettings) -> int:
     configure_logging(settings.log_format, settings.log_level)
     if settings.nats_url:
-        return await _serve(settings, settings.nats_url)
+        return await _serve(settings, settings.nats_url, smtp=_smtp_listen(args))
     server = NatsServer(settings.store, port=settings.nats_port)
     await server.start()
     try:
@@ -99,7 +107,7 @@ async def cmd_up(args: argparse.Namespace, settings: MeshSettings) -> int:
             f"try: mesh call counter/demo '{{\"add\": 1}}'",
             file=sys.stderr, flush=True,
         )
-        return await _serve(settings, server.url)
+        return await _serve(settings, server.url, smtp=_smtp_listen(args))
     finally:
         server.stop()
 
@@ -109,7 +117,12 @@ async def cmd_worker(args: argparse.Namespace, settings: MeshSettings) -> int:
     return await _serve(settings, settings.nats_url or DEFAULT_URL)
 
 
-async def _serve(settings: MeshSettings, url: str) -> int:
+def _smtp_listen(args: argparse.Namespace) -> str:
+    """`mesh up` starts the SMTP service unless `--smtp off` (or MESH_SMTP_LISTEN=off)."""
+    return args.smtp or MailSettings().listen
+
+
+async def _serve(settings: MeshSettings, url: str, *, smtp: str = "off") -> int:
     agents = load_agents(settings.app)
     nc = await bus.connect(settings.nats_options(url, "mesh-worker"))
     stop = asyncio.Event()
@@ -118,13 +131,52 @@ async def _serve(settings: MeshSettings, url: str) -> int:
         loop.add_signal_handler(sig, stop.set)
     runtime = Runtime(nc, agents, options=settings.runtime_options())
     await runtime.start()
+    mail = None
+    if smtp != "off":
+        from services.mail import MailConfig, MailService
+
+        mail_settings = MailSettings().model_copy(update={"listen": smtp})
+        config = MailConfig.from_settings(mail_settings, agent_types=tuple(a.type for a in agents))
+        mail = MailService(nc, config)
+        try:
+            await mail.start()
+        except OSError as exc:  # mail is an add-on of `mesh up`: the agents still serve without it
+            structlog.get_logger("mesh.mail").error("mail.unavailable", listen=smtp, error=str(exc))
+            mail = None
     try:
         await stop.wait()
     finally:
+        if mail is not None:
+            await mail.stop()
         await runtime.stop()
         try:
             await nc.drain()
         except Exception:  # the server went away first; nothing is left to flush
+            await nc.close()
+    return 0
+
+
+async def cmd_smtp(args: argparse.Namespace, settings: MeshSettings) -> int:
+    from services.mail import MailConfig, MailService
+
+    configure_logging(settings.log_format, settings.log_level)
+    mail_settings = MailSettings()
+    if args.listen:
+        mail_settings = mail_settings.model_copy(update={"listen": args.listen})
+    nc = await bus.connect(settings.nats_options(settings.nats_url or DEFAULT_URL, "mesh-smtp"))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    service = MailService(nc, MailConfig.from_settings(mail_settings))
+    await service.start()
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+        try:
+            await nc.drain()
+        except Exception:  # the server went away first
             await nc.close()
     return 0
 
@@ -181,7 +233,7 @@ async def cmd_ls(args: argparse.Namespace, settings: MeshSettings) -> int:
     return 0
 
 
-COMMANDS = {"up": cmd_up, "worker": cmd_worker, "call": cmd_call, "state": cmd_state, "ls": cmd_ls}
+COMMANDS = {"up": cmd_up, "worker": cmd_worker, "call": cmd_call, "state": cmd_state, "ls": cmd_ls, "smtp": cmd_smtp}
 
 if __name__ == "__main__":
     sys.exit(main())

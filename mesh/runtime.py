@@ -22,7 +22,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 
 from mesh import __version__, bus, subjects, wire
-from mesh.activation import Activation, Envelope, Outcome, Status, decode_request, make_turn_context
+from mesh.activation import Activation, Envelope, Outcome, Status, make_turn_context, run_handler
 from mesh.agent import Agent
 from mesh.client import MeshClient
 from mesh.context import TurnContext, current_turn
@@ -286,7 +286,7 @@ class Runtime:
         turn = self.turn_context(cls.type, name, key, envelope, self.log)
         token = current_turn.set(turn)
         try:
-            result = await cls(name, None, self.client).on_request(decode_request(cls, envelope.data))
+            result = await run_handler(cls(name, None, self.client), envelope)
             outcome = Outcome(envelope, wire.dumps(result), None)
             self.stats[cls.type].turns += 1
         except Exception as exc:

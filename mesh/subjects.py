@@ -27,6 +27,12 @@ _ESCAPES: Final = [chr(b) if b in _SAFE else f"={b:02X}" for b in range(256)]
 STATE_BUCKET: Final = "mesh_state"
 DIRECTORY_BUCKET: Final = "mesh_dir"
 WORKERS_BUCKET: Final = "mesh_workers"
+MAIL_INBOUND_STREAM: Final = "mesh_mail_in"  # accepted raw mail, until processed (work queue)
+MAIL_OUTBOX_STREAM: Final = "mesh_mail_out"  # replies waiting for the relay (work queue)
+MAIL_BUCKET: Final = "mesh_mail"  # dedupe records, sent/failed outbox records, reply rate windows
+MAIL_OBJECTS: Final = "mesh_mail_raw"  # object store for raw mail too large for one stream message
+MAIL_INBOUND_SUBJECT: Final = "mesh_mail.in"
+MAIL_OUTBOX_SUBJECT: Final = "mesh_mail.out"
 
 # Headers the mesh reads or writes.
 HEADER_ERROR_CODE: Final = "Nats-Service-Error-Code"
@@ -36,6 +42,10 @@ HEADER_TRACEPARENT: Final = "traceparent"
 HEADER_TIMEOUT: Final = "Mesh-Timeout-Ms"
 HEADER_CHAIN: Final = "Mesh-Call-Chain"
 HEADER_HOPS: Final = "Mesh-Hops"
+HEADER_MAIL: Final = "Mesh-Mail"
+HEADER_MAIL_ENVELOPE: Final = "Mesh-Mail-Envelope"
+HEADER_MAIL_OBJECT: Final = "Mesh-Mail-Object"
+HEADER_MSG_ID: Final = "Nats-Msg-Id"
 
 HEADERS: Final = (
     HEADER_ERROR_CODE,
@@ -45,6 +55,10 @@ HEADERS: Final = (
     HEADER_TIMEOUT,
     HEADER_CHAIN,
     HEADER_HOPS,
+    HEADER_MAIL,
+    HEADER_MAIL_ENVELOPE,
+    HEADER_MAIL_OBJECT,
+    HEADER_MSG_ID,
 )
 
 SUBJECT_PATTERNS: Final = (
@@ -55,6 +69,10 @@ SUBJECT_PATTERNS: Final = (
     "$KV.mesh_state.<type>.<name>",
     "$KV.mesh_dir.<type>.<name>",
     "$KV.mesh_workers.<worker>",
+    "mesh_mail.in",
+    "mesh_mail.out",
+    "$KV.mesh_mail.<kind>.<id>",
+    "$O.mesh_mail_raw.>",
 )
 
 
