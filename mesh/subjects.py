@@ -72,7 +72,7 @@ SUBJECT_PATTERNS: Final = (
     "mesh_mail.in",
     "mesh_mail.out",
     "$KV.mesh_mail.<kind>.<id>",
-    "$O.mesh_mail_raw.>",
+    "$O.mesh_mail_raw.C|M.>",
 )
 
 
