@@ -45,7 +45,7 @@ HEADER_HOPS: Final = "Mesh-Hops"
 HEADER_MAIL: Final = "Mesh-Mail"
 HEADER_MAIL_ENVELOPE: Final = "Mesh-Mail-Envelope"
 HEADER_MAIL_OBJECT: Final = "Mesh-Mail-Object"
-HEADER_MSG_ID: Final = "Nats-Msg-Id"
+HEADER_NATS_MSG_ID: Final = "Nats-Msg-Id"
 
 HEADERS: Final = (
     HEADER_ERROR_CODE,
@@ -58,7 +58,7 @@ HEADERS: Final = (
     HEADER_MAIL,
     HEADER_MAIL_ENVELOPE,
     HEADER_MAIL_OBJECT,
-    HEADER_MSG_ID,
+    HEADER_NATS_MSG_ID,
 )
 
 SUBJECT_PATTERNS: Final = (

@@ -114,7 +114,7 @@ class Outbox:
         envelope = MailEnvelope(mail_id=reply.message_id, mail_from=reply.sender, rcpt_tos=reply.recipients)
         await self.store.js.publish(
             subjects.MAIL_OUTBOX_SUBJECT, reply.message.as_bytes(), stream=subjects.MAIL_OUTBOX_STREAM,
-            headers={subjects.HEADER_MAIL_ENVELOPE: envelope.header(), subjects.HEADER_MSG_ID: dedupe_id},
+            headers={subjects.HEADER_MAIL_ENVELOPE: envelope.header(), subjects.HEADER_NATS_MSG_ID: dedupe_id},
         )
         await self.store.put_record("out", _key(reply.message_id), {
             "status": "queued", "to": reply.recipients, "message_id": reply.message_id, "at": time.time(),

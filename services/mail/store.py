@@ -120,7 +120,7 @@ class MailStore:
 
     async def accept(self, raw: bytes, envelope: MailEnvelope, dedupe_id: str) -> bool:
         """Store one accepted mail; True when JetStream had it already (a re-send within 2 minutes)."""
-        headers = {subjects.HEADER_MAIL_ENVELOPE: envelope.header(), subjects.HEADER_MSG_ID: dedupe_id}
+        headers = {subjects.HEADER_MAIL_ENVELOPE: envelope.header(), subjects.HEADER_NATS_MSG_ID: dedupe_id}
         body = raw
         try:
             if len(raw) > self.stream_limit:
