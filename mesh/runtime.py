@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ from mesh.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from mesh.observe import Observer, TurnRecord
 
 MAX_HOPS = 3
 
@@ -70,6 +71,7 @@ class Runtime:
         *,
         options: RuntimeOptions | None = None,
         worker_id: str | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.nc = nc
         self.options = options or RuntimeOptions()
@@ -83,6 +85,7 @@ class Runtime:
         self.client = MeshClient(nc, default_timeout=self.options.call_timeout)
         self.log = structlog.get_logger("mesh.runtime").bind(worker=self.worker_id)
         self.log_turns = False
+        self.observers = list(observers)
         self.activations: dict[str, Activation] = {}
         self.stats = {t: TypeStats() for t in self.agents}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -132,7 +135,9 @@ class Runtime:
             metadata={"mesh.kind": "agent", "mesh.type": agent_type, "mesh.worker": self.worker_id},
             queue_group="mesh", stats_handler=stats_data,
         )
-        await service.add_endpoint(name="request", subject=subjects.agent_wildcard(agent_type), handler=self._on_request)
+        await service.add_endpoint(
+            name="request", subject=subjects.agent_wildcard(agent_type), handler=self._on_request
+        )
         return service
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -191,7 +196,8 @@ class Runtime:
                 )
             chain = headers.get(subjects.HEADER_CHAIN)
             if chain and key in chain.split(","):
-                raise CallCycle(f"{agent_type}/{subjects.decode_name(token)} is already waiting in this call chain: {chain}")
+                name = subjects.decode_name(token)
+                raise CallCycle(f"{agent_type}/{name} is already waiting in this call chain: {chain}")
             if not self._accepting:
                 raise Unavailable("worker is shutting down; retry")
             envelope = Envelope(msg.data, msg.reply or None, headers, _deadline(headers, msg.reply))
@@ -272,6 +278,20 @@ class Runtime:
     ) -> TurnContext:
         return make_turn_context(agent_type, name, key, envelope, log)
 
+    def turn_finished(self, turn: TurnContext, started: float, error: MeshError | None) -> None:
+        """Log the turn (at debug) and tell the observers; only called when either wants it."""
+        ended = time.time()
+        code = error.code if error else "ok"
+        if self.log_turns:
+            turn.log.debug("turn.finished", started_at=started, ended_at=ended, outcome=code)
+        if self.observers:
+            record = TurnRecord(
+                turn.agent_type, turn.name, self.worker_id, turn.turn_id, turn.traceparent,
+                started, ended, code, error.message if error else None,
+            )
+            for observer in self.observers:
+                observer.on_turn(record)
+
     def as_mesh_error(self, exc: Exception, turn: TurnContext) -> MeshError:
         stats = self.stats[turn.agent_type]
         stats.turns += 1
@@ -285,6 +305,7 @@ class Runtime:
     async def _stateless_turn(self, cls: type[Agent[Any]], name: str, key: str, envelope: Envelope) -> None:
         turn = self.turn_context(cls.type, name, key, envelope, self.log)
         token = current_turn.set(turn)
+        started = time.time()
         try:
             result = await run_handler(cls(name, None, self.client), envelope)
             outcome = Outcome(envelope, wire.dumps(result), None)
@@ -293,6 +314,8 @@ class Runtime:
             outcome = Outcome(envelope, None, self.as_mesh_error(exc, turn))
         finally:
             current_turn.reset(token)
+        if self.log_turns or self.observers:
+            self.turn_finished(turn, started, outcome.error)
         await self.reply(outcome)
 
     # -- background --------------------------------------------------------------------------

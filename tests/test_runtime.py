@@ -6,12 +6,14 @@ import time
 import nats
 import orjson
 import pytest
+from core_agents import AGENTS
 
 from mesh import (
     AgentError,
     BadJson,
     CallCycle,
     MeshClient,
+    MeshTimeout,
     NameInvalid,
     NoResponders,
     PayloadTooLarge,
@@ -20,10 +22,10 @@ from mesh import (
     StateConflict,
     StateInvalid,
     StateTooLarge,
+    Unavailable,
     instance_key,
 )
 from mesh.bus import Bucket, open_bucket
-from tests.agents import AGENTS
 
 
 async def state_bucket(client: MeshClient) -> Bucket:
@@ -40,7 +42,7 @@ async def test_counter_keeps_state_per_name(mesh_factory, mesh_client) -> None:
     assert await mesh_client.state("counter", "never") is None
 
 
-async def test_each_bad_request_gets_its_error_and_the_next_one_succeeds(mesh_factory, mesh_client, nats_server) -> None:
+async def test_each_bad_request_gets_its_error_and_the_next_one_succeeds(mesh_factory, mesh_client) -> None:
     await mesh_factory(AGENTS)
     nc = mesh_client.nc
     cases = [
@@ -209,3 +211,60 @@ async def test_send_is_fire_and_forget_and_emit_publishes_events(mesh_factory, m
     assert event.subject == "events.hop.e=2E1.visited"
     assert orjson.loads(event.data)["at"] == "hop/e.1"
     assert event.headers["traceparent"].startswith("00-")
+
+
+async def test_workers_ride_out_a_nats_server_restart(mesh_factory, mesh_client, nats_server) -> None:
+    options = RuntimeOptions(lease_ttl=2, heartbeat=0.3)
+    runtimes = [await mesh_factory(AGENTS, options) for _ in range(2)]
+    for i in range(20):
+        assert await mesh_client.call("counter", f"z{i}", {"add": 1}) == {"value": 1}
+    nats_server.stop()
+    await asyncio.sleep(3)  # longer than the lease: every worker is fenced, every lease expired
+    assert all(rt.directory.fenced() for rt in runtimes)
+    await nats_server.start()
+    for _ in range(200):
+        if not any(rt.directory.fenced() for rt in runtimes) and mesh_client.nc.is_connected:
+            break
+        await asyncio.sleep(0.05)
+    for i in range(20):
+        for _ in range(50):
+            try:
+                assert await mesh_client.call("counter", f"z{i}", {"add": 1}, timeout=5) == {"value": 2}
+                break
+            except (NoResponders, MeshTimeout, Unavailable):  # resubscribing after the reconnect
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"z{i} never answered after the restart")
+    for i in range(20):
+        assert await mesh_client.state("counter", f"z{i}") == {"value": 2}
+
+
+async def test_observers_see_every_turn_and_state_write(mesh_factory, mesh_client, nats_server) -> None:
+    from mesh.bus import NatsOptions, connect
+    from mesh.observe import StateRecord, TurnRecord
+    from mesh.runtime import Runtime
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.turns: list[TurnRecord] = []
+            self.states: list[StateRecord] = []
+
+        def on_turn(self, record: TurnRecord) -> None:
+            self.turns.append(record)
+
+        def on_state_saved(self, record: StateRecord) -> None:
+            self.states.append(record)
+
+    recorder = Recorder()
+    nc = await connect(NatsOptions.from_url(nats_server.url))
+    async with Runtime(nc, AGENTS, observers=[recorder]):
+        await mesh_client.call("counter", "o", {"add": 1})
+        with pytest.raises(SchemaMismatch):
+            await mesh_client.call("counter", "o", {"add": "x"})
+        await mesh_client.call("echo", "o", 1)
+    await nc.close()
+    assert [(t.agent_type, t.outcome) for t in recorder.turns] == [
+        ("counter", "ok"), ("counter", "schema_mismatch"), ("echo", "ok")
+    ]
+    assert all(t.started_at <= t.ended_at for t in recorder.turns)
+    assert [(s.agent_type, s.name, s.size) for s in recorder.states] == [("counter", "o", len(b'{"value":1}'))]
