@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import email
+import re
 import smtplib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace

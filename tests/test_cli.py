@@ -83,7 +83,8 @@ async def test_readme_first_command_runs_the_mesh_from_a_fresh_virtualenv(tmp_pa
             shutil.copy2(source, checkout / name)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH", "NATS_URL"}}
-    env.update({"MESH_NATS_PORT": str(port), "MESH_STORE": str(tmp_path / "store"), "MESH_HTTP": "off", "MESH_SMTP_LISTEN": "off"})
+    env.update({"MESH_NATS_PORT": str(port), "MESH_STORE": str(tmp_path / "store"), "MESH_HTTP": "off",
+                "MESH_SMTP_LISTEN": "off"})
     process = await asyncio.create_subprocess_shell(
         first_readme_command(), cwd=checkout, env=env, start_new_session=True,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

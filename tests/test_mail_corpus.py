@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.mail.parse import Unparseable, parse_message
-from tests.mail_support import Inbox, send, mail_factory, sink  # noqa: F401
+from tests.mail_support import Inbox, send
 
 CORPUS = Path(__file__).parent / "mail_corpus"
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from mesh.server import NatsServer, free_port
-from tests.mail_support import Notes, Sink, compose, send, sink  # noqa: F401
+from tests.mail_support import Notes, Sink, compose, send
 
 ROOT = Path(__file__).parent.parent
 

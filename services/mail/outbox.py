@@ -12,9 +12,9 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from typing import Any
 
 import aiosmtplib
 import nats.errors
@@ -130,7 +130,7 @@ class Outbox:
         while True:
             try:
                 msgs = await sub.fetch(1, timeout=5.0)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except nats.errors.ConnectionClosedError:
                 return
@@ -163,7 +163,7 @@ class Outbox:
                 return
             await self._retry(msg, envelope, record, f"{code} {exc}")
             return
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             await self._retry(msg, envelope, record, f"{type(exc).__name__}: {exc}")
             return
         await self.store.put_record("out", _key(envelope.mail_id), {**record, "status": "sent"})

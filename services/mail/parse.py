@@ -14,6 +14,7 @@ import re
 from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
+from typing import Literal
 
 from mesh.mail import Attachment, InboundEmail, SenderAuth
 from services.mail.html import html_to_text
@@ -139,10 +140,12 @@ def _body_text(message: EmailMessage, parts: list[Message], defects: list[str]) 
 def decode_text(part: Message, defects: list[str]) -> str:
     """A text part's content: the declared charset, else UTF-8, else Windows-1252 (which never fails)."""
     try:
-        payload = part.get_payload(decode=True)
+        decoded = part.get_payload(decode=True)
     except Exception:
-        payload = None
-    if payload is None:
+        decoded = None
+    if isinstance(decoded, bytes):
+        payload = decoded
+    else:
         raw = part.get_payload()
         payload = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
     charset = (part.get_content_charset() or "").strip().lower()
@@ -272,6 +275,7 @@ def auth_verdict(values: list[str], trusted: tuple[str, ...]) -> SenderAuth:
             continue
         results = {m.group(1).lower(): m.group(2).lower() for m in re.finditer(r"\b(spf|dkim|dmarc)\s*=\s*(\w+)", rest)}
         dmarc, spf, dkim = results.get("dmarc"), results.get("spf"), results.get("dkim")
+        verdict: Literal["pass", "fail", "none"]
         if dmarc is not None:
             verdict = "pass" if dmarc == "pass" else "fail"
         elif "pass" in (spf, dkim):

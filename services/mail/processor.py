@@ -61,7 +61,7 @@ class Processor:
         while True:
             try:
                 msgs = await sub.fetch(MAX_CONCURRENT, timeout=5.0)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except nats.errors.ConnectionClosedError:
                 return
@@ -163,5 +163,5 @@ class Processor:
 async def _quietly(op: Any) -> None:
     try:
         await op
-    except (nats.errors.Error, jse.Error, asyncio.TimeoutError) as exc:
+    except (TimeoutError, nats.errors.Error, jse.Error) as exc:
         log.warning("mail.ack_failed", error=str(exc) or type(exc).__name__)
