@@ -52,6 +52,16 @@ def test_each_message_parses_or_is_clearly_refused(name: str) -> None:
     assert ">" not in mail.text and "wrote:" not in mail.text and "Shall I approve" not in mail.text
 
 
+def test_headers_in_raw_8bit_or_encoded_words_are_decoded() -> None:
+    def parsed(name: str):  # type: ignore[no-untyped-def]
+        return parse_message((CORPUS / name).read_bytes(), mail_id="m", sender="s@x.test", recipients=["r@localhost"])
+
+    assert parsed("04_latin1_qp.eml").from_name == "José"  # raw ISO-8859-1 bytes in From
+    assert parsed("01_plain_qp_utf8.eml").from_name == "Ana María"
+    assert parsed("07_encoded_headers_cjk.eml").from_name == "山田太郎"
+    assert parsed("10_outlook_reply.eml").references == ["root.budget@example.com", "first.budget@localhost"]
+
+
 async def test_the_corpus_through_smtp_while_the_server_keeps_serving(mesh_factory, mesh_client, mail_factory):
     await mesh_factory([Inbox])
     service = await mail_factory()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mesh.mail import SenderAuth
 from services.mail.html import html_to_text
-from services.mail.parse import auth_verdict, parse_message, strip_quoted
+from services.mail.parse import Unparseable, auth_verdict, parse_message, strip_quoted
 from services.mail.routing import Route, address_resolver, agent_address, sign_token, verify_token
 from tests.mail_support import compose
 
@@ -96,3 +98,20 @@ def test_signed_tokens_verify_only_for_their_instance() -> None:
     assert verify_token(b"k", "clerk", "desk", "tap_123") is None
     resolve = address_resolver(("localhost",))
     assert resolve(agent_address("clerk", "desk", "localhost", token)) == Route("clerk", "desk", token)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2000) | st.builds(
+    lambda head, body: head + b"\n\n" + body,
+    st.sampled_from([b"Content-Type: multipart/mixed; boundary=x", b"Content-Type: text/plain; charset=x-nope",
+                     b"Content-Transfer-Encoding: base64\nContent-Type: text/html", b"From: <<@>>\nSubject: =?x?q?=ff?=",
+                     b"Content-Type: message/rfc822", b"Content-Type: multipart/alternative; boundary=\"\""]),
+    st.binary(max_size=1500),
+))
+def test_any_bytes_parse_or_are_refused_cleanly(raw: bytes) -> None:
+    try:
+        mail = parse_message(raw, mail_id="m", sender="s@x.test", recipients=["notes+a@localhost"])
+    except Unparseable:
+        return
+    assert isinstance(mail.text, str)
+    mail.model_dump_json()  # what goes on the wire always serializes

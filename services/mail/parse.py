@@ -69,9 +69,15 @@ class _Headers:
 
     def get_all(self, name: str) -> list[str]:
         try:
-            return [str(v) for v in self._message.get_all(name) or []]
+            values = [str(v) for v in self._message.get_all(name) or []]
         except Exception:
             return [_decode_legacy(v) for v in self._legacy.get_all(name) or []]
+        if any("\ufffd" in v for v in values):
+            # Raw 8-bit bytes in a header (no RFC 2047): UTF-8 if they are, else Windows-1252.
+            raws = [v for k, v in self._legacy.raw_items() if k.lower() == name.lower()]
+            if len(raws) == len(values):
+                values = [_decode_8bit(r) if "\ufffd" in v else v for v, r in zip(values, raws, strict=True)]
+        return values
 
     def has(self, name: str) -> bool:
         return name in self._legacy
@@ -83,6 +89,15 @@ def _decode_legacy(value: object) -> str:
         return str(email.header.make_header(email.header.decode_header(text)))
     except Exception:
         return text
+
+
+def _decode_8bit(raw: object) -> str:
+    data = str(raw).encode("ascii", "surrogateescape")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("cp1252", errors="replace")
+    return _decode_legacy(" ".join(text.split()))
 
 
 def _walk(message: Message) -> list[Message]:

@@ -25,6 +25,9 @@ from services.mail.store import MailEnvelope, MailStore, StoreUnavailable, messa
 
 log = structlog.get_logger("mesh.mail")
 
+INLINE_PARSE_LIMIT = 64 * 1024
+"""Larger mail is parsed in a worker thread."""
+
 TypeCheck = Callable[[str], Awaitable[bool]]
 """Is mail allowed to reach this agent type? (raises to answer 451: cannot tell now)"""
 
@@ -65,8 +68,12 @@ class IngestHandler:
             sender = ""
         recipients = list(envelope.rcpt_tos)
         try:
-            mail = parse_message(raw, mail_id="-", sender=sender, recipients=recipients,
-                                 trusted_authserv=self.config.trusted_authserv)
+            if len(raw) > INLINE_PARSE_LIMIT:  # keep the event loop (and NATS heartbeats) responsive
+                mail = await asyncio.to_thread(parse_message, raw, mail_id="-", sender=sender, recipients=recipients,
+                                               trusted_authserv=self.config.trusted_authserv)
+            else:
+                mail = parse_message(raw, mail_id="-", sender=sender, recipients=recipients,
+                                     trusted_authserv=self.config.trusted_authserv)
         except Unparseable as exc:
             log.info("mail.rejected", stage="data", reason=str(exc), peer=_peer(session))
             return f"554 5.6.0 Message refused: {exc}"
