@@ -244,3 +244,19 @@ async def _records(service, kind: str) -> list[dict]:  # type: ignore[no-untyped
             entry = await kv.get(key)
             found.append(json.loads(entry.value))
     return found
+
+
+async def test_without_an_allowlist_mail_reaches_the_types_the_mesh_serves(mesh_factory, mesh_client, mail_factory, sink):
+    from services.demo import Counter
+
+    await mesh_factory([Notes, Counter])
+    service = await mail_factory(agent_types=())
+    assert (await send(service.port, compose(body="served"), rcpts=["notes+alice@localhost"]))[0] == 250
+    assert (await send(service.port, compose(body="x"), rcpts=["inbox+alice@localhost"]))[0] == 550  # not served
+    # A type whose requests are not text gets a clear failure notice, not silence and not retries.
+    assert (await send(service.port, compose(body="add one"), rcpts=["counter+c@localhost"]))[0] == 250
+    messages = await sink.wait_for(2)
+    texts = sorted(m.get_content().strip() for m in messages)
+    assert texts[0] == "Noted #1: served"
+    assert "(schema_mismatch)" in texts[1] and "takes no plain-text requests" in texts[1]
+    assert await mesh_client.state("counter", "c") is None
