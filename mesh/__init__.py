@@ -8,6 +8,9 @@ from mesh.client import MeshClient  # noqa: E402
 from mesh.context import TurnContext, current_turn  # noqa: E402
 from mesh.errors import (  # noqa: E402
     AgentError,
+    ApprovalDecided,
+    ApprovalNotFound,
+    ApprovalPending,
     BadJson,
     CallCycle,
     ConnectionFailed,
@@ -31,6 +34,9 @@ from mesh.subjects import agent_subject, decode_name, encode_name, instance_key 
 __all__ = [
     "Agent",
     "AgentError",
+    "ApprovalDecided",
+    "ApprovalNotFound",
+    "ApprovalPending",
     "BadJson",
     "CallCycle",
     "ConnectionFailed",

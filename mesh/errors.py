@@ -5,7 +5,10 @@
     │   ├── BadJson             body is not JSON                                   bad_json 400
     │   ├── NameInvalid         instance or type name cannot be addressed          name_invalid 400
     │   ├── PayloadTooLarge     body over the configured request limit             payload_too_large 413
-    │   └── SchemaMismatch      JSON does not match the handler's request model    schema_mismatch 422
+    │   ├── SchemaMismatch      JSON does not match the handler's request model    schema_mismatch 422
+    │   ├── ApprovalNotFound    no such approval on this LLM instance              approval_not_found 404
+    │   ├── ApprovalDecided     the approval was already decided (or expired)      approval_decided 409
+    │   └── ApprovalPending     a message came while a run awaits approval         approval_pending 409
     ├── AgentError              the handler raised                                 handler_error 500
     ├── StateError              a turn produced state that cannot be saved
     │   ├── StateInvalid        state fails its own model's validation             state_invalid 500
@@ -63,6 +66,21 @@ class PayloadTooLarge(RequestError):
 class SchemaMismatch(RequestError):
     code = "schema_mismatch"
     status = 422
+
+
+class ApprovalNotFound(RequestError):
+    code = "approval_not_found"
+    status = 404
+
+
+class ApprovalDecided(RequestError):
+    code = "approval_decided"
+    status = 409
+
+
+class ApprovalPending(RequestError):
+    code = "approval_pending"
+    status = 409
 
 
 class AgentError(MeshError):

@@ -49,3 +49,25 @@ class MeshSettings(BaseSettings):
             max_request_bytes=self.max_request_bytes, max_state_bytes=self.max_state_bytes,
             idle_timeout=self.idle_timeout, lease_ttl=self.lease_ttl, call_timeout=self.call_timeout,
         )
+
+
+class LLMSettings(BaseSettings):
+    """How LLM agents reach a model. Environment: `OPENAI_API_KEY`, `OPENAI_BASE_URL`, `MESH_*`.
+
+    Nothing set means the deterministic offline demo model (labelled in replies and logs).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MESH_", extra="ignore")
+
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL"),
+        description="Any OpenAI-compatible server (vLLM, Ollama, llama.cpp); used through Chat Completions.",
+    )
+    model: str | None = Field(default=None, description="Model name (MESH_MODEL).")
+    approval_ttl: float = Field(default=3600.0, gt=0, description="Seconds before a pending approval is rejected.")
+    memory_max_items: int = Field(default=1000, ge=2, description="Conversation items kept per instance.")
+    openai_tracing: bool = Field(default=False, description="Also upload SDK traces to OpenAI (MESH_OPENAI_TRACING).")
+
+    def api_key(self) -> str | None:
+        return self.openai_api_key.get_secret_value() if self.openai_api_key else None

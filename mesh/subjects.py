@@ -27,6 +27,8 @@ _ESCAPES: Final = [chr(b) if b in _SAFE else f"={b:02X}" for b in range(256)]
 STATE_BUCKET: Final = "mesh_state"
 DIRECTORY_BUCKET: Final = "mesh_dir"
 WORKERS_BUCKET: Final = "mesh_workers"
+MEMORY_STREAM: Final = "mesh_memory"  # LLM conversation memory, one subject per instance
+RUNS_BUCKET: Final = "mesh_runs"  # object store: paused LLM runs (serialized RunState)
 
 # Headers the mesh reads or writes.
 HEADER_ERROR_CODE: Final = "Nats-Service-Error-Code"
@@ -55,6 +57,8 @@ SUBJECT_PATTERNS: Final = (
     "$KV.mesh_state.<type>.<name>",
     "$KV.mesh_dir.<type>.<name>",
     "$KV.mesh_workers.<worker>",
+    "mesh_memory.<type>.<name>",
+    "$O.mesh_runs.C|M.>",
 )
 
 
@@ -128,6 +132,11 @@ def event_subject(agent_type: str, name: str, kind: str) -> str:
     if not TYPE_PATTERN.match(kind):
         raise NameInvalid(f"event kind {kind[:80]!r} must match {TYPE_PATTERN.pattern}")
     return f"events.{instance_key(agent_type, name)}.{kind}"
+
+
+def memory_subject(agent_type: str, name: str) -> str:
+    """Subject of an LLM instance's conversation items in the `mesh_memory` stream."""
+    return f"{MEMORY_STREAM}.{instance_key(agent_type, name)}"
 
 
 def parse_address(address: str) -> tuple[str, str]:
