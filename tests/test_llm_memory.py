@@ -16,7 +16,7 @@ from mesh.server import NatsServer
 from mesh.testing import WorkerProcess
 
 TESTS = str(Path(__file__).parent)
-WORKER_ENV = {"PYTHONPATH": TESTS, "MESH_LEASE_TTL": "2", "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
+WORKER_ENV = {"PYTHONPATH": TESTS, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
 
 
 def said(reply: dict[str, Any]) -> str:
