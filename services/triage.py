@@ -12,6 +12,7 @@ none set, every agent here runs on the deterministic offline demo model, whose r
 from __future__ import annotations
 
 import ast
+import functools
 import operator
 import re
 from collections.abc import Sequence
@@ -32,7 +33,9 @@ if TYPE_CHECKING:  # the SDK is imported when an instance first runs, not when a
 SETTINGS = LLMSettings()
 
 
+@functools.cache
 def model_for(policy: Policy) -> agents.Model:
+    """One model (and HTTP client) per policy and process, shared by every instance."""
     from mesh.models import select_model
     from mesh.sdk_tracing import configure_sdk_tracing
 

@@ -35,27 +35,27 @@ class ChatCompletionsStub:
         await self.server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One request per connection (the reply says `connection: close`)."""
         try:
-            while True:
-                request_line = await reader.readline()
-                if not request_line:
-                    return
-                method, path, _ = request_line.decode().split(" ", 2)
-                headers: dict[str, str] = {}
-                while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    key, _, value = line.decode().partition(":")
-                    headers[key.strip().lower()] = value.strip()
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
-                if method != "POST" or not path.endswith("/chat/completions"):
-                    await self._write(writer, 404, "application/json", b'{"error": {"message": "not found"}}')
-                    continue
-                payload = json.loads(body)
-                self.requests.append(payload)
-                message = self.answer(payload)
-                if payload.get("stream"):
-                    await self._write(writer, 200, "text/event-stream", _sse(payload["model"], message))
-                else:
-                    await self._write(writer, 200, "application/json", json.dumps(_completion(payload["model"], message)).encode())
+            request_line = await reader.readline()
+            if not request_line:
+                return
+            method, path, _ = request_line.decode().split(" ", 2)
+            headers: dict[str, str] = {}
+            while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                key, _, value = line.decode().partition(":")
+                headers[key.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            if method != "POST" or path != "/v1/chat/completions":
+                await self._write(writer, 404, "application/json", b'{"error": {"message": "not found"}}')
+                return
+            payload = json.loads(body)
+            self.requests.append(payload)
+            message = self.answer(payload)
+            if payload.get("stream"):
+                await self._write(writer, 200, "text/event-stream", _sse(payload["model"], message))
+            else:
+                await self._write(writer, 200, "application/json", json.dumps(_completion(payload["model"], message)).encode())
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
@@ -64,7 +64,7 @@ class ChatCompletionsStub:
     async def _write(self, writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes) -> None:
         head = (
             f"HTTP/1.1 {status} {'OK' if status == 200 else 'Not Found'}\r\ncontent-type: {content_type}\r\n"
-            f"content-length: {len(body)}\r\nconnection: keep-alive\r\n\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
         )
         writer.write(head.encode() + body)
         await writer.drain()
