@@ -168,13 +168,15 @@ class LLMAgent(Agent[LLMState]):
         self._arm_timer()
 
     async def on_deactivate(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        # The expiry timer outlives the activation on purpose: an instance evicted for idling
+        # still has its approvals expire, since the timer's message activates it again.
+        return None
 
     async def on_request(self, request: LLMRequest) -> Any:
         token = current_client.set(self.mesh)
         try:
-            await self._expire_overdue()
+            if isinstance(request, Expire):
+                await self._expire_overdue()
             if isinstance(request, (str, list)):
                 return await self._ask(request)
             if isinstance(request, Ask):
@@ -194,12 +196,14 @@ class LLMAgent(Agent[LLMState]):
     # -- runs ---------------------------------------------------------------------------------
 
     async def _ask(self, user_input: str | list[dict[str, Any]]) -> LLMReply:
-        waiting = [p for p in self.state.pending if p.decision is None]
+        at = now()
+        waiting = [p for p in self.state.pending if p.decision is None and p.expires_at > at]
         if waiting:
             raise ApprovalPending(
                 f"{self.type}/{self.name} has a run awaiting approval ({', '.join(p.id for p in waiting)}); "
                 "approve or reject it first"
             )
+        await self._expire_overdue()
         run_id = new_run_id()
         self.state.record_run(RunRecord(run_id=run_id, status="awaiting_approval", agent=self.sdk_agent.name,
                                         started_at=now()))
@@ -326,6 +330,11 @@ class LLMAgent(Agent[LLMState]):
                     f"approval {approval_id} was already {done.decision}d by {done.by} at {done.decided_at.isoformat()}"
                 )
             raise ApprovalNotFound(f"{self.type}/{self.name} has no approval {approval_id!r}")
+        if approval.expires_at <= now():
+            # Settled by the instance's own `expire` turn (armed for exactly this), not here: an
+            # error reply discards this turn's state changes.
+            raise ApprovalDecided(f"approval {approval_id} expired at {approval.expires_at.isoformat()}; "
+                                  "it is rejected on expiry")
         recorded = self._record(approval, decision, by, reason)
         reply = await self._resume_if_decided(approval.run_id)
         reply.decision = recorded

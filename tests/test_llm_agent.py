@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, ClassVar
 
 import agents
 import pytest
 import structlog
-from agents.testing import ScriptedModel, assistant_message
+from agents.testing import ModelStep, ScriptedModel, assistant_message
 from agents.tracing import get_trace_provider
 from agents.usage import Usage
 from llm_stub import ChatCompletionsStub
@@ -90,3 +91,24 @@ async def test_an_openai_compatible_server_that_fails_gives_a_handler_error(
         await mesh_factory([Unreachable])
         with pytest.raises(AgentError, match="LLM run"):
             await mesh_client.call("unreachable", "u", "hi", timeout=60)
+
+
+async def test_an_instance_waiting_for_its_model_does_not_block_other_instances(
+    mesh_factory: Any, mesh_client: MeshClient
+) -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def slow(call: Any) -> Any:
+        started.set()
+        await release.wait()
+        return [assistant_message("slow answer")]
+
+    Scripted.model = ScriptedModel([ModelStep.respond(slow), [assistant_message("quick answer")]])
+    await mesh_factory([Scripted])
+    slow_call = asyncio.ensure_future(mesh_client.call("scripted", "slow", "hi"))
+    await started.wait()
+    quick = await mesh_client.call("scripted", "quick", "hi")
+    assert quick["output"] == "quick answer" and not slow_call.done()
+    release.set()
+    assert (await slow_call)["output"] == "slow answer"
