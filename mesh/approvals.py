@@ -22,7 +22,7 @@ import nats.js.errors as jse
 from nats.js import JetStreamContext
 from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.object_store import ObjectStore
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from mesh import subjects
 from mesh.errors import Unavailable

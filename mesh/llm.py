@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -245,7 +246,9 @@ class LLMAgent(Agent[LLMState]):
         usage = self._account(run_id, result)
         last = result.last_agent
         model = model_label(last.model)
-        record = next(r for r in self.state.runs if r.run_id == run_id)
+        record = next((r for r in self.state.runs if r.run_id == run_id), None) or RunRecord(
+            run_id=run_id, status="awaiting_approval", agent=last.name, started_at=now()
+        )
         if result.interruptions:
             return await self._pause(run_id, result, record, usage, model)
         output = result.final_output
@@ -314,8 +317,8 @@ class LLMAgent(Agent[LLMState]):
             elif event.name == "handoff_occured":
                 await self.emit("handoff", {"run_id": run_id, "from": item.agent.name,
                                             "to": getattr(getattr(item, "target_agent", None), "name", None)})
-        elif isinstance(event, RawResponsesStreamEvent) and getattr(event.data, "type", "") == "response.output_text.delta":
-            await self.emit("text_delta", {"run_id": run_id, "delta": event.data.delta})
+        elif isinstance(event, RawResponsesStreamEvent) and event.data.type == "response.output_text.delta":
+            await self.emit("text_delta", {"run_id": run_id, "delta": getattr(event.data, "delta", "")})
 
     # -- approvals ----------------------------------------------------------------------------
 
@@ -377,16 +380,16 @@ class LLMAgent(Agent[LLMState]):
                             model=model_label(self.sdk_agent.model))
         state = await RunState.from_string(self.sdk_agent, blob)
         by_call = {p.call_id: p for p in of_run}
-        usage = state._context.usage if state._context is not None else None  # noqa: SLF001
+        usage = state._context.usage if state._context is not None else None
         if usage is not None:
             self._usage_seen[run_id] = Usage(requests=usage.requests, input_tokens=usage.input_tokens,
                                              output_tokens=usage.output_tokens, total_tokens=usage.total_tokens)
         for item in state.get_interruptions():
-            approval = by_call.get(_call_id(item))
-            if approval is not None and approval.decision == "approve":
+            decided = by_call.get(_call_id(item))
+            if decided is not None and decided.decision == "approve":
                 state.approve(item)
             else:
-                state.reject(item, rejection_message=_rejection_text(approval))
+                state.reject(item, rejection_message=_rejection_text(decided))
         if not any(r.run_id == run_id for r in self.state.runs):
             self.state.record_run(RunRecord(run_id=run_id, status="awaiting_approval", agent=of_run[0].agent,
                                             started_at=of_run[0].requested_at))
@@ -424,10 +427,8 @@ class LLMAgent(Agent[LLMState]):
 
 
 def _import_sdk() -> None:
-    import agents  # noqa: F401
-
-    import mesh.models  # noqa: F401
-    import mesh.sdk_tracing  # noqa: F401
+    for module in ("agents", "mesh.models", "mesh.sdk_tracing"):
+        importlib.import_module(module)
 
 
 def _call_id(item: Any) -> str:

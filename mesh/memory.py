@@ -10,7 +10,6 @@ get. An instance keeps at most `max_items` items (older ones are purged after ea
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -112,7 +111,7 @@ class MemorySession:
                 while True:
                     try:
                         msg = await sub.next_msg(timeout=5)
-                    except (nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
+                    except (nats.errors.TimeoutError, TimeoutError) as exc:
                         raise Unavailable(f"memory stream did not answer a read of {self.subject}") from exc
                     headers: dict[str, Any] = msg.headers or {}
                     status = headers.get("Status")

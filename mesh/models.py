@@ -114,6 +114,8 @@ def model_label(model: Model | str | None) -> str:
         return OFFLINE_LABEL
     if isinstance(model, str):
         return model
+    if model is None:
+        return "default"
     name = getattr(model, "model", None)
     return str(name) if name else type(model).__name__
 
@@ -123,7 +125,7 @@ def _as_items(value: str | list[TResponseInputItem]) -> list[dict[str, Any]]:
         return [{"role": "user", "content": value}]
     out: list[dict[str, Any]] = []
     for item in value:
-        out.append(item if isinstance(item, dict) else dict(getattr(item, "model_dump")()))
+        out.append(dict(item) if isinstance(item, dict) else dict(item.model_dump()))
     return out
 
 

@@ -10,6 +10,7 @@ import agents
 import pytest
 import structlog
 from agents.testing import ModelStep, ScriptedModel, assistant_message
+from agents import OpenAIChatCompletionsModel
 from agents.tracing import get_trace_provider
 from agents.usage import Usage
 from llm_stub import ChatCompletionsStub
@@ -76,21 +77,26 @@ async def test_a_failing_model_is_a_structured_error_and_the_instance_keeps_serv
 
 class Unreachable(LLMAgent):
     type = "unreachable"
-    base_url: ClassVar[str]
+    model: ClassVar[agents.Model]
 
     def build_agent(self) -> agents.Agent[Any]:
-        model = select_model(policy=lambda view: [], base_url=self.base_url, api_key="k", model="m")
-        return agents.Agent(name="Unreachable", instructions="x", model=model)
+        return agents.Agent(name="Unreachable", instructions="x", model=self.model)
 
 
 async def test_an_openai_compatible_server_that_fails_gives_a_handler_error(
     mesh_factory: Any, mesh_client: MeshClient
 ) -> None:
     async with ChatCompletionsStub() as stub:
-        Unreachable.base_url = f"http://127.0.0.1:{stub.port}/wrong-prefix"
+        model = select_model(policy=lambda view: [], base_url=f"http://127.0.0.1:{stub.port}/wrong-prefix",
+                             api_key="k", model="m")
+        assert isinstance(model, OpenAIChatCompletionsModel)
+        Unreachable.model = model
         await mesh_factory([Unreachable])
-        with pytest.raises(AgentError, match="LLM run"):
-            await mesh_client.call("unreachable", "u", "hi", timeout=60)
+        try:
+            with pytest.raises(AgentError, match="LLM run .* failed: NotFoundError"):
+                await mesh_client.call("unreachable", "u", "hi", timeout=60)
+        finally:
+            await model._client.close()
 
 
 async def test_an_instance_waiting_for_its_model_does_not_block_other_instances(

@@ -31,7 +31,7 @@ def mesh_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **WORKER_ENV}
     return subprocess.run(
         [sys.executable, "-m", "mesh", *args[:1], "--nats-url", url, *args[1:]],
-        capture_output=True, text=True, env=env, timeout=120,
+        check=False, capture_output=True, text=True, env=env, timeout=120,
     )
 
 
