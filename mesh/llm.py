@@ -338,12 +338,12 @@ class LLMAgent(Agent[LLMState]):
             # error reply discards this turn's state changes.
             raise ApprovalDecided(f"approval {approval_id} expired at {approval.expires_at.isoformat()}; "
                                   "it is rejected on expiry")
-        recorded = self._record(approval, decision, by, reason)
+        recorded = await self._record(approval, decision, by, reason)
         reply = await self._resume_if_decided(approval.run_id)
         reply.decision = recorded
         return reply
 
-    def _record(
+    async def _record(
         self, approval: PendingApproval, decision: Literal["approve", "reject"], by: str, reason: str | None
     ) -> Decision:
         approval.decision, approval.reason, approval.decided_by = decision, reason, by
@@ -351,6 +351,7 @@ class LLMAgent(Agent[LLMState]):
                             decision=decision, by=by, reason=reason, decided_at=now())
         self.state.record_decision(recorded)
         self.log.info("approval.decided", approval_id=approval.id, decision=decision, by=by)
+        await self.emit("approval_decided", recorded.model_dump(mode="json"))
         return recorded
 
     async def _resume_if_decided(self, run_id: str) -> LLMReply:
@@ -359,9 +360,6 @@ class LLMAgent(Agent[LLMState]):
         from mesh.models import model_label
 
         of_run = [p for p in self.state.pending if p.run_id == run_id]
-        for approval in of_run:
-            if approval.decision is not None:
-                await self.emit("approval_decided", approval.model_dump(mode="json"))
         still_open = [p for p in of_run if p.decision is None]
         if still_open:
             return LLMReply(status="awaiting_approval", run_id=run_id, agent=of_run[0].agent,
@@ -369,16 +367,22 @@ class LLMAgent(Agent[LLMState]):
         self.state.pending = [p for p in self.state.pending if p.run_id != run_id]
         assert self._runs is not None
         blob = await self._runs.load(self.key, run_id)
-        if blob is None:
+        problem = f"the paused run {run_id} has no stored snapshot" if blob is None else None
+        if blob is not None:
+            try:
+                state = await RunState.from_string(self.sdk_agent, blob)
+            except Exception as exc:  # e.g. the agent's tools changed since the run paused
+                problem = f"the paused run {run_id} no longer loads: {type(exc).__name__}: {exc}"
+        if problem is not None:
+            # Settle the run as failed rather than leave its approvals pending forever.
             record = next((r for r in self.state.runs if r.run_id == run_id), None)
-            message = f"the paused run {run_id} has no stored snapshot; it cannot resume"
             if record is not None:
-                self.state.record_run(record.model_copy(update={"status": "failed", "output": message,
+                self.state.record_run(record.model_copy(update={"status": "failed", "output": problem,
                                                                   "finished_at": now()}))
-            await self.emit("run_failed", {"run_id": run_id, "error": message})
-            return LLMReply(status="failed", run_id=run_id, output=message, agent=of_run[0].agent,
+            await self.emit("run_failed", {"run_id": run_id, "error": problem})
+            self.log.warning("llm.resume_failed", run_id=run_id, error=problem)
+            return LLMReply(status="failed", run_id=run_id, output=problem, agent=of_run[0].agent,
                             model=model_label(self.sdk_agent.model))
-        state = await RunState.from_string(self.sdk_agent, blob)
         by_call = {p.call_id: p for p in of_run}
         usage = state._context.usage if state._context is not None else None
         if usage is not None:
@@ -399,7 +403,7 @@ class LLMAgent(Agent[LLMState]):
         at = now()
         expired = self.state.expired(at)
         for approval in expired:
-            self._record(approval, "reject", "expiry", f"approval expired at {approval.expires_at.isoformat()}")
+            await self._record(approval, "reject", "expiry", f"approval expired at {approval.expires_at.isoformat()}")
         for run_id in dict.fromkeys(p.run_id for p in expired):
             try:
                 await self._resume_if_decided(run_id)

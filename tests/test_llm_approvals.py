@@ -15,7 +15,8 @@ import agents
 import pytest
 from agents.testing import ScriptedModel, assistant_message, function_call
 
-from mesh import bus
+from mesh import bus, subjects
+from mesh.approvals import RunStore
 from mesh.client import MeshClient
 from mesh.errors import ApprovalDecided, ApprovalNotFound, ApprovalPending, SchemaMismatch
 from mesh.llm import LLMAgent
@@ -202,3 +203,20 @@ async def test_a_run_resumes_when_all_its_approvals_are_decided_and_the_model_he
     Mailer.model.assert_complete()
     state = await mesh_client.state("mailer", "m")
     assert state["requests"] == 2 and state["pending"] == []
+
+
+async def test_a_paused_run_whose_snapshot_is_gone_is_settled_as_failed_not_left_pending(
+    mesh_factory: Any, mesh_client: MeshClient
+) -> None:
+    Mailer.model = ScriptedModel([[function_call("send_email", {"to": "c@example.com", "body": "x"}, call_id="c3")]])
+    sent.clear()
+    await mesh_factory([Mailer])
+    paused = await mesh_client.call("mailer", "lost", "mail c")
+    runs = await RunStore.open(mesh_client.nc.jetstream())
+    await runs.delete(subjects.instance_key("mailer", "lost"), paused["run_id"])
+
+    reply = await mesh_client.call("mailer", "lost", {"op": "approve", "id": paused["approvals"][0]["id"]})
+    assert reply["status"] == "failed" and "no stored snapshot" in reply["output"]
+    assert sent == []
+    state = await mesh_client.state("mailer", "lost")
+    assert state["pending"] == [] and state["runs"][-1]["status"] == "failed"
