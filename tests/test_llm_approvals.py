@@ -184,6 +184,7 @@ async def test_a_run_resumes_when_all_its_approvals_are_decided_and_the_model_he
     ])
     sent.clear()
     await mesh_factory([Mailer])
+    events = await mesh_client.nc.subscribe("events.mailer.m.>")
     paused = await mesh_client.call("mailer", "m", "mail a and b")
     first, second = paused["approvals"]
     assert {first["call_id"], second["call_id"]} == {"c1", "c2"}
@@ -203,6 +204,12 @@ async def test_a_run_resumes_when_all_its_approvals_are_decided_and_the_model_he
     Mailer.model.assert_complete()
     state = await mesh_client.state("mailer", "m")
     assert state["requests"] == 2 and state["pending"] == []
+    kinds: list[str] = []
+    while "run_completed" not in kinds:
+        kinds.append((await events.next_msg(timeout=10)).subject.rsplit(".", 1)[1])
+    assert kinds.count("tool_called") == 2 and kinds.count("approval_requested") == 2
+    assert kinds.count("approval_decided") == 2 and kinds.count("tool_output") == 2
+    assert kinds.index("approval_requested") < kinds.index("approval_decided") < kinds.index("tool_output")
 
 
 async def test_a_paused_run_whose_snapshot_is_gone_is_settled_as_failed_not_left_pending(
