@@ -27,9 +27,11 @@ from mesh.errors import (  # noqa: E402
     StateTooLarge,
     Unavailable,
 )
+from mesh.llm import LLMAgent, LLMReply  # noqa: E402
 from mesh.runtime import Runtime, RuntimeOptions  # noqa: E402
 from mesh.server import NatsServer  # noqa: E402
 from mesh.subjects import agent_subject, decode_name, encode_name, instance_key  # noqa: E402
+from mesh.tools import agent_tool  # noqa: E402
 
 __all__ = [
     "Agent",
@@ -40,6 +42,8 @@ __all__ = [
     "BadJson",
     "CallCycle",
     "ConnectionFailed",
+    "LLMAgent",
+    "LLMReply",
     "MeshClient",
     "MeshError",
     "MeshTimeout",
@@ -60,6 +64,7 @@ __all__ = [
     "Unavailable",
     "__version__",
     "agent_subject",
+    "agent_tool",
     "connect",
     "current_turn",
     "decode_name",

@@ -110,7 +110,8 @@ async def cmd_up(args: argparse.Namespace, settings: MeshSettings) -> int:
     try:
         print(
             f"mesh is up: nats-server at {server.url} (store {settings.store}); "
-            f"try: mesh call counter/demo '{{\"add\": 1}}'",
+            f"try: mesh call counter/demo '{{\"add\": 1}}' "
+            f"or mesh call triage/alice '\"What is the capital of France?\"'",
             file=sys.stderr, flush=True,
         )
         return await _serve(settings, server.url)
