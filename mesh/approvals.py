@@ -78,7 +78,7 @@ class RunRecord(BaseModel):
     """The outcome of one run, kept so a caller who was not connected can read it later."""
 
     run_id: str
-    status: Literal["completed", "awaiting_approval", "failed"]
+    status: Literal["running", "completed", "awaiting_approval", "failed"]
     agent: str
     output: str | None = None
     started_at: datetime

@@ -206,7 +206,7 @@ class LLMAgent(Agent[LLMState]):
             )
         await self._expire_overdue()
         run_id = new_run_id()
-        self.state.record_run(RunRecord(run_id=run_id, status="awaiting_approval", agent=self.sdk_agent.name,
+        self.state.record_run(RunRecord(run_id=run_id, status="running", agent=self.sdk_agent.name,
                                         started_at=now()))
         return await self._run(user_input, run_id)
 
@@ -247,7 +247,7 @@ class LLMAgent(Agent[LLMState]):
         last = result.last_agent
         model = model_label(last.model)
         record = next((r for r in self.state.runs if r.run_id == run_id), None) or RunRecord(
-            run_id=run_id, status="awaiting_approval", agent=last.name, started_at=now()
+            run_id=run_id, status="running", agent=last.name, started_at=now()
         )
         if result.interruptions:
             return await self._pause(run_id, result, record, usage, model)
@@ -395,7 +395,7 @@ class LLMAgent(Agent[LLMState]):
             else:
                 state.reject(item, rejection_message=_rejection_text(decided))
         if not any(r.run_id == run_id for r in self.state.runs):
-            self.state.record_run(RunRecord(run_id=run_id, status="awaiting_approval", agent=of_run[0].agent,
+            self.state.record_run(RunRecord(run_id=run_id, status="running", agent=of_run[0].agent,
                                             started_at=of_run[0].requested_at))
         return await self._run(state, run_id)
 
