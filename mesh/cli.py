@@ -1,4 +1,5 @@
-"""The `mesh` command: run the mesh (`up`, `worker`, `smtp`) and talk to it (`call`, `state`, `ls`)."""
+"""The `mesh` command: run the mesh (`up`, `worker`, `smtp`) and talk to it (`call`, `state`, `ls`,
+`send`, `schedule`, `dead-letters`, `approvals`, `approve`, `reject`, `clear-memory`)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     ls = with_nats(commands.add_parser("ls", help="list agent types and the workers serving them"))
     ls.add_argument("type", nargs="?", help="list this type's stored instances instead")
     add_durable_commands(commands, with_nats)
+
+    approvals = with_nats(commands.add_parser("approvals", help="list the pending approvals of an LLM instance"))
+    approvals.add_argument("address", help="TYPE/NAME of an LLM agent instance")
+    approvals.add_argument("--json", action="store_true", help="print the raw reply (decisions included)")
+    for verb in ("approve", "reject"):
+        p = with_nats(commands.add_parser(verb, help=f"{verb} a pending tool call; the paused run then resumes"))
+        p.add_argument("address", help="TYPE/NAME of an LLM agent instance")
+        p.add_argument("id", help="approval id, as `mesh approvals` lists it")
+        p.add_argument("--reason", help="why (recorded; a rejection's reason is told to the model)")
+        p.add_argument("--by", help="who decides (default: the login name)")
+        p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the resumed run")
+    clear = with_nats(commands.add_parser("clear-memory", help="forget an LLM instance's conversation"))
+    clear.add_argument("address", help="TYPE/NAME of an LLM agent instance")
     return parser
 
 
@@ -144,7 +158,8 @@ async def cmd_up(args: argparse.Namespace, settings: MeshSettings) -> int:
     try:
         print(
             f"mesh is up: nats-server at {server.url} (store {settings.store}); "
-            f"try: mesh call counter/demo '{{\"add\": 1}}'",
+            f"try: mesh call counter/demo '{{\"add\": 1}}' "
+            f"or mesh call triage/alice '\"What is the capital of France?\"'",
             file=sys.stderr, flush=True,
         )
         return await _serve(settings, server.url, smtp=_smtp_listen(args))
@@ -350,9 +365,53 @@ async def cmd_dead_letters(args: argparse.Namespace, settings: MeshSettings) -> 
     return 0
 
 
+async def cmd_approvals(args: argparse.Namespace, settings: MeshSettings) -> int:
+    agent_type, name = subjects.parse_address(args.address)
+    async with await _client(args, settings) as client:
+        reply = await client.call(agent_type, name, {"op": "approvals"})
+    if args.json:
+        print(orjson.dumps(reply).decode())
+        return 0
+    pending = [p for p in reply.get("pending", []) if p.get("decision") is None]
+    if not pending:
+        print(f"{args.address} has no pending approvals", file=sys.stderr)
+        return 0
+    print(f"{'ID':<14} {'TOOL':<20} {'EXPIRES AT':<27} ARGUMENTS")
+    for p in pending:
+        print(f"{p['id']:<14} {p['tool']:<20} {p['expires_at']:<27} {p['arguments']}")
+    return 0
+
+
+async def cmd_decide(args: argparse.Namespace, settings: MeshSettings) -> int:
+    agent_type, name = subjects.parse_address(args.address)
+    request = {"op": args.command, "id": args.id, "by": args.by or _login(), "reason": args.reason}
+    async with await _client(args, settings) as client:
+        reply = await client.call(agent_type, name, request, timeout=args.timeout)
+    print(orjson.dumps(reply).decode())
+    return 0
+
+
+async def cmd_clear_memory(args: argparse.Namespace, settings: MeshSettings) -> int:
+    agent_type, name = subjects.parse_address(args.address)
+    async with await _client(args, settings) as client:
+        reply = await client.call(agent_type, name, {"op": "clear_memory"})
+    print(orjson.dumps(reply).decode())
+    return 0
+
+
+def _login() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 COMMANDS = {
     "up": cmd_up, "worker": cmd_worker, "call": cmd_call, "state": cmd_state, "ls": cmd_ls,
     "send": cmd_send, "schedule": cmd_schedule, "dead-letters": cmd_dead_letters, "smtp": cmd_smtp,
+    "approvals": cmd_approvals, "approve": cmd_decide, "reject": cmd_decide, "clear-memory": cmd_clear_memory,
 }
 
 if __name__ == "__main__":

@@ -100,3 +100,24 @@ class MailSettings(BaseSettings):
     ack_wait: float = Field(default=30.0, ge=1, description="Seconds before an unacknowledged mail is redelivered.")
     store_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for JetStream before answering 451.")
     call_timeout: float = Field(default=300.0, gt=0, description="Seconds an agent may take to answer a mail.")
+
+class LLMSettings(BaseSettings):
+    """How LLM agents reach a model. Environment: `OPENAI_API_KEY`, `OPENAI_BASE_URL`, `MESH_*`.
+
+    Nothing set means the deterministic offline demo model (labelled in replies and logs).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MESH_", extra="ignore")
+
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL"),
+        description="Any OpenAI-compatible server (vLLM, Ollama, llama.cpp); used through Chat Completions.",
+    )
+    model: str | None = Field(default=None, description="Model name (MESH_MODEL).")
+    approval_ttl: float = Field(default=3600.0, gt=0, description="Seconds before a pending approval is rejected.")
+    memory_max_items: int = Field(default=1000, ge=2, description="Conversation items kept per instance.")
+    openai_tracing: bool = Field(default=False, description="Also upload SDK traces to OpenAI (MESH_OPENAI_TRACING).")
+
+    def api_key(self) -> str | None:
+        return self.openai_api_key.get_secret_value() if self.openai_api_key else None

@@ -38,6 +38,8 @@ MAIL_BUCKET: Final = "mesh_mail"  # dedupe records, sent/failed outbox records, 
 MAIL_OBJECTS: Final = "mesh_mail_raw"  # object store for raw mail too large for one stream message
 MAIL_INBOUND_SUBJECT: Final = "mesh_mail.in"
 MAIL_OUTBOX_SUBJECT: Final = "mesh_mail.out"
+MEMORY_STREAM: Final = "mesh_memory"  # LLM conversation memory, one subject per instance
+RUNS_BUCKET: Final = "mesh_runs"  # object store: paused LLM runs (serialized RunState)
 
 # Headers the mesh reads or writes.
 HEADER_ERROR_CODE: Final = "Nats-Service-Error-Code"
@@ -98,6 +100,8 @@ SUBJECT_PATTERNS: Final = (
     "mesh_mail.out",
     "$KV.mesh_mail.<kind>.<id>",
     "$O.mesh_mail_raw.C|M.>",
+    "mesh_memory.<type>.<name>",
+    "$O.mesh_runs.C|M.>",
 )
 
 
@@ -171,6 +175,11 @@ def event_subject(agent_type: str, name: str, kind: str) -> str:
     if not TYPE_PATTERN.match(kind):
         raise NameInvalid(f"event kind {kind[:80]!r} must match {TYPE_PATTERN.pattern}")
     return f"events.{instance_key(agent_type, name)}.{kind}"
+
+
+def memory_subject(agent_type: str, name: str) -> str:
+    """Subject of an LLM instance's conversation items in the `mesh_memory` stream."""
+    return f"{MEMORY_STREAM}.{instance_key(agent_type, name)}"
 
 
 def parse_address(address: str) -> tuple[str, str]:
