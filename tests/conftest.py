@@ -1,1 +1,1 @@
-pytest_plugins = ["mesh.testing", "tests.mail_support"]
+pytest_plugins = ["mesh.testing", "mail_support"]

@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from mail_support import Inbox, send
 
 from services.mail.parse import Unparseable, parse_message
-from tests.mail_support import Inbox, send
 
 CORPUS = Path(__file__).parent / "mail_corpus"
 

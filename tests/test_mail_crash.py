@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from mail_support import Notes, Sink, compose, send
+
 from mesh.server import NatsServer, free_port
-from tests.mail_support import Notes, Sink, compose, send
 
 ROOT = Path(__file__).parent.parent
 

@@ -7,13 +7,13 @@ import json
 from collections.abc import Callable
 from email.message import EmailMessage
 
-from mesh.memory import MemorySession
+from mail_support import MailFactory, Sink, compose, send
 
 from mesh.client import MeshClient
+from mesh.memory import MemorySession
 from mesh.server import NatsServer
 from mesh.testing import WorkerProcess
 from services.mail.routing import sign_token
-from tests.mail_support import MailFactory, Sink, compose, send
 
 OFFLINE = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "MESH_MODEL": ""}
 

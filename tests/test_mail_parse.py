@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mail_support import compose
 
 from mesh.mail import SenderAuth
 from services.mail.html import html_to_text
 from services.mail.parse import Unparseable, auth_verdict, parse_message, strip_quoted
 from services.mail.routing import Route, address_resolver, agent_address, sign_token, verify_token
-from tests.mail_support import compose
 
 
 def parse(message, sender: str = "alice@example.com"):  # type: ignore[no-untyped-def]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from mail_support import Inbox, Notes, Sink, compose, send
+
 from mesh.client import MeshClient
 from services.mail.routing import agent_address
-from tests.mail_support import Inbox, Notes, Sink, compose, send
 
 
 async def wait_state(client: MeshClient, agent_type: str, name: str, check, timeout: float = 20.0):  # type: ignore[no-untyped-def]

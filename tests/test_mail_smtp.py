@@ -9,8 +9,9 @@ import ssl
 import sys
 from pathlib import Path
 
+from mail_support import MailFactory, Notes, Sink, compose, send
+
 from mesh.server import free_port
-from tests.mail_support import MailFactory, Notes, Sink, compose, send
 
 TLS = Path(__file__).parent / "mail_tls"  # a self-signed certificate for localhost / 127.0.0.1 (tests only)
 ROOT = Path(__file__).parent.parent
