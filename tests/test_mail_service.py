@@ -261,3 +261,19 @@ async def test_without_an_allowlist_mail_reaches_the_types_the_mesh_serves(mesh_
     assert texts[0] == "Noted #1: served"
     assert "(schema_mismatch)" in texts[1] and "takes no plain-text requests" in texts[1]
     assert await mesh_client.state("counter", "c") is None
+
+
+async def test_copies_of_one_message_arriving_together_are_processed_once(mesh_factory, mesh_client, mail_factory, sink):
+    """Several envelopes carry the same Message-ID to one instance (a list, Cc and Bcc): one turn, one reply."""
+    await mesh_factory([Notes])
+    service = await mail_factory()
+    message = compose(body="one of many", message_id="<many@example.com>")
+    rcpt_lists = [["notes+alice@localhost"], ["notes+alice@localhost", "notes+x@localhost"],
+                  ["notes+alice@localhost", "notes+y@localhost"], ["NOTES+alice@localhost", "notes+z@localhost"]]
+    codes = await asyncio.gather(*(send(service.port, message, rcpts=r) for r in rcpt_lists))
+    assert [c for c, _ in codes] == [250] * 4
+    await sink.wait_for(4)  # alice once, x, y, z
+    await asyncio.sleep(0.5)
+    assert sorted(m["From"].addresses[0].addr_spec for m in (msg for _, msg in sink.received)) == [
+        "notes+alice@localhost", "notes+x@localhost", "notes+y@localhost", "notes+z@localhost"]
+    assert await mesh_client.state("notes", "alice") == {"messages": ["one of many"]}

@@ -51,6 +51,7 @@ class Processor:
         self.resolver = resolver
         self.rate = ReplyRateLimit(store, config.reply_limit, config.reply_window)
         self.approvals = MailApprovals(store, client, outbox, config)
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def serve(self) -> None:
         sub = await pull_subscription(
@@ -58,18 +59,31 @@ class Processor:
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.config.ack_wait, max_deliver=-1,
                                   max_ack_pending=MAX_CONCURRENT * 4),
         )
-        while True:
-            try:
-                msgs = await sub.fetch(MAX_CONCURRENT, timeout=5.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except nats.errors.ConnectionClosedError:
-                return
-            except Exception as exc:  # NATS reconnecting
-                log.warning("mail.fetch_failed", error=str(exc) or type(exc).__name__)
-                await asyncio.sleep(1.0)
-                continue
-            await asyncio.gather(*(self.process(msg) for msg in msgs))
+        inflight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                free = MAX_CONCURRENT - len(inflight)
+                if free <= 0:  # every slot busy (long agent turns): wait for one, keep the rest running
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    msgs = await sub.fetch(free, timeout=5.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except nats.errors.ConnectionClosedError:
+                    return
+                except Exception as exc:  # NATS reconnecting
+                    log.warning("mail.fetch_failed", error=str(exc) or type(exc).__name__)
+                    await asyncio.sleep(1.0)
+                    continue
+                for msg in msgs:
+                    task = asyncio.get_running_loop().create_task(self.process(msg))
+                    inflight.add(task)
+                    task.add_done_callback(inflight.discard)
+        finally:
+            for task in inflight:
+                task.cancel()  # unacknowledged: JetStream redelivers them after ack_wait
+            await asyncio.gather(*inflight, return_exceptions=True)
 
     async def process(self, msg: Msg) -> None:
         """Handle one stored mail; never raises (the message is acked, retried later, or terminated)."""
@@ -108,6 +122,21 @@ class Processor:
         """One recipient's copy: dedupe, agent turn, reply, record."""
         name = route.instance_for(mail.sender)
         seen = short_hash(key, route.agent_type, name)
+        # Two copies of one message (different envelopes) in flight at once: the second waits, then
+        # finds the first one's record. (Across processes the window is one agent turn; see subjects.md.)
+        lock, users = self._locks.get(seen, (asyncio.Lock(), 0))
+        self._locks[seen] = (lock, users + 1)
+        try:
+            async with lock:
+                await self._deliver_once(route, name, seen, mail)
+        finally:
+            lock, users = self._locks[seen]
+            if users <= 1:
+                del self._locks[seen]
+            else:
+                self._locks[seen] = (lock, users - 1)
+
+    async def _deliver_once(self, route: Route, name: str, seen: str, mail: InboundEmail) -> None:
         done = await self.store.get_record("seen", seen)
         if done is not None:
             log.info("mail.duplicate", mail_id=mail.mail_id, message_id=mail.message_id, agent_type=route.agent_type,
