@@ -85,12 +85,17 @@ class MailService:
         if self.server is not None:
             self.server.close()
             self.server = None
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            done, pending = await asyncio.wait(list(self._tasks), timeout=5.0)
+        # Cancel until done: on Python 3.11 a cancellation can be swallowed by `asyncio.wait_for`
+        # inside nats-py's fetch when its timeout fires at the same moment, so cancel again.
+        pending = set(self._tasks)
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while pending and asyncio.get_running_loop().time() < deadline:
             for task in pending:
-                log.warning("mail.stop_slow", task=repr(task)[:300], stack=[repr(f) for f in task.get_stack(limit=8)])
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.2)
+        for task in pending:
+            log.warning("mail.stop_slow", task=repr(task)[:300],
+                        frames=" | ".join(repr(f) for f in task.get_stack(limit=8)))
         log.info("mail.stopped")
 
     def _spawn(self, coro: Any) -> None:
