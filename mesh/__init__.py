@@ -31,6 +31,7 @@ from mesh.errors import (  # noqa: E402
     Unavailable,
 )
 from mesh.llm import LLMAgent, LLMReply  # noqa: E402
+from mesh.mail import InboundEmail  # noqa: E402
 from mesh.methods import method  # noqa: E402
 from mesh.runtime import Runtime, RuntimeOptions  # noqa: E402
 from mesh.server import NatsServer  # noqa: E402
@@ -48,6 +49,7 @@ __all__ = [
     "ConnectionFailed",
     "DurableDelivery",
     "DurableOptions",
+    "InboundEmail",
     "LLMAgent",
     "LLMReply",
     "MeshClient",
