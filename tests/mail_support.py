@@ -20,6 +20,7 @@ from mesh import Agent, bus
 from mesh.mail import InboundEmail
 from mesh.server import NatsServer, free_port
 from services.mail import MailConfig, MailService
+from services.mail.routing import Resolver
 
 
 class NotesState(BaseModel):
@@ -101,11 +102,11 @@ async def mail_factory(nats_server: NatsServer, sink: Sink) -> AsyncIterator[Mai
     """Start in-process mail services on their own connections, relaying to the sink."""
     started: list[MailService] = []
 
-    async def start(**overrides: Any) -> MailService:
+    async def start(resolver: Resolver | None = None, **overrides: Any) -> MailService:
         base = MailConfig(port=free_port(), relay=("127.0.0.1", sink.port), agent_types=("notes", "inbox"),
                           ack_wait=5.0, store_timeout=1.0, call_timeout=20.0)
         nc = await bus.connect(bus.NatsOptions.from_url(nats_server.url, name="mesh-test-mail"))
-        service = MailService(nc, replace(base, **overrides))
+        service = MailService(nc, replace(base, **overrides), resolver=resolver)
         await service.start()
         started.append(service)
         return service

@@ -277,3 +277,24 @@ async def test_copies_of_one_message_arriving_together_are_processed_once(mesh_f
     assert sorted(m["From"].addresses[0].addr_spec for m in (msg for _, msg in sink.received)) == [
         "notes+alice@localhost", "notes+x@localhost", "notes+y@localhost", "notes+z@localhost"]
     assert await mesh_client.state("notes", "alice") == {"messages": ["one of many"]}
+
+
+async def test_routing_is_pluggable(mesh_factory, mesh_client, mail_factory, sink):
+    """A resolver like Cloudflare's: here `support@` reaches one shared instance, and the default rules still apply."""
+    from services.mail.routing import Route, address_resolver
+
+    default = address_resolver(("localhost",))
+
+    def resolve(address: str) -> Route | None:
+        if address.lower() == "support@localhost":
+            return Route("notes", "helpdesk")
+        return default(address)
+
+    await mesh_factory([Notes])
+    service = await mail_factory(resolver=resolve)
+    assert (await send(service.port, compose(body="printer on fire"), rcpts=["support@localhost"]))[0] == 250
+    assert (await send(service.port, compose(body="direct"), rcpts=["notes+bob@localhost"]))[0] == 250
+    assert (await send(service.port, compose(body="x"), rcpts=["sales@localhost"]))[0] == 550
+    await sink.wait_for(2)
+    assert await mesh_client.state("notes", "helpdesk") == {"messages": ["printer on fire"]}
+    assert await mesh_client.state("notes", "bob") == {"messages": ["direct"]}
