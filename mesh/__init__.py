@@ -10,6 +10,9 @@ from mesh.delivery import DurableDelivery  # noqa: E402
 from mesh.durable import DurableOptions  # noqa: E402
 from mesh.errors import (  # noqa: E402
     AgentError,
+    ApprovalDecided,
+    ApprovalNotFound,
+    ApprovalPending,
     BadJson,
     CallCycle,
     ConnectionFailed,
@@ -27,19 +30,28 @@ from mesh.errors import (  # noqa: E402
     StateTooLarge,
     Unavailable,
 )
+from mesh.llm import LLMAgent, LLMReply  # noqa: E402
+from mesh.mail import InboundEmail  # noqa: E402
 from mesh.methods import method  # noqa: E402
 from mesh.runtime import Runtime, RuntimeOptions  # noqa: E402
 from mesh.server import NatsServer  # noqa: E402
 from mesh.subjects import agent_subject, decode_name, encode_name, instance_key  # noqa: E402
+from mesh.tools import agent_tool  # noqa: E402
 
 __all__ = [
     "Agent",
     "AgentError",
+    "ApprovalDecided",
+    "ApprovalNotFound",
+    "ApprovalPending",
     "BadJson",
     "CallCycle",
     "ConnectionFailed",
     "DurableDelivery",
     "DurableOptions",
+    "InboundEmail",
+    "LLMAgent",
+    "LLMReply",
     "MeshClient",
     "MeshError",
     "MeshTimeout",
@@ -61,6 +73,7 @@ __all__ = [
     "Unavailable",
     "__version__",
     "agent_subject",
+    "agent_tool",
     "connect",
     "current_turn",
     "decode_name",

@@ -32,6 +32,7 @@ from mesh.errors import (
     StateTooLarge,
     Unavailable,
 )
+from mesh.mail import InboundEmail
 from mesh.methods import invoke_method
 from mesh.observe import StateRecord
 from mesh.tracing import child_traceparent
@@ -71,6 +72,20 @@ def decode_request(agent_cls: type[Agent[Any]], data: bytes) -> Any:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise BadJson(f"body is not valid JSON: {exc.errors()[0]['msg']}") from exc
         raise SchemaMismatch(_summarize(exc)) from exc
+
+
+async def run_handler(agent: Agent[Any], envelope: Envelope) -> Any:
+    """Call the hook a request is for: `on_email` for mail (`Mesh-Mail` header), else `on_request`."""
+    if envelope.headers.get(subjects.HEADER_MAIL):
+        try:
+            mail = InboundEmail.model_validate_json(envelope.data)
+        except pydantic.ValidationError as exc:
+            raise SchemaMismatch(_summarize(exc)) from exc
+        return await agent.on_email(mail)
+    method = envelope.headers.get(subjects.HEADER_METHOD)
+    if method:
+        return await invoke_method(agent, method, envelope.data)
+    return await agent.on_request(decode_request(type(agent), envelope.data))
 
 
 def _summarize(exc: pydantic.ValidationError) -> str:
@@ -264,11 +279,7 @@ class Activation:
         started = time.time()
         before = self.current
         try:
-            method = envelope.headers.get(subjects.HEADER_METHOD)
-            if method:
-                result = await invoke_method(agent, method, envelope.data)
-            else:
-                result = await agent.on_request(decode_request(self.agent_cls, envelope.data))
+            result = await run_handler(agent, envelope)
             body = wire.dumps(result)
             after = _dump(agent.state)
             if after != before:

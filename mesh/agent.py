@@ -14,6 +14,8 @@ from pydantic import BaseModel, TypeAdapter
 from mesh import subjects
 from mesh.client import MeshClient
 from mesh.context import current_turn
+from mesh.errors import SchemaMismatch
+from mesh.mail import InboundEmail
 
 S = TypeVar("S")
 
@@ -85,6 +87,19 @@ class Agent(Generic[S]):
     async def on_request(self, request: Any) -> Any:
         """Handle one request (or fire-and-forget message); the return value is the JSON reply."""
         raise NotImplementedError(f"{type(self).__name__} must define on_request")
+
+    async def on_email(self, mail: InboundEmail) -> Any:
+        """Handle a mail sent to this instance (requests carrying `Mesh-Mail: 1`).
+
+        By default the mail's clean text becomes the request of `on_request` (an LLM agent's user
+        message). Override it to read the sender, thread, attachments or authentication verdict;
+        return the reply's text, None for no reply, or any JSON value.
+        """
+        try:
+            request = self.request_adapter.validate_python(mail.text)
+        except ValueError as exc:
+            raise SchemaMismatch(f"{self.type} takes no plain-text requests, so it cannot read mail: {exc}") from exc
+        return await self.on_request(request)
 
     async def on_state_changed(self, previous: S) -> None:
         """Called within the turn whose handler changed the state, before it is saved."""

@@ -1,4 +1,5 @@
-"""The `mesh` command: run the mesh (`up`, `worker`) and talk to it (`call`, `state`, `ls`)."""
+"""The `mesh` command: run the mesh (`up`, `worker`, `smtp`) and talk to it (`call`, `state`, `ls`,
+`send`, `schedule`, `dead-letters`, `approvals`, `approve`, `reject`, `clear-memory`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import structlog
 
 from mesh import bus, deadletters, subjects
 from mesh.agent import Agent
@@ -22,7 +24,7 @@ from mesh.errors import BadJson, MeshError
 from mesh.logging import configure_logging
 from mesh.runtime import Runtime
 from mesh.server import NatsServer
-from mesh.settings import MeshSettings
+from mesh.settings import MailSettings, MeshSettings
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
@@ -56,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     with_runtime(up)
     up.add_argument("--nats-port", type=int, help="embedded server port (env MESH_NATS_PORT; default 4222)")
     up.add_argument("--store", help="embedded server store directory (env MESH_STORE; default .mesh)")
+    up.add_argument("--smtp", help="HOST:PORT for the SMTP ingestion service, or `off` (env MESH_SMTP_LISTEN; "
+                                   "default 127.0.0.1:2525)")
+
+    smtp = with_nats(commands.add_parser("smtp", help="run the SMTP ingestion service alone (agents reachable by mail)"))
+    smtp.add_argument("--listen", help="HOST:PORT to accept mail on (env MESH_SMTP_LISTEN; default 127.0.0.1:2525)")
+    smtp.add_argument("--log-format", choices=["console", "json"], help="env MESH_LOG_FORMAT")
+    smtp.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="env MESH_LOG_LEVEL")
 
     worker = with_nats(commands.add_parser("worker", help="run one more worker process for the same agents"))
     with_runtime(worker)
@@ -71,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     ls = with_nats(commands.add_parser("ls", help="list agent types and the workers serving them"))
     ls.add_argument("type", nargs="?", help="list this type's stored instances instead")
     add_durable_commands(commands, with_nats)
+
+    approvals = with_nats(commands.add_parser("approvals", help="list the pending approvals of an LLM instance"))
+    approvals.add_argument("address", help="TYPE/NAME of an LLM agent instance")
+    approvals.add_argument("--json", action="store_true", help="print the raw reply (decisions included)")
+    for verb in ("approve", "reject"):
+        p = with_nats(commands.add_parser(verb, help=f"{verb} a pending tool call; the paused run then resumes"))
+        p.add_argument("address", help="TYPE/NAME of an LLM agent instance")
+        p.add_argument("id", help="approval id, as `mesh approvals` lists it")
+        p.add_argument("--reason", help="why (recorded; a rejection's reason is told to the model)")
+        p.add_argument("--by", help="who decides (default: the login name)")
+        p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the resumed run")
+    clear = with_nats(commands.add_parser("clear-memory", help="forget an LLM instance's conversation"))
+    clear.add_argument("address", help="TYPE/NAME of an LLM agent instance")
     return parser
 
 
@@ -130,16 +152,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def cmd_up(args: argparse.Namespace, settings: MeshSettings) -> int:
     configure_logging(settings.log_format, settings.log_level)
     if settings.nats_url:
-        return await _serve(settings, settings.nats_url)
+        return await _serve(settings, settings.nats_url, smtp=_smtp_listen(args))
     server = NatsServer(settings.store, port=settings.nats_port)
     await server.start()
     try:
         print(
             f"mesh is up: nats-server at {server.url} (store {settings.store}); "
-            f"try: mesh call counter/demo '{{\"add\": 1}}'",
+            f"try: mesh call counter/demo '{{\"add\": 1}}' "
+            f"or mesh call triage/alice '\"What is the capital of France?\"'",
             file=sys.stderr, flush=True,
         )
-        return await _serve(settings, server.url)
+        return await _serve(settings, server.url, smtp=_smtp_listen(args))
     finally:
         server.stop()
 
@@ -149,7 +172,12 @@ async def cmd_worker(args: argparse.Namespace, settings: MeshSettings) -> int:
     return await _serve(settings, settings.nats_url or DEFAULT_URL)
 
 
-async def _serve(settings: MeshSettings, url: str) -> int:
+def _smtp_listen(args: argparse.Namespace) -> str:
+    """`mesh up` starts the SMTP service unless `--smtp off` (or MESH_SMTP_LISTEN=off)."""
+    return args.smtp or MailSettings().listen
+
+
+async def _serve(settings: MeshSettings, url: str, *, smtp: str = "off") -> int:
     agents = load_agents(settings.app)
     nc = await bus.connect(settings.nats_options(url, "mesh-worker"))
     stop = asyncio.Event()
@@ -158,11 +186,25 @@ async def _serve(settings: MeshSettings, url: str) -> int:
         loop.add_signal_handler(sig, stop.set)
     runtime = Runtime(nc, agents, options=settings.runtime_options())
     await runtime.start()
+    mail = None
+    if smtp != "off":
+        from services.mail import MailConfig, MailService
+
+        mail_settings = MailSettings().model_copy(update={"listen": smtp})
+        config = MailConfig.from_settings(mail_settings, agent_types=tuple(a.type for a in agents))
+        mail = MailService(nc, config)
+        try:
+            await mail.start()
+        except OSError as exc:  # mail is an add-on of `mesh up`: the agents still serve without it
+            structlog.get_logger("mesh.mail").error("mail.unavailable", listen=smtp, error=str(exc))
+            mail = None
     delivery = DurableDelivery(runtime, settings.durable_options())
     try:
         await delivery.start()
         await stop.wait()
     finally:
+        if mail is not None:
+            await mail.stop()
         # Stop pulling first (in-flight deliveries finish and are acked), then stop taking turns.
         deadline = time.monotonic() + settings.shutdown_grace
         await delivery.stop(grace=settings.shutdown_grace)
@@ -170,6 +212,31 @@ async def _serve(settings: MeshSettings, url: str) -> int:
         try:
             await nc.drain()
         except Exception:  # the server went away first; nothing is left to flush
+            await nc.close()
+    return 0
+
+
+async def cmd_smtp(args: argparse.Namespace, settings: MeshSettings) -> int:
+    from services.mail import MailConfig, MailService
+
+    configure_logging(settings.log_format, settings.log_level)
+    mail_settings = MailSettings()
+    if args.listen:
+        mail_settings = mail_settings.model_copy(update={"listen": args.listen})
+    nc = await bus.connect(settings.nats_options(settings.nats_url or DEFAULT_URL, "mesh-smtp"))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    service = MailService(nc, MailConfig.from_settings(mail_settings))
+    await service.start()
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+        try:
+            await nc.drain()
+        except Exception:  # the server went away first
             await nc.close()
     return 0
 
@@ -298,9 +365,53 @@ async def cmd_dead_letters(args: argparse.Namespace, settings: MeshSettings) -> 
     return 0
 
 
+async def cmd_approvals(args: argparse.Namespace, settings: MeshSettings) -> int:
+    agent_type, name = subjects.parse_address(args.address)
+    async with await _client(args, settings) as client:
+        reply = await client.call(agent_type, name, {"op": "approvals"})
+    if args.json:
+        print(orjson.dumps(reply).decode())
+        return 0
+    pending = [p for p in reply.get("pending", []) if p.get("decision") is None]
+    if not pending:
+        print(f"{args.address} has no pending approvals", file=sys.stderr)
+        return 0
+    print(f"{'ID':<14} {'TOOL':<20} {'EXPIRES AT':<27} ARGUMENTS")
+    for p in pending:
+        print(f"{p['id']:<14} {p['tool']:<20} {p['expires_at']:<27} {p['arguments']}")
+    return 0
+
+
+async def cmd_decide(args: argparse.Namespace, settings: MeshSettings) -> int:
+    agent_type, name = subjects.parse_address(args.address)
+    request = {"op": args.command, "id": args.id, "by": args.by or _login(), "reason": args.reason}
+    async with await _client(args, settings) as client:
+        reply = await client.call(agent_type, name, request, timeout=args.timeout)
+    print(orjson.dumps(reply).decode())
+    return 0
+
+
+async def cmd_clear_memory(args: argparse.Namespace, settings: MeshSettings) -> int:
+    agent_type, name = subjects.parse_address(args.address)
+    async with await _client(args, settings) as client:
+        reply = await client.call(agent_type, name, {"op": "clear_memory"})
+    print(orjson.dumps(reply).decode())
+    return 0
+
+
+def _login() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 COMMANDS = {
     "up": cmd_up, "worker": cmd_worker, "call": cmd_call, "state": cmd_state, "ls": cmd_ls,
-    "send": cmd_send, "schedule": cmd_schedule, "dead-letters": cmd_dead_letters,
+    "send": cmd_send, "schedule": cmd_schedule, "dead-letters": cmd_dead_letters, "smtp": cmd_smtp,
+    "approvals": cmd_approvals, "approve": cmd_decide, "reject": cmd_decide, "clear-memory": cmd_clear_memory,
 }
 
 if __name__ == "__main__":

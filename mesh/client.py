@@ -55,8 +55,12 @@ class MeshClient:
         data = payload if isinstance(payload, bytes) else wire.dumps(payload)
         return wire.loads(await self.call_raw(subjects.agent_subject(agent_type, name), data, timeout=timeout))
 
-    async def call_raw(self, subject: str, data: bytes, *, timeout: float | None = None) -> bytes:
-        timeout, headers = self._outgoing(timeout)
+    async def call_raw(
+        self, subject: str, data: bytes, *, timeout: float | None = None, headers: dict[str, str] | None = None
+    ) -> bytes:
+        """Request/reply with raw bytes; `headers` are sent along with the call's context headers."""
+        timeout, context = self._outgoing(timeout)
+        headers = {**(headers or {}), **context}
         try:
             msg = await bus.request(self.nc, subject, data, timeout=timeout, headers=headers)
         except nats.errors.MaxPayloadError as exc:

@@ -6,7 +6,10 @@
     │   ├── NameInvalid         instance or type name cannot be addressed          name_invalid 400
     │   ├── PayloadTooLarge     body over the configured request limit             payload_too_large 413
     │   ├── SchemaMismatch      JSON does not match the handler's request model    schema_mismatch 422
-    │   └── MethodNotFound      `Mesh-Method` names no method marked `@mesh.method`  method_not_found 404
+    │   ├── MethodNotFound      `Mesh-Method` names no method marked `@mesh.method`  method_not_found 404
+    │   ├── ApprovalNotFound    no such approval on this LLM instance              approval_not_found 404
+    │   ├── ApprovalDecided     the approval was already decided (or expired)      approval_decided 409
+    │   └── ApprovalPending     a message came while a run awaits approval         approval_pending 409
     ├── AgentError              the handler raised                                 handler_error 500
     ├── StateError              a turn produced state that cannot be saved
     │   ├── StateInvalid        state fails its own model's validation             state_invalid 500
@@ -69,6 +72,21 @@ class SchemaMismatch(RequestError):
 class MethodNotFound(RequestError):
     code = "method_not_found"
     status = 404
+
+
+class ApprovalNotFound(RequestError):
+    code = "approval_not_found"
+    status = 404
+
+
+class ApprovalDecided(RequestError):
+    code = "approval_decided"
+    status = 409
+
+
+class ApprovalPending(RequestError):
+    code = "approval_pending"
+    status = 409
 
 
 class AgentError(MeshError):

@@ -22,7 +22,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 
 from mesh import __version__, bus, subjects, wire
-from mesh.activation import Activation, Envelope, Outcome, Status, decode_request, make_turn_context
+from mesh.activation import Activation, Envelope, Outcome, Status, make_turn_context, run_handler
 from mesh.agent import Agent
 from mesh.client import MeshClient
 from mesh.context import TurnContext, current_turn
@@ -37,7 +37,6 @@ from mesh.errors import (
     PayloadTooLarge,
     Unavailable,
 )
-from mesh.methods import invoke_method
 from mesh.observe import Observer, TurnRecord
 
 MAX_HOPS = 3
@@ -308,12 +307,7 @@ class Runtime:
         token = current_turn.set(turn)
         started = time.time()
         try:
-            agent = cls(name, None, self.client)
-            method = envelope.headers.get(subjects.HEADER_METHOD)
-            if method:
-                result = await invoke_method(agent, method, envelope.data)
-            else:
-                result = await agent.on_request(decode_request(cls, envelope.data))
+            result = await run_handler(cls(name, None, self.client), envelope)
             outcome = Outcome(envelope, wire.dumps(result), None)
             self.stats[cls.type].turns += 1
         except Exception as exc:

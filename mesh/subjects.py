@@ -34,6 +34,14 @@ DEAD_STREAM: Final = "MESH_DEAD"
 # Durable messages are spread over this many partitions per agent type by the stream's subject
 # transform; each partition is one consumer with one message in flight (see subjects.md).
 DURABLE_PARTITIONS: Final = 8
+MAIL_INBOUND_STREAM: Final = "mesh_mail_in"  # accepted raw mail, until processed (work queue)
+MAIL_OUTBOX_STREAM: Final = "mesh_mail_out"  # replies waiting for the relay (work queue)
+MAIL_BUCKET: Final = "mesh_mail"  # dedupe records, sent/failed outbox records, reply rate windows
+MAIL_OBJECTS: Final = "mesh_mail_raw"  # object store for raw mail too large for one stream message
+MAIL_INBOUND_SUBJECT: Final = "mesh_mail.in"
+MAIL_OUTBOX_SUBJECT: Final = "mesh_mail.out"
+MEMORY_STREAM: Final = "mesh_memory"  # LLM conversation memory, one subject per instance
+RUNS_BUCKET: Final = "mesh_runs"  # object store: paused LLM runs (serialized RunState)
 
 # Headers the mesh reads or writes.
 HEADER_ERROR_CODE: Final = "Nats-Service-Error-Code"
@@ -52,6 +60,9 @@ HEADER_NATS_MSG_ID: Final = "Nats-Msg-Id"
 HEADER_NATS_SCHEDULE: Final = "Nats-Schedule"
 HEADER_NATS_SCHEDULE_TARGET: Final = "Nats-Schedule-Target"
 HEADER_NATS_SCHEDULER: Final = "Nats-Scheduler"
+HEADER_MAIL: Final = "Mesh-Mail"
+HEADER_MAIL_ENVELOPE: Final = "Mesh-Mail-Envelope"
+HEADER_MAIL_OBJECT: Final = "Mesh-Mail-Object"
 
 HEADERS: Final = (
     HEADER_ERROR_CODE,
@@ -70,6 +81,9 @@ HEADERS: Final = (
     HEADER_NATS_SCHEDULE,
     HEADER_NATS_SCHEDULE_TARGET,
     HEADER_NATS_SCHEDULER,
+    HEADER_MAIL,
+    HEADER_MAIL_ENVELOPE,
+    HEADER_MAIL_OBJECT,
 )
 
 SUBJECT_PATTERNS: Final = (
@@ -84,6 +98,12 @@ SUBJECT_PATTERNS: Final = (
     "durable.<type>.<partition>.<name>",
     "schedules.<type>.<name>.<id>",
     "dead.<type>.<name>",
+    "mesh_mail.in",
+    "mesh_mail.out",
+    "$KV.mesh_mail.<kind>.<id>",
+    "$O.mesh_mail_raw.C|M.>",
+    "mesh_memory.<type>.<name>",
+    "$O.mesh_runs.C|M.>",
 )
 
 
@@ -160,6 +180,11 @@ def event_subject(agent_type: str, name: str, kind: str) -> str:
     if not TYPE_PATTERN.match(kind):
         raise NameInvalid(f"event kind {kind[:80]!r} must match {TYPE_PATTERN.pattern}")
     return f"events.{instance_key(agent_type, name)}.{kind}"
+
+
+def memory_subject(agent_type: str, name: str) -> str:
+    """Subject of an LLM instance's conversation items in the `mesh_memory` stream."""
+    return f"{MEMORY_STREAM}.{instance_key(agent_type, name)}"
 
 
 def parse_address(address: str) -> tuple[str, str]:

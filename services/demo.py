@@ -1,4 +1,8 @@
-"""The demo agents `mesh up` and `mesh worker` serve when no `--app` is given."""
+"""The demo agents `mesh up` and `mesh worker` serve when no `--app` is given.
+
+`triage` and `clerk` are LLM agents (services/triage.py); with no model configured they run on the
+offline demo model.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesh import Agent
+from services.triage import Clerk, Triage
 
 
 class CounterState(BaseModel):
@@ -57,4 +62,4 @@ class Relay(Agent[RelayState]):
         return reply
 
 
-AGENTS = [Counter, Echo, Relay]
+AGENTS = [Counter, Echo, Relay, Triage, Clerk]

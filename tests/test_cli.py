@@ -83,7 +83,8 @@ async def test_readme_first_command_runs_the_mesh_from_a_fresh_virtualenv(tmp_pa
             shutil.copy2(source, checkout / name)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH", "NATS_URL"}}
-    env.update({"MESH_NATS_PORT": str(port), "MESH_STORE": str(tmp_path / "store"), "MESH_HTTP": "off"})
+    env.update({"MESH_NATS_PORT": str(port), "MESH_STORE": str(tmp_path / "store"), "MESH_HTTP": "off",
+                "MESH_SMTP_LISTEN": "off"})
     process = await asyncio.create_subprocess_shell(
         first_readme_command(), cwd=checkout, env=env, start_new_session=True,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -141,7 +142,7 @@ async def test_mesh_up_owns_its_nats_server(tmp_path) -> None:
     """Stopped by Ctrl-C or killed outright, `mesh up` never leaves its nats-server behind."""
     for stop in (signal.SIGINT, signal.SIGKILL):
         port = free_port()
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "MESH_SMTP_LISTEN": "off"}
         env.pop("NATS_URL", None)
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "mesh", "up", "--nats-port", str(port), "--store", str(tmp_path / "s"),

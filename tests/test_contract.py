@@ -46,6 +46,8 @@ def test_buckets_agree() -> None:
     assert documented == {
         subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET, subjects.WORKERS_BUCKET,
         subjects.DURABLE_STREAM, subjects.DEAD_STREAM,
+        subjects.MAIL_INBOUND_STREAM, subjects.MAIL_OUTBOX_STREAM, subjects.MAIL_BUCKET, subjects.MAIL_OBJECTS,
+        subjects.MEMORY_STREAM, subjects.RUNS_BUCKET,
     }
 
 
