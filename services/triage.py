@@ -83,7 +83,8 @@ def history_policy(view: OfflineView) -> Sequence[TResponseOutputItem]:
                     "Set OPENAI_API_KEY (or OPENAI_BASE_URL) for real answers.")
 
 
-_OPS: dict[type[ast.AST], Callable[..., float]] = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+_OPS: dict[type[ast.AST], Callable[..., float]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.Pow: operator.pow, ast.USub: operator.neg}
 
 

@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 import agents
 import pytest
 import structlog
-from agents.testing import ModelStep, ScriptedModel, assistant_message
 from agents import OpenAIChatCompletionsModel
+from agents.testing import ModelStep, ScriptedModel, assistant_message
 from agents.tracing import get_trace_provider
 from agents.usage import Usage
 from llm_stub import ChatCompletionsStub
