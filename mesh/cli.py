@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = with_nats(commands.add_parser("ls", help="list agent types and the workers serving them"))
     ls.add_argument("type", nargs="?", help="list this type's stored instances instead")
+
+    from mesh.bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 
@@ -178,7 +182,15 @@ async def cmd_ls(args: argparse.Namespace, settings: MeshSettings) -> int:
     return 0
 
 
-COMMANDS = {"up": cmd_up, "worker": cmd_worker, "call": cmd_call, "state": cmd_state, "ls": cmd_ls}
+async def cmd_bench(args: argparse.Namespace, settings: MeshSettings) -> int:
+    from mesh.bench.cli import cmd_bench as run
+
+    return await run(args)
+
+
+COMMANDS = {
+    "up": cmd_up, "worker": cmd_worker, "call": cmd_call, "state": cmd_state, "ls": cmd_ls, "bench": cmd_bench,
+}
 
 if __name__ == "__main__":
     sys.exit(main())
