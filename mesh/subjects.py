@@ -27,6 +27,8 @@ _ESCAPES: Final = [chr(b) if b in _SAFE else f"={b:02X}" for b in range(256)]
 STATE_BUCKET: Final = "mesh_state"
 DIRECTORY_BUCKET: Final = "mesh_dir"
 WORKERS_BUCKET: Final = "mesh_workers"
+BENCH_RAW_BUCKET: Final = "mesh_bench_raw"  # only `mesh bench` creates it (its raw baseline)
+BENCH_RAW_PREFIX: Final = "_bench.raw"
 
 # Headers the mesh reads or writes.
 HEADER_ERROR_CODE: Final = "Nats-Service-Error-Code"
@@ -55,6 +57,8 @@ SUBJECT_PATTERNS: Final = (
     "$KV.mesh_state.<type>.<name>",
     "$KV.mesh_dir.<type>.<name>",
     "$KV.mesh_workers.<worker>",
+    "_bench.raw.echo|turn|hot|slow[.<key>]",
+    "$KV.mesh_bench_raw.<key>",
 )
 
 

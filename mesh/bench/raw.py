@@ -25,10 +25,11 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from mesh import subjects
 from mesh.bench import stub_model
 
-SUBJECT_PREFIX = "_bench.raw"
-BUCKET = "mesh_bench_raw"
+SUBJECT_PREFIX = subjects.BENCH_RAW_PREFIX
+BUCKET = subjects.BENCH_RAW_BUCKET
 
 
 async def _bump(kv: KeyValue, key: str, data: bytes) -> bytes:
