@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import orjson
 
@@ -58,12 +59,16 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help=f"run only these scenarios ({', '.join(SCENARIOS)})")
     bench.add_argument("--json", action="store_true", help="print the report as JSON on stdout (progress stays on stderr)")
     bench.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    bench.add_argument("--profile", type=Path, metavar="DIR",
+                       help="record py-spy profiles of the mesh workers and the raw responder into DIR "
+                            "(needs the bench extra; summarize with python -m mesh.bench.profile)")
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:
     try:
         options = BenchOptions(
-            nats_url=args.nats_url, quick=args.quick, only=args.only, progress=not args.no_progress
+            nats_url=args.nats_url, quick=args.quick, only=args.only, progress=not args.no_progress,
+            profile=args.profile,
         )
         from mesh.bench.runner import select
 

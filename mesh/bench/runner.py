@@ -31,6 +31,7 @@ class BenchOptions:
     only: Sequence[str] = ()
     progress: bool = True
     workdir: Path | None = None
+    profile: Path | None = None
 
 
 def select(only: Sequence[str]) -> list[str]:
@@ -86,21 +87,31 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
                     progress.note(f"mesh bench: nats-server {url}; starting the raw responder and a mesh worker")
                     raw = procs.start_raw(url, model.url, workdir / "raw.log")
                     children.append(raw)
-                    children.append(await procs.start_worker(
-                        url, MAIN_APP, workdir / "worker.log", env={MODEL_URL_ENV: model.url}
-                    ))
+                    worker = await procs.start_worker(url, MAIN_APP, workdir / "worker.log", env={MODEL_URL_ENV: model.url})
+                    children.append(worker)
                     await _wait_raw_ready(nc, raw)
+                    if options.profile is not None:
+                        options.profile.mkdir(parents=True, exist_ok=True)
                     bench = Bench(
                         url=url, nc=nc, client=MeshClient(nc), model=model, sizes=sizes, progress=progress,
-                        run_id=os.urandom(3).hex(), workdir=workdir,
+                        run_id=os.urandom(3).hex(), workdir=workdir, profile_dir=options.profile,
                     )
+                    bench.watch(worker, "worker")
+                    bench.watch(raw, "raw")
+                    if options.profile is not None:
+                        from mesh.bench.profile import Recorder
+
+                        bench.recorders.append(Recorder(os.getpid(), options.profile / "bench.txt"))
                     results: list[dict[str, Any]] = []
-                    for name in names:
-                        progress.note(f"{name}:")
-                        for result in await SCENARIOS[name](bench):
-                            results.append(result.as_dict())
-                        for child in children:
-                            child.check_alive()
+                    try:
+                        for name in names:
+                            progress.note(f"{name}:")
+                            for result in await SCENARIOS[name](bench):
+                                results.append(result.as_dict())
+                            for child in children:
+                                child.check_alive()
+                    finally:
+                        bench.stop_recorders()
                 finally:
                     await nc.drain()
         finally:

@@ -78,6 +78,19 @@ class Bench:
     progress: Progress
     run_id: str
     workdir: Path
+    profile_dir: Path | None = None
+    recorders: list[Any] = field(default_factory=list)
+
+    def watch(self, child: procs.Child, name: str) -> None:
+        """Profile `child` with py-spy when `--profile` asked for it."""
+        if self.profile_dir is not None:
+            from mesh.bench.profile import Recorder
+
+            self.recorders.append(Recorder(child.pid, self.profile_dir / f"{name}.txt"))
+
+    def stop_recorders(self) -> None:
+        while self.recorders:
+            self.recorders.pop().stop()
 
     async def raw(self, subject: str, data: bytes, timeout: float = 30.0) -> bytes:
         msg = await self.nc.request(f"{SUBJECT_PREFIX}.{subject}", data, timeout=timeout)
@@ -142,6 +155,7 @@ async def activation(b: Bench) -> list[Result]:
         b.url, "mesh.bench.agents:ACTIVATION_AGENTS", b.workdir / "worker-activation.log",
         env={"MESH_IDLE_TIMEOUT": str(b.sizes.idle_timeout)},
     )
+    b.watch(worker, "worker-activation")
     try:
         rss_start, _ = worker.memory_mb()
         raw = await drive(lambda i: b.raw(f"turn.a{b.run_id}-{i}", BUMP), n, 64, b.progress, f"activation {n} raw")
@@ -153,6 +167,8 @@ async def activation(b: Bench) -> list[Result]:
         rss_idle, _ = worker.memory_mb()
         worker.check_alive()
     finally:
+        if b.recorders and b.profile_dir is not None:
+            b.recorders[-1].stop()
         worker.stop()
     notes = {
         "worker_rss_start_mb": round(rss_start, 1), "worker_rss_end_mb": round(rss_end, 1),
