@@ -22,9 +22,10 @@ Scenarios (run in this order; --only picks some):
               raw: a hand-written responder doing kv.get + kv.update(last=rev) per request.
   hot         one instance, 64 concurrent callers, every turn persisted; raw: the same get+update
               responder on one key, one request at a time (CAS between concurrent writers collapses).
-  activation  first touch of 100,000 never-seen instances (a worker of its own, MESH_IDLE_TIMEOUT
-              short); reports the worker's peak RSS and its RSS once idle instances are evicted;
-              raw: get (miss) + create per new key.
+  activation  first touch of 100,000 never-seen instances on a worker of its own, whose
+              MESH_IDLE_TIMEOUT (60 s; --quick 1 s) outlasts the run so that eviction does not
+              compete with it; reports the worker's peak RSS, then waits for idle eviction and
+              reports its RSS again. raw: get (miss) + create per new key.
   slow        1,000 distinct instances whose turns each await a 1 s call to a local stub model,
               all sent at once to one worker; reports wall time and the peak number of turns
               waiting on the model. raw: a responder that spawns a task per request. A peer that
@@ -57,6 +58,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--quick", action="store_true", help="small counts: a smoke test in well under a minute")
     bench.add_argument("--only", action="append", default=[], metavar="SCENARIO[,...]",
                        help=f"run only these scenarios ({', '.join(SCENARIOS)})")
+    bench.add_argument("--scale", type=float, default=1.0, metavar="F",
+                       help="multiply every count (instances, requests) by F, e.g. 0.1 for a shorter full run")
     bench.add_argument("--json", action="store_true", help="print the report as JSON on stdout (progress stays on stderr)")
     bench.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     bench.add_argument("--profile", type=Path, metavar="DIR",
@@ -68,8 +71,10 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     try:
         options = BenchOptions(
             nats_url=args.nats_url, quick=args.quick, only=args.only, progress=not args.no_progress,
-            profile=args.profile,
+            profile=args.profile, scale=args.scale,
         )
+        if args.scale <= 0:
+            raise ValueError("--scale must be positive")
         from mesh.bench.runner import select
 
         select(options.only)

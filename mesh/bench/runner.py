@@ -18,7 +18,7 @@ from mesh.bench import procs
 from mesh.bench.agents import MODEL_URL_ENV
 from mesh.bench.load import Progress
 from mesh.bench.raw import SUBJECT_PREFIX
-from mesh.bench.scenarios import FULL, MAIN_APP, QUICK, SCENARIOS, Bench
+from mesh.bench.scenarios import FULL, MAIN_APP, QUICK, SCENARIOS, Bench, scaled
 from mesh.bench.stub_model import StubModel
 from mesh.client import MeshClient
 from mesh.server import NatsServer
@@ -32,6 +32,7 @@ class BenchOptions:
     progress: bool = True
     workdir: Path | None = None
     profile: Path | None = None
+    scale: float = 1.0
 
 
 def select(only: Sequence[str]) -> list[str]:
@@ -65,7 +66,7 @@ async def _wait_raw_ready(nc: Any, raw: procs.Child, timeout: float = 30.0) -> N
 async def run_bench(options: BenchOptions) -> dict[str, Any]:
     """Run the selected scenarios and return the report (what `--json` prints)."""
     names = select(options.only)
-    sizes = QUICK if options.quick else FULL
+    sizes = scaled(QUICK if options.quick else FULL, options.scale)
     progress = Progress(enabled=options.progress)
     _raise_fd_limit()
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
@@ -122,6 +123,7 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
     return {
         "nats_url": options.nats_url or "embedded",
         "quick": options.quick,
+        "scale": options.scale,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "loadavg_before": [round(x, 2) for x in load_before],
@@ -134,7 +136,7 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
 def render_table(report: dict[str, Any]) -> str:
     """The human-readable report: one row per scenario case."""
     lines = [
-        f"mesh bench ({'quick' if report['quick'] else 'full'}; {report['cpus']} CPUs; load average "
+        f"mesh bench ({'quick' if report['quick'] else 'full'} x{report['scale']:g}; {report['cpus']} CPUs; load average "
         f"{report['loadavg_before'][0]} before, {report['loadavg_after'][0]} after; {report['duration_s']}s)",
         "",
         f"{'scenario':<11} {'case':<28} {'raw ops/s':>10} {'mesh ops/s':>11} {'ratio':>6}  "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,19 @@ class Sizes:
     idle_timeout: float
 
 
-FULL = Sizes(3_000, 30_000, 10_000, 30_000, 10_000, 100_000, 1_000, 1.0, 15.0)
+# The activation worker's idle timeout outlasts its run, so that eviction does not compete with
+# the first touches being measured; the scenario then waits for it.
+FULL = Sizes(3_000, 30_000, 10_000, 30_000, 10_000, 100_000, 1_000, 1.0, 60.0)
 QUICK = Sizes(200, 1_000, 200, 1_000, 300, 500, 50, 1.0, 1.0)
+
+
+def scaled(sizes: Sizes, factor: float) -> Sizes:
+    """`sizes` with every count multiplied by `factor` (at least 1); delays unchanged."""
+    counts = {
+        f: max(1, round(getattr(sizes, f) * factor))
+        for f in ("invoke_c1", "invoke_c64", "turn_instances", "turn_ops", "hot_ops", "activations", "slow_instances")
+    }
+    return replace(sizes, **counts)
 
 
 @dataclass
