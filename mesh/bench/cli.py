@@ -60,6 +60,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help=f"run only these scenarios ({', '.join(SCENARIOS)})")
     bench.add_argument("--scale", type=float, default=1.0, metavar="F",
                        help="multiply every count (instances, requests) by F, e.g. 0.1 for a shorter full run")
+    bench.add_argument("--idle-timeout", type=float, metavar="S",
+                       help="MESH_IDLE_TIMEOUT of the activation worker (default 60, --quick 1)")
     bench.add_argument("--json", action="store_true", help="print the report as JSON on stdout (progress stays on stderr)")
     bench.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     bench.add_argument("--profile", type=Path, metavar="DIR",
@@ -71,7 +73,7 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     try:
         options = BenchOptions(
             nats_url=args.nats_url, quick=args.quick, only=args.only, progress=not args.no_progress,
-            profile=args.profile, scale=args.scale,
+            profile=args.profile, scale=args.scale, idle_timeout=args.idle_timeout,
         )
         if args.scale <= 0:
             raise ValueError("--scale must be positive")

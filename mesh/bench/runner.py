@@ -9,7 +9,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class BenchOptions:
     workdir: Path | None = None
     profile: Path | None = None
     scale: float = 1.0
+    idle_timeout: float | None = None
 
 
 def select(only: Sequence[str]) -> list[str]:
@@ -67,6 +68,8 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
     """Run the selected scenarios and return the report (what `--json` prints)."""
     names = select(options.only)
     sizes = scaled(QUICK if options.quick else FULL, options.scale)
+    if options.idle_timeout is not None:
+        sizes = replace(sizes, idle_timeout=options.idle_timeout)
     progress = Progress(enabled=options.progress)
     _raise_fd_limit()
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
