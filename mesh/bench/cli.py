@@ -42,6 +42,9 @@ How to read the figures:
   machine's cores. On 2 cores three busy processes compete, and Python's per-message CPU (about
   100-300 us per NATS operation) in the caller or the responder is the limit, not the server.
   Both sides of a ratio pay the same caller cost, so the ratio is steadier than the ops/s.
+  "CPU us/op caller/responder/server" is the CPU time (from /proc, 10 ms ticks) each process
+  spent per operation: other load on the machine disturbs it much less than ops/s, so it is the
+  figure to compare across runs; it is coarse on --quick counts.
   Noise: run to run, ops/s move by 10 % (request/reply) to 40 % (KV) on a shared 2-core VM;
   other load on the machine (see the load average in the header) lowers everything. Compare
   ratios within one run, repeat a run before trusting a change below 20 %, and treat --quick

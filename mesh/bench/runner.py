@@ -99,6 +99,8 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
                     bench = Bench(
                         url=url, nc=nc, client=MeshClient(nc), model=model, sizes=sizes, progress=progress,
                         run_id=os.urandom(3).hex(), workdir=workdir, profile_dir=options.profile,
+                        raw_pid=raw.pid, worker_pid=worker.pid,
+                        server_pid=server.process.pid if server is not None and server.process else None,
                     )
                     bench.watch(worker, "worker")
                     bench.watch(raw, "raw")
@@ -156,16 +158,25 @@ def render_table(report: dict[str, Any]) -> str:
             f"{r['ratio']:>6.2f}  {raw['p50_ms']:>7.2f}/{raw['p99_ms']:<7.2f} {mesh['p50_ms']:>7.2f}/{mesh['p99_ms']:<8.2f}"
             f"  {r['target']} ({verdict})"
         )
-        extras = {k: v for k, v in {**r.get("notes", {}), **_extras(raw, "raw"), **_extras(mesh, "mesh")}.items()}
-        errors = {f"{side}_errors": r[side]["errors"] for side in ("raw", "mesh") if r[side]["errors"]}
-        if extras or errors:
-            lines.append(" " * 12 + ", ".join(f"{k}={v}" for k, v in {**extras, **errors}.items()))
+        extras = {**r.get("notes", {}), **_extras(raw, "raw"), **_extras(mesh, "mesh")}
+        extras.update({f"{side}_errors": r[side]["errors"] for side in ("raw", "mesh") if r[side]["errors"]})
+        if extras:
+            lines.append(" " * 12 + ", ".join(f"{k}={v}" for k, v in extras.items()))
+        if "responder_cpu_us_per_op" in mesh:
+            lines.append(" " * 12 + "CPU us/op caller/responder/server: " + "  ".join(
+                f"{side} " + "/".join(f"{r[side].get(f'{role}_cpu_us_per_op', '-')}" for role in CPU_ROLES)
+                for side in ("raw", "mesh")
+            ))
         for side in ("raw", "mesh"):
             if r[side].get("first_error"):
                 lines.append(" " * 12 + f"{side} first error: {r[side]['first_error'][:200]}")
     return "\n".join(lines)
 
 
+CPU_ROLES = ("caller", "responder", "server")
+
+
 def _extras(measure: dict[str, Any], side: str) -> dict[str, Any]:
     standard = {"ops", "errors", "wall_s", "ops_per_s", "p50_ms", "p99_ms", "first_error"}
+    standard |= {f"{role}_cpu_us_per_op" for role in CPU_ROLES}
     return {f"{side}_{k}": v for k, v in measure.items() if k not in standard}

@@ -8,6 +8,7 @@ baseline and service processes like `activation` does, and register it under its
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +18,7 @@ import orjson
 from nats.aio.client import Client
 
 from mesh.bench import agents, procs
-from mesh.bench.load import Measure, Progress, drive
+from mesh.bench.load import Measure, Op, Progress, drive, process_cpu
 from mesh.bench.raw import SUBJECT_PREFIX
 from mesh.bench.stub_model import StubModel
 from mesh.client import MeshClient
@@ -89,8 +90,26 @@ class Bench:
     progress: Progress
     run_id: str
     workdir: Path
+    raw_pid: int = 0
+    worker_pid: int = 0
+    server_pid: int | None = None
     profile_dir: Path | None = None
     recorders: list[Any] = field(default_factory=list)
+
+    async def drive(self, op: Op, total: int, concurrency: int, label: str, responder: int) -> Measure:
+        """`load.drive` with CPU probes on the caller (this process), `responder` and nats-server."""
+        cpu = {"caller": time.process_time, "responder": lambda: process_cpu(responder)}
+        if self.server_pid is not None:
+            server = self.server_pid
+            cpu["server"] = lambda: process_cpu(server)
+        return await drive(op, total, concurrency, self.progress, label, cpu=cpu)
+
+    async def pair(self, raw_op: Op, mesh_op: Op, total: int, concurrency: int, label: str,
+                   worker: int | None = None) -> tuple[Measure, Measure]:
+        """The raw side, then the mesh side, of one case."""
+        raw = await self.drive(raw_op, total, concurrency, f"{label} raw", self.raw_pid)
+        mesh = await self.drive(mesh_op, total, concurrency, f"{label} mesh", worker or self.worker_pid)
+        return raw, mesh
 
     def watch(self, child: procs.Child, name: str) -> None:
         """Profile `child` with py-spy when `--profile` asked for it."""
@@ -124,8 +143,7 @@ async def invoke(b: Bench) -> list[Result]:
     await drive(mesh_op, 50, 8, b.progress, "invoke warm-up mesh")
     results = []
     for concurrency, total in ((1, b.sizes.invoke_c1), (64, b.sizes.invoke_c64)):
-        raw = await drive(raw_op, total, concurrency, b.progress, f"invoke c={concurrency} raw")
-        mesh = await drive(mesh_op, total, concurrency, b.progress, f"invoke c={concurrency} mesh")
+        raw, mesh = await b.pair(raw_op, mesh_op, total, concurrency, f"invoke c={concurrency}")
         if concurrency == 1:
             target = "p50 <= 1.5 x raw"
             met = mesh.p50_ms <= 1.5 * raw.p50_ms
@@ -143,8 +161,7 @@ async def turn(b: Bench) -> list[Result]:
     # First touches are the activation scenario's business: create every instance before timing.
     await drive(raw_op, n, 64, b.progress, f"turn create {n} raw")
     await drive(mesh_op, n, 64, b.progress, f"turn create {n} mesh")
-    raw = await drive(raw_op, b.sizes.turn_ops, 64, b.progress, f"turn {n} instances c=64 raw")
-    mesh = await drive(mesh_op, b.sizes.turn_ops, 64, b.progress, f"turn {n} instances c=64 mesh")
+    raw, mesh = await b.pair(raw_op, mesh_op, b.sizes.turn_ops, 64, f"turn {n} instances c=64")
     met = mesh.ops_per_s >= raw.ops_per_s
     return [Result("turn", f"{n} instances c=64", "persisted turns", raw, mesh, "ops/s >= 1.0 x raw", met)]
 
@@ -152,8 +169,7 @@ async def turn(b: Bench) -> list[Result]:
 async def hot(b: Bench) -> list[Result]:
     raw_op = lambda i: b.raw(f"hot.h{b.run_id}", BUMP)  # noqa: E731
     mesh_op = lambda i: b.mesh("bench-turn", f"h{b.run_id}", BUMP)  # noqa: E731
-    raw = await drive(raw_op, b.sizes.hot_ops, 64, b.progress, "hot 1 instance c=64 raw")
-    mesh = await drive(mesh_op, b.sizes.hot_ops, 64, b.progress, "hot 1 instance c=64 mesh")
+    raw, mesh = await b.pair(raw_op, mesh_op, b.sizes.hot_ops, 64, "hot 1 instance c=64")
     final = await b.client.state("bench-turn", f"h{b.run_id}")
     notes = {"mesh_state_n": final["n"] if final else None, "expected_n": mesh.ops}
     met = mesh.ops_per_s >= 1500
@@ -169,9 +185,9 @@ async def activation(b: Bench) -> list[Result]:
     b.watch(worker, "worker-activation")
     try:
         rss_start, _ = worker.memory_mb()
-        raw = await drive(lambda i: b.raw(f"turn.a{b.run_id}-{i}", BUMP), n, 64, b.progress, f"activation {n} raw")
-        mesh = await drive(
-            lambda i: b.mesh("bench-act", f"a{b.run_id}-{i}", BUMP), n, 64, b.progress, f"activation {n} mesh"
+        raw, mesh = await b.pair(
+            lambda i: b.raw(f"turn.a{b.run_id}-{i}", BUMP), lambda i: b.mesh("bench-act", f"a{b.run_id}-{i}", BUMP),
+            n, 64, f"activation {n}", worker=worker.pid,
         )
         rss_end, rss_peak = worker.memory_mb()
         evicted = await _wait_evicted(b, "bench-act", timeout=b.sizes.idle_timeout * 2 + 30)
@@ -211,14 +227,14 @@ async def _wait_evicted(b: Bench, agent_type: str, timeout: float) -> bool:
 async def slow(b: Bench) -> list[Result]:
     n = b.sizes.slow_instances
 
-    async def side(label: str, op: Callable[[int], Awaitable[Any]]) -> Measure:
+    async def side(label: str, op: Op, responder: int) -> Measure:
         b.model.reset()
-        measure = await drive(op, n, n, b.progress, f"slow {n} instances ({b.model.delay:g}s model) {label}")
+        measure = await b.drive(op, n, n, f"slow {n} instances ({b.model.delay:g}s model) {label}", responder)
         measure.extra["peak_in_flight"] = b.model.peak
         return measure
 
-    raw = await side("raw", lambda i: b.raw(f"slow.s{b.run_id}-{i}", BUMP, timeout=60))
-    mesh = await side("mesh", lambda i: b.mesh("bench-slow", f"s{b.run_id}-{i}", BUMP, timeout=60))
+    raw = await side("raw", lambda i: b.raw(f"slow.s{b.run_id}-{i}", BUMP, timeout=60), b.raw_pid)
+    mesh = await side("mesh", lambda i: b.mesh("bench-slow", f"s{b.run_id}-{i}", BUMP, timeout=60), b.worker_pid)
     limit = b.model.delay + 1.0
     met = mesh.errors == 0 and mesh.wall_s <= limit
     notes = {"raw_wall_s": raw.wall_s, "mesh_wall_s": mesh.wall_s, "serial_peer_wall_s": n * b.model.delay}
