@@ -37,6 +37,8 @@ def test_quick_json_runs_every_scenario_and_reports_each_ratio() -> None:
                 assert measure["errors"] == 0, (name, side, measure)
                 assert measure["ops"] > 0 and measure["ops_per_s"] > 0
                 assert 0 < measure["p50_ms"] <= measure["p99_ms"]
+                assert measure["caller_cpu_us_per_op"] >= 0 and measure["responder_cpu_us_per_op"] >= 0
+                assert measure["server_cpu_us_per_op"] >= 0
             assert isinstance(row["met"], bool) and row["target"]
     hot = by_scenario["hot"][0]
     assert hot["notes"]["mesh_state_n"] == hot["notes"]["expected_n"] == hot["mesh"]["ops"]

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from nats.aio.client import Client
 
-from mesh.bench import agents, procs
+from mesh.bench import procs
 from mesh.bench.load import Measure, Op, Progress, drive, process_cpu
 from mesh.bench.raw import SUBJECT_PREFIX
 from mesh.bench.stub_model import StubModel
@@ -111,12 +111,15 @@ class Bench:
         mesh = await self.drive(mesh_op, total, concurrency, f"{label} mesh", worker or self.worker_pid)
         return raw, mesh
 
-    def watch(self, child: procs.Child, name: str) -> None:
-        """Profile `child` with py-spy when `--profile` asked for it."""
-        if self.profile_dir is not None:
-            from mesh.bench.profile import Recorder
+    def watch(self, child: procs.Child, name: str) -> Any:
+        """Profile `child` with py-spy when `--profile` asked for it; returns the recorder or None."""
+        if self.profile_dir is None:
+            return None
+        from mesh.bench.profile import Recorder
 
-            self.recorders.append(Recorder(child.pid, self.profile_dir / f"{name}.txt"))
+        recorder = Recorder(child.pid, self.profile_dir / f"{name}.txt")
+        self.recorders.append(recorder)
+        return recorder
 
     def stop_recorders(self) -> None:
         while self.recorders:
@@ -182,7 +185,7 @@ async def activation(b: Bench) -> list[Result]:
         b.url, "mesh.bench.agents:ACTIVATION_AGENTS", b.workdir / "worker-activation.log",
         env={"MESH_IDLE_TIMEOUT": str(b.sizes.idle_timeout)},
     )
-    b.watch(worker, "worker-activation")
+    recorder = b.watch(worker, "worker-activation")
     try:
         rss_start, _ = worker.memory_mb()
         raw, mesh = await b.pair(
@@ -194,8 +197,9 @@ async def activation(b: Bench) -> list[Result]:
         rss_idle, _ = worker.memory_mb()
         worker.check_alive()
     finally:
-        if b.recorders and b.profile_dir is not None:
-            b.recorders[-1].stop()
+        if recorder is not None:
+            recorder.stop()
+            b.recorders.remove(recorder)
         worker.stop()
     notes = {
         "worker_rss_start_mb": round(rss_start, 1), "worker_rss_end_mb": round(rss_end, 1),
@@ -268,5 +272,4 @@ SCENARIOS: dict[str, Callable[[Bench], Awaitable[list[Any]]]] = {
     "mail": not_built("mail", "mail service (services/mail)"),
 }
 
-MAIN_APP = "mesh.bench.agents"
-assert agents.AGENTS  # the main worker serves these; `activation` starts its own worker
+MAIN_APP = "mesh.bench.agents"  # its AGENTS; `activation` starts a worker of its own
