@@ -43,7 +43,9 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Client:
         "servers": list(options.servers),
         "name": options.name,
         "connect_timeout": options.connect_timeout,
-        "max_reconnect_attempts": -1 if reconnect else 0,
+        # Not 0: nats-py 2.16 discards a server only after `reconnects > max_reconnect_attempts`
+        # when that is positive, so 0 (with an error_cb) retried an unreachable server forever.
+        "max_reconnect_attempts": -1 if reconnect else 1,
         "reconnect_time_wait": 0.5,
         "allow_reconnect": reconnect,
     }

@@ -1,13 +1,17 @@
 """`mesh bench`: every scenario runs and reports its ratio (no timing assertions: figures are noisy)."""
 
+import asyncio
 import json
 import subprocess
 import sys
 
 import pytest
+from nats.js.errors import BucketNotFoundError
 
+from mesh import bus, subjects
 from mesh.bench.runner import select
 from mesh.bench.scenarios import SCENARIOS
+from mesh.server import free_port
 
 MEASURED = ["invoke", "turn", "hot", "activation", "slow"]
 NOT_BUILT = ["http", "mail"]
@@ -23,6 +27,7 @@ def test_quick_json_runs_every_scenario_and_reports_each_ratio() -> None:
     done = run_mesh("bench", "--quick", "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
+    assert report["nats_url"] == "embedded"
     assert report["quick"] is True and report["cpus"] >= 1
     by_scenario: dict[str, list[dict]] = {}
     for row in report["results"]:
@@ -69,7 +74,7 @@ def test_an_unknown_scenario_is_a_usage_error() -> None:
     with pytest.raises(ValueError):
         select(["warp"])
     assert select([]) == list(SCENARIOS)
-    assert select(["hot,turn"]) == ["hot", "turn"]
+    assert select(["hot,turn", "hot"]) == ["turn", "hot"]  # in the canonical order, once each
 
 
 def test_help_explains_how_to_read_the_figures() -> None:
@@ -77,3 +82,23 @@ def test_help_explains_how_to_read_the_figures() -> None:
     assert done.returncode == 0
     for phrase in ("ratio = mesh ops/s / raw ops/s", "Noise", "cores", "MESH_IDLE_TIMEOUT"):
         assert phrase in done.stdout
+
+
+async def test_an_existing_server_is_used_and_left_clean(nats_server, mesh_client) -> None:
+    done = await asyncio.to_thread(run_mesh, "bench", "--quick", "--only", "hot,turn", "--json", "--nats-url", nats_server.url)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["nats_url"] == nats_server.url
+    assert [r["scenario"] for r in report["results"]] == ["turn", "hot"]
+    js = mesh_client.nc.jetstream()
+    with pytest.raises(BucketNotFoundError):
+        await js.key_value(subjects.BENCH_RAW_BUCKET)
+    state = bus.Bucket(await js.key_value(subjects.STATE_BUCKET), js, subjects.STATE_BUCKET)
+    assert await state.keys("bench-turn.") == []
+
+
+def test_an_unreachable_server_is_a_clear_error() -> None:
+    port = free_port()
+    done = run_mesh("bench", "--quick", "--only", "invoke", "--nats-url", f"nats://127.0.0.1:{port}", timeout=60)
+    assert done.returncode == 1
+    assert "connection_failed" in done.stderr or "cannot connect" in done.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 
+from mesh.bench.profile import find_py_spy
 from mesh.bench.runner import BenchOptions, render_table, run_bench
 from mesh.bench.scenarios import SCENARIOS
 
@@ -45,6 +46,8 @@ How to read the figures:
   "CPU us/op caller/responder/server" is the CPU time (from /proc, 10 ms ticks) each process
   spent per operation: other load on the machine disturbs it much less than ops/s, so it is the
   figure to compare across runs; it is coarse on --quick counts.
+  --nats-url: the bench creates the bucket mesh_bench_raw and bench-* agent state on that server
+  and removes both at the end; use a scratch server, since the load disturbs anything else on it.
   Noise: run to run, ops/s move by 10 % (request/reply) to 40 % (KV) on a shared 2-core VM;
   other load on the machine (see the load average in the header) lowers everything. Compare
   ratios within one run, repeat a run before trusting a change below 20 %, and treat --quick
@@ -80,6 +83,8 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         )
         if args.scale <= 0:
             raise ValueError("--scale must be positive")
+        if args.profile is not None and find_py_spy() is None:
+            raise ValueError("--profile needs py-spy: pip install 'agent-mesh[bench]'")
         from mesh.bench.runner import select
 
         select(options.only)

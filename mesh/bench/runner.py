@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mesh import bus
+from mesh import bus, subjects
 from mesh.bench import procs
 from mesh.bench.agents import MODEL_URL_ENV
 from mesh.bench.load import Progress
@@ -41,7 +41,7 @@ def select(only: Sequence[str]) -> list[str]:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    return names or list(SCENARIOS)
+    return [n for n in SCENARIOS if n in names] if names else list(SCENARIOS)
 
 
 def _raise_fd_limit() -> None:
@@ -62,6 +62,24 @@ async def _wait_raw_ready(nc: Any, raw: procs.Child, timeout: float = 30.0) -> N
             if time.monotonic() > deadline:
                 raise TimeoutError(f"raw responder did not answer:\n{raw.log_text()[-3000:]}") from None
             await asyncio.sleep(0.1)
+
+
+BENCH_TYPES = ("bench-echo", "bench-turn", "bench-act", "bench-slow")
+
+
+async def _clean_up(nc: Any) -> None:
+    """On a server that outlives the run: drop the raw bucket and the bench agents' KV entries."""
+    js = nc.jetstream()
+    try:
+        await js.delete_key_value(subjects.BENCH_RAW_BUCKET)
+    except Exception:
+        pass
+    for bucket in (subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET):
+        for agent_type in BENCH_TYPES:
+            try:
+                await js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{agent_type}.>")
+            except Exception:
+                pass
 
 
 async def run_bench(options: BenchOptions) -> dict[str, Any]:
@@ -119,6 +137,10 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
                     finally:
                         bench.stop_recorders()
                 finally:
+                    for child in reversed(children):
+                        child.stop()
+                    if options.nats_url is not None:
+                        await _clean_up(nc)
                     await nc.drain()
         finally:
             for child in reversed(children):
