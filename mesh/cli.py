@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the resumed run")
     clear = with_nats(commands.add_parser("clear-memory", help="forget an LLM instance's conversation"))
     clear.add_argument("address", help="TYPE/NAME of an LLM agent instance")
+    from mesh.bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 
@@ -406,12 +409,17 @@ def _login() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+async def cmd_bench(args: argparse.Namespace, settings: MeshSettings) -> int:
+    from mesh.bench.cli import cmd_bench as run
+
+    return await run(args)
 
 
 COMMANDS = {
     "up": cmd_up, "worker": cmd_worker, "call": cmd_call, "state": cmd_state, "ls": cmd_ls,
     "send": cmd_send, "schedule": cmd_schedule, "dead-letters": cmd_dead_letters, "smtp": cmd_smtp,
     "approvals": cmd_approvals, "approve": cmd_decide, "reject": cmd_decide, "clear-memory": cmd_clear_memory,
+    "bench": cmd_bench,
 }
 
 if __name__ == "__main__":

@@ -1,0 +1,100 @@
+"""The `mesh bench` subcommand: its arguments, its help (how to read the figures), its output."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import orjson
+
+from mesh.bench.profile import find_py_spy
+from mesh.bench.runner import BenchOptions, render_table, run_bench
+from mesh.bench.scenarios import SCENARIOS
+
+HELP = """\
+Measure the mesh against raw nats-py, scenario by scenario, in one run on one nats-server.
+
+Scenarios (run in this order; --only picks some):
+  invoke      stateless agent (Agent[None]) in a worker process, concurrency 1 and 64;
+              raw: nats-py request/reply to a trivial responder in another process.
+  turn        stateful agent, every turn changes and persists its state, N distinct instances
+              (10,000; all created first, untimed), concurrency 64;
+              raw: a hand-written responder doing kv.get + kv.update(last=rev) per request.
+  hot         one instance, 64 concurrent callers, every turn persisted; raw: the same get+update
+              responder on one key, one request at a time (CAS between concurrent writers collapses).
+  activation  first touch of 100,000 never-seen instances on a worker of its own, whose
+              MESH_IDLE_TIMEOUT (60 s; --quick 1 s) outlasts the run so that eviction does not
+              compete with it; reports the worker's peak RSS, then waits for idle eviction and
+              reports its RSS again. raw: get (miss) + create per new key.
+  slow        1,000 distinct instances whose turns each await a 1 s call to a local stub model,
+              all sent at once to one worker; reports wall time and the peak number of turns
+              waiting on the model. raw: a responder that spawns a task per request. A peer that
+              handles one request at a time per process (nats-py micro endpoints) would need
+              serial_peer_wall_s = 1,000 s.
+  http, mail  reported as skipped until the HTTP bridge and the mail service exist.
+
+How to read the figures:
+  ratio = mesh ops/s / raw ops/s of the same case in the same run; > 1 means the mesh is faster.
+  p50/p99 are per-request latencies seen by the caller, in ms; at concurrency 64 they are mostly
+  queueing, so compare ops/s there and p50 at concurrency 1.
+  Who uses which core: the bench process (the callers, one Python event loop), the responder
+  (the raw responder or the mesh worker, one Python process each) and nats-server share the
+  machine's cores. On 2 cores three busy processes compete, and Python's CPU per message in
+  the caller or the responder is the limit, not the server (measured: about 10-15 us per echoed
+  request and 60-70 us per KV operation in a raw nats-py responder).
+  Both sides of a ratio pay the same caller cost, so the ratio is steadier than the ops/s.
+  "CPU us/op caller/responder/server" is the CPU time (from /proc, 10 ms ticks) each process
+  spent per operation: other load on the machine disturbs it much less than ops/s, so it is the
+  figure to compare across runs; it is coarse on --quick counts.
+  --nats-url: the bench creates the bucket mesh_bench_raw and bench-* agent state on that server
+  and removes both at the end; use a scratch server, since the load disturbs anything else on it.
+  Noise: run to run, ops/s move by 10 % (request/reply) to 40 % (KV) on a shared 2-core VM;
+  other load on the machine (see the load average in the header) lowers everything. Compare
+  ratios within one run, repeat a run before trusting a change below 20 %, and treat --quick
+  figures (small counts, no steady state) as a smoke test only.
+"""
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser(
+        "bench", help="measure the mesh against raw nats-py (like nats bench)", description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument("--nats-url", help="use this server instead of starting an embedded one (env NATS_URL is ignored)")
+    bench.add_argument("--quick", action="store_true", help="small counts: a smoke test in well under a minute")
+    bench.add_argument("--only", action="append", default=[], metavar="SCENARIO[,...]",
+                       help=f"run only these scenarios ({', '.join(SCENARIOS)})")
+    bench.add_argument("--scale", type=float, default=1.0, metavar="F",
+                       help="multiply every count (instances, requests) by F, e.g. 0.1 for a shorter full run")
+    bench.add_argument("--idle-timeout", type=float, metavar="S",
+                       help="MESH_IDLE_TIMEOUT of the activation worker (default 60, --quick 1)")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON on stdout (progress stays on stderr)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    bench.add_argument("--profile", type=Path, metavar="DIR",
+                       help="record py-spy profiles of the mesh workers and the raw responder into DIR "
+                            "(needs the bench extra; summarize with python -m mesh.bench.profile)")
+
+
+async def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        options = BenchOptions(
+            nats_url=args.nats_url, quick=args.quick, only=args.only, progress=not args.no_progress,
+            profile=args.profile, scale=args.scale, idle_timeout=args.idle_timeout,
+        )
+        if args.scale <= 0:
+            raise ValueError("--scale must be positive")
+        if args.profile is not None and find_py_spy() is None:
+            raise ValueError("--profile needs py-spy: pip install 'agent-mesh[bench]'")
+        from mesh.bench.runner import select
+
+        select(options.only)
+    except ValueError as exc:
+        print(f"mesh bench: {exc}", file=sys.stderr)
+        return 2
+    report = await run_bench(options)
+    if args.json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(render_table(report))
+    return 0

@@ -1,0 +1,275 @@
+"""The scenarios: each runs the raw baseline, then the mesh path, on the same server.
+
+A scenario is an async function `(Bench) -> list[Result]`, registered in `SCENARIOS`. To measure a
+new front door (the HTTP bridge, the mail service), add a function here that starts its own
+baseline and service processes like `activation` does, and register it under its name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+from nats.aio.client import Client
+
+from mesh.bench import procs
+from mesh.bench.load import Measure, Op, Progress, drive, process_cpu
+from mesh.bench.raw import SUBJECT_PREFIX
+from mesh.bench.stub_model import StubModel
+from mesh.client import MeshClient
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each scenario does; `QUICK` is for tests and smoke runs, not for figures."""
+
+    invoke_c1: int
+    invoke_c64: int
+    turn_instances: int
+    turn_ops: int
+    hot_ops: int
+    activations: int
+    slow_instances: int
+    slow_delay: float
+    idle_timeout: float
+
+
+# The activation worker's idle timeout outlasts its run, so that eviction does not compete with
+# the first touches being measured; the scenario then waits for it.
+FULL = Sizes(3_000, 30_000, 10_000, 30_000, 10_000, 100_000, 1_000, 1.0, 60.0)
+QUICK = Sizes(200, 1_000, 200, 1_000, 300, 500, 50, 1.0, 1.0)
+
+
+def scaled(sizes: Sizes, factor: float) -> Sizes:
+    """`sizes` with every count multiplied by `factor` (at least 1); delays unchanged."""
+    counts = {
+        f: max(1, round(getattr(sizes, f) * factor))
+        for f in ("invoke_c1", "invoke_c64", "turn_instances", "turn_ops", "hot_ops", "activations", "slow_instances")
+    }
+    return replace(sizes, **counts)
+
+
+@dataclass
+class Result:
+    scenario: str
+    case: str
+    unit: str
+    raw: Measure
+    mesh: Measure
+    target: str
+    met: bool | None
+    ratio: float = 0.0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ratio = round(self.mesh.ops_per_s / self.raw.ops_per_s, 3) if self.raw.ops_per_s else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario, "case": self.case, "unit": self.unit, "ratio": self.ratio,
+            "p50_ratio": round(self.mesh.p50_ms / self.raw.p50_ms, 3) if self.raw.p50_ms else None,
+            "raw": self.raw.as_dict(), "mesh": self.mesh.as_dict(), "target": self.target, "met": self.met,
+            **({"notes": self.notes} if self.notes else {}),
+        }
+
+
+@dataclass
+class Bench:
+    """What every scenario gets: the server, one client connection, the stub model, sizes."""
+
+    url: str
+    nc: Client
+    client: MeshClient
+    model: StubModel
+    sizes: Sizes
+    progress: Progress
+    run_id: str
+    workdir: Path
+    raw_pid: int = 0
+    worker_pid: int = 0
+    server_pid: int | None = None
+    profile_dir: Path | None = None
+    recorders: list[Any] = field(default_factory=list)
+
+    async def drive(self, op: Op, total: int, concurrency: int, label: str, responder: int) -> Measure:
+        """`load.drive` with CPU probes on the caller (this process), `responder` and nats-server."""
+        cpu = {"caller": time.process_time, "responder": lambda: process_cpu(responder)}
+        if self.server_pid is not None:
+            server = self.server_pid
+            cpu["server"] = lambda: process_cpu(server)
+        return await drive(op, total, concurrency, self.progress, label, cpu=cpu)
+
+    async def pair(self, raw_op: Op, mesh_op: Op, total: int, concurrency: int, label: str,
+                   worker: int | None = None) -> tuple[Measure, Measure]:
+        """The raw side, then the mesh side, of one case."""
+        raw = await self.drive(raw_op, total, concurrency, f"{label} raw", self.raw_pid)
+        mesh = await self.drive(mesh_op, total, concurrency, f"{label} mesh", worker or self.worker_pid)
+        return raw, mesh
+
+    def watch(self, child: procs.Child, name: str) -> Any:
+        """Profile `child` with py-spy when `--profile` asked for it; returns the recorder or None."""
+        if self.profile_dir is None:
+            return None
+        from mesh.bench.profile import Recorder
+
+        recorder = Recorder(child.pid, self.profile_dir / f"{name}.txt")
+        self.recorders.append(recorder)
+        return recorder
+
+    def stop_recorders(self) -> None:
+        while self.recorders:
+            self.recorders.pop().stop()
+
+    async def raw(self, subject: str, data: bytes, timeout: float = 30.0) -> bytes:
+        msg = await self.nc.request(f"{SUBJECT_PREFIX}.{subject}", data, timeout=timeout)
+        if msg.data.startswith(b'{"error"'):
+            raise RuntimeError(msg.data.decode(errors="replace"))
+        return msg.data
+
+    async def mesh(self, agent_type: str, name: str, data: bytes, timeout: float = 30.0) -> Any:
+        return await self.client.call(agent_type, name, data, timeout=timeout)
+
+
+ECHO = b'{"i":1}'
+BUMP = b'{"add":1}'
+
+
+async def invoke(b: Bench) -> list[Result]:
+    raw_op = lambda i: b.raw("echo", ECHO)  # noqa: E731
+    mesh_op = lambda i: b.mesh("bench-echo", "b", ECHO)  # noqa: E731
+    await drive(raw_op, 50, 8, b.progress, "invoke warm-up raw")
+    await drive(mesh_op, 50, 8, b.progress, "invoke warm-up mesh")
+    results = []
+    for concurrency, total in ((1, b.sizes.invoke_c1), (64, b.sizes.invoke_c64)):
+        raw, mesh = await b.pair(raw_op, mesh_op, total, concurrency, f"invoke c={concurrency}")
+        if concurrency == 1:
+            target = "p50 <= 1.5 x raw"
+            met = mesh.p50_ms <= 1.5 * raw.p50_ms
+        else:
+            target = "ops/s >= 0.6 x raw"
+            met = mesh.ops_per_s >= 0.6 * raw.ops_per_s
+        results.append(Result("invoke", f"c={concurrency}", "requests", raw, mesh, target, met))
+    return results
+
+
+async def turn(b: Bench) -> list[Result]:
+    n = b.sizes.turn_instances
+    raw_op = lambda i: b.raw(f"turn.t{b.run_id}-{i % n}", BUMP)  # noqa: E731
+    mesh_op = lambda i: b.mesh("bench-turn", f"t{b.run_id}-{i % n}", BUMP)  # noqa: E731
+    # First touches are the activation scenario's business: create every instance before timing.
+    await drive(raw_op, n, 64, b.progress, f"turn create {n} raw")
+    await drive(mesh_op, n, 64, b.progress, f"turn create {n} mesh")
+    raw, mesh = await b.pair(raw_op, mesh_op, b.sizes.turn_ops, 64, f"turn {n} instances c=64")
+    met = mesh.ops_per_s >= raw.ops_per_s
+    return [Result("turn", f"{n} instances c=64", "persisted turns", raw, mesh, "ops/s >= 1.0 x raw", met)]
+
+
+async def hot(b: Bench) -> list[Result]:
+    raw_op = lambda i: b.raw(f"hot.h{b.run_id}", BUMP)  # noqa: E731
+    mesh_op = lambda i: b.mesh("bench-turn", f"h{b.run_id}", BUMP)  # noqa: E731
+    raw, mesh = await b.pair(raw_op, mesh_op, b.sizes.hot_ops, 64, "hot 1 instance c=64")
+    final = await b.client.state("bench-turn", f"h{b.run_id}")
+    notes = {"mesh_state_n": final["n"] if final else None, "expected_n": mesh.ops}
+    met = mesh.ops_per_s >= 1500
+    return [Result("hot", "1 instance c=64", "persisted turns", raw, mesh, "mesh >= 1,500 turns/s", met, notes=notes)]
+
+
+async def activation(b: Bench) -> list[Result]:
+    n = b.sizes.activations
+    worker = await procs.start_worker(
+        b.url, "mesh.bench.agents:ACTIVATION_AGENTS", b.workdir / "worker-activation.log",
+        env={"MESH_IDLE_TIMEOUT": str(b.sizes.idle_timeout)},
+    )
+    recorder = b.watch(worker, "worker-activation")
+    try:
+        rss_start, _ = worker.memory_mb()
+        raw, mesh = await b.pair(
+            lambda i: b.raw(f"turn.a{b.run_id}-{i}", BUMP), lambda i: b.mesh("bench-act", f"a{b.run_id}-{i}", BUMP),
+            n, 64, f"activation {n}", worker=worker.pid,
+        )
+        rss_end, rss_peak = worker.memory_mb()
+        evicted = await _wait_evicted(b, "bench-act", timeout=b.sizes.idle_timeout * 2 + 30)
+        rss_idle, _ = worker.memory_mb()
+        worker.check_alive()
+    finally:
+        if recorder is not None:
+            recorder.stop()
+            b.recorders.remove(recorder)
+        worker.stop()
+    notes = {
+        "worker_rss_start_mb": round(rss_start, 1), "worker_rss_end_mb": round(rss_end, 1),
+        "worker_peak_rss_mb": round(rss_peak, 1), "worker_rss_after_eviction_mb": round(rss_idle, 1),
+        "evicted_all": evicted, "idle_timeout_s": b.sizes.idle_timeout,
+    }
+    met = mesh.ops_per_s >= 5000 and rss_peak <= 300 and rss_idle <= 150 and evicted
+    target = ">= 5,000 first touches/s; peak RSS <= 300 MB; <= 150 MB after eviction"
+    return [Result("activation", f"{n} new instances c=64", "first touches", raw, mesh, target, met, notes=notes)]
+
+
+async def _wait_evicted(b: Bench, agent_type: str, timeout: float) -> bool:
+    """Poll the worker's `$SRV.STATS` until it holds no activations of `agent_type`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    b.progress.note(f"  activation: waiting for idle eviction (idle_timeout {b.sizes.idle_timeout}s)")
+    while loop.time() < deadline:
+        try:
+            msg = await b.nc.request(f"$SRV.STATS.{agent_type}", b"", timeout=2.0)
+            data = orjson.loads(msg.data)["endpoints"][0].get("data") or {}
+            if data.get("activations") == 0:
+                return True
+        except Exception:
+            pass
+        await asyncio.sleep(0.25)
+    return False
+
+
+async def slow(b: Bench) -> list[Result]:
+    n = b.sizes.slow_instances
+
+    async def side(label: str, op: Op, responder: int) -> Measure:
+        b.model.reset()
+        measure = await b.drive(op, n, n, f"slow {n} instances ({b.model.delay:g}s model) {label}", responder)
+        measure.extra["peak_in_flight"] = b.model.peak
+        return measure
+
+    raw = await side("raw", lambda i: b.raw(f"slow.s{b.run_id}-{i}", BUMP, timeout=60), b.raw_pid)
+    mesh = await side("mesh", lambda i: b.mesh("bench-slow", f"s{b.run_id}-{i}", BUMP, timeout=60), b.worker_pid)
+    limit = b.model.delay + 1.0
+    met = mesh.errors == 0 and mesh.wall_s <= limit
+    notes = {"raw_wall_s": raw.wall_s, "mesh_wall_s": mesh.wall_s, "serial_peer_wall_s": n * b.model.delay}
+    target = f"all {n} done within {limit:g}s wall on one worker"
+    return [Result("slow", f"{n} instances, one worker", "turns", raw, mesh, target, met, notes=notes)]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    scenario: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "skipped": self.reason}
+
+
+def not_built(service: str, module: str) -> Callable[[Bench], Awaitable[list[Any]]]:
+    async def skipped(b: Bench) -> list[Any]:
+        return [Skipped(service, f"no {module} on this branch yet; add a scenario in mesh/bench/scenarios.py")]
+
+    return skipped
+
+
+SCENARIOS: dict[str, Callable[[Bench], Awaitable[list[Any]]]] = {
+    "invoke": invoke,
+    "turn": turn,
+    "hot": hot,
+    "activation": activation,
+    "slow": slow,
+    "http": not_built("http", "HTTP bridge (services/http)"),
+    "mail": not_built("mail", "mail service (services/mail)"),
+}
+
+MAIN_APP = "mesh.bench.agents"  # its AGENTS; `activation` starts a worker of its own

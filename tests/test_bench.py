@@ -1,0 +1,104 @@
+"""`mesh bench`: every scenario runs and reports its ratio (no timing assertions: figures are noisy)."""
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+from nats.js.errors import BucketNotFoundError
+
+from mesh import bus, subjects
+from mesh.bench.runner import select
+from mesh.bench.scenarios import SCENARIOS
+from mesh.server import free_port
+
+MEASURED = ["invoke", "turn", "hot", "activation", "slow"]
+NOT_BUILT = ["http", "mail"]
+
+
+def run_mesh(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mesh", *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def test_quick_json_runs_every_scenario_and_reports_each_ratio() -> None:
+    done = run_mesh("bench", "--quick", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["nats_url"] == "embedded"
+    assert report["quick"] is True and report["cpus"] >= 1
+    by_scenario: dict[str, list[dict]] = {}
+    for row in report["results"]:
+        by_scenario.setdefault(row["scenario"], []).append(row)
+    assert list(by_scenario) == list(SCENARIOS) == MEASURED + NOT_BUILT
+    assert [r["case"] for r in by_scenario["invoke"]] == ["c=1", "c=64"]
+    for name in MEASURED:
+        for row in by_scenario[name]:
+            assert row["ratio"] > 0, row
+            for side in ("raw", "mesh"):
+                measure = row[side]
+                assert measure["errors"] == 0, (name, side, measure)
+                assert measure["ops"] > 0 and measure["ops_per_s"] > 0
+                assert 0 < measure["p50_ms"] <= measure["p99_ms"]
+                assert measure["caller_cpu_us_per_op"] >= 0 and measure["responder_cpu_us_per_op"] >= 0
+                assert measure["server_cpu_us_per_op"] >= 0
+            assert isinstance(row["met"], bool) and row["target"]
+    hot = by_scenario["hot"][0]
+    assert hot["notes"]["mesh_state_n"] == hot["notes"]["expected_n"] == hot["mesh"]["ops"]
+    activation = by_scenario["activation"][0]["notes"]
+    assert activation["evicted_all"] is True
+    assert 0 < activation["worker_rss_start_mb"] <= activation["worker_peak_rss_mb"]
+    assert activation["worker_rss_after_eviction_mb"] > 0
+    slow = by_scenario["slow"][0]
+    assert slow["mesh"]["peak_in_flight"] >= 1 and slow["raw"]["peak_in_flight"] >= 1
+    for name in NOT_BUILT:
+        assert "skipped" in by_scenario[name][0]
+    # Progress went to stderr, so stdout was pure JSON.
+    assert "invoke c=64 mesh" in done.stderr
+
+
+def test_only_runs_the_named_scenarios_and_prints_a_table() -> None:
+    done = run_mesh("bench", "--quick", "--only", "invoke", "--only", "http")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "invoke      c=1" in done.stdout and "invoke      c=64" in done.stdout
+    assert "http        skipped" in done.stdout
+    assert "turn " not in done.stdout
+
+
+def test_an_unknown_scenario_is_a_usage_error() -> None:
+    done = run_mesh("bench", "--only", "invoke,nope", timeout=30)
+    assert done.returncode == 2
+    assert "unknown scenario(s) nope" in done.stderr
+    with pytest.raises(ValueError):
+        select(["warp"])
+    assert select([]) == list(SCENARIOS)
+    assert select(["hot,turn", "hot"]) == ["turn", "hot"]  # in the canonical order, once each
+
+
+def test_help_explains_how_to_read_the_figures() -> None:
+    done = run_mesh("bench", "--help", timeout=30)
+    assert done.returncode == 0
+    for phrase in ("ratio = mesh ops/s / raw ops/s", "Noise", "cores", "MESH_IDLE_TIMEOUT"):
+        assert phrase in done.stdout
+
+
+async def test_an_existing_server_is_used_and_left_clean(nats_server, mesh_client) -> None:
+    done = await asyncio.to_thread(run_mesh, "bench", "--quick", "--only", "hot,turn", "--json", "--nats-url", nats_server.url)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["nats_url"] == nats_server.url
+    assert [r["scenario"] for r in report["results"]] == ["turn", "hot"]
+    js = mesh_client.nc.jetstream()
+    with pytest.raises(BucketNotFoundError):
+        await js.key_value(subjects.BENCH_RAW_BUCKET)
+    state = bus.Bucket(await js.key_value(subjects.STATE_BUCKET), js, subjects.STATE_BUCKET)
+    assert await state.keys("bench-turn.") == []
+
+
+def test_an_unreachable_server_is_a_clear_error() -> None:
+    port = free_port()
+    done = run_mesh("bench", "--quick", "--only", "invoke", "--nats-url", f"nats://127.0.0.1:{port}", timeout=60)
+    assert done.returncode == 1
+    assert "connection_failed" in done.stderr or "cannot connect" in done.stderr
