@@ -33,14 +33,14 @@ class Child:
         deadline = time.monotonic() + timeout
         while needle not in self.log_text():
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.process.args} exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+                raise RuntimeError(f"{self.process.args!r} exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.process.args} did not log {needle!r}:\n{self.log_text()[-3000:]}")
+                raise TimeoutError(f"{self.process.args!r} did not log {needle!r}:\n{self.log_text()[-3000:]}")
             await asyncio.sleep(0.05)
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
-            raise RuntimeError(f"{self.process.args} exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+            raise RuntimeError(f"{self.process.args!r} exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
 
     def memory_mb(self) -> tuple[float, float]:
         """(current RSS, peak RSS) in MiB, from /proc (Linux)."""
