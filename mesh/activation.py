@@ -144,12 +144,14 @@ class Activation:
     def idle_since(self, now: float) -> float:
         return 0.0 if self.running or self.queue else now - self.last_used
 
-    def release(self) -> None:
+    async def release(self) -> None:
         """Let the instance go (called by the runtime when it has idled long enough)."""
+        if self.running or self.queue:
+            return  # a request arrived since the idle sweep looked
         if self.status is Status.OWNED:
             self.status = Status.RELEASING
             self.running = True
-            self.runtime.spawn(self._release())
+            await self._release()
         else:
             self.runtime.forget(self)
 
@@ -161,13 +163,14 @@ class Activation:
                 except Exception:
                     self.log.exception("agent.deactivate_failed")
             await self.runtime.directory.release(self.key, self.dir_revision)
-            self.log.debug("instance.released")
+            if self.runtime.log_turns:
+                self.log.debug("instance.released")
         finally:
             self.status = Status.PENDING
             self.agent = None
-            if self.queue:
+            if self.queue:  # requests arrived while releasing: activate again, off the eviction sweep
                 self.running = True
-                await self._drain()
+                self.runtime.spawn(self._drain())
             else:
                 self.running = False
                 self.runtime.forget(self)
@@ -200,15 +203,17 @@ class Activation:
             self.queue = None
 
     async def _activate(self) -> None:
-        owner, revision = await self.runtime.directory.resolve(self.key)
-        if owner != self.runtime.worker_id:
-            self.status, self.owner = Status.REMOTE, owner
+        claim = await self.runtime.directory.resolve(self.key)
+        if claim.owner != self.runtime.worker_id:
+            self.status, self.owner = Status.REMOTE, claim.owner
             return
-        self.dir_revision = revision
+        self.dir_revision = claim.revision
         self.epoch = self.runtime.directory.epoch
         model = self.agent_cls.state_model
         assert model is not None
-        found = await self.runtime.state.get_with_headers(self.key)
+        # A fresh claim proves the instance was never activated: skip the read (one KV round trip of
+        # three on a first touch). Should state exist anyway, the first save fails with a conflict.
+        found = None if claim.fresh else await self.runtime.state.get_with_headers(self.key)
         self.applied_saved = "" if found is None else found[2].get(subjects.HEADER_APPLIED, "")
         self.applied = AppliedIds.from_header(self.applied_saved) if self.applied_saved else None
         if found is None:

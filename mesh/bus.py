@@ -127,8 +127,11 @@ class Bucket:
             return None  # an expiry marker (see NOTES 1.5) counts as absent
         return entry.value, entry.revision
 
-    async def write(self, key: str, value: bytes, last: int, headers: dict[str, str] | None = None) -> int:
-        """Compare-and-set: `last=0` means the key must not exist. Returns the new revision.
+    async def write(
+        self, key: str, value: bytes, last: int, headers: dict[str, str] | None = None, *, fresh: bool = False
+    ) -> int:
+        """Compare-and-set: `last=0` means the key must not exist (or is deleted; with `fresh`, the
+        key must never have been written at all). Returns the new revision.
 
         `headers` are stored in the same message as the value, so atomically with it. This is the
         hot path of every turn: one JetStream publish whose ack is parsed with orjson, skipping
@@ -138,7 +141,7 @@ class Bucket:
         try:
             return await self._publish_expecting(subject, value, last, headers)
         except StateConflict:
-            if last != 0:
+            if last != 0 or fresh:
                 raise
             # "Must not exist" also accepts a delete tombstone, as KeyValue.create does.
             tombstone = await self._tombstone_revision(subject)

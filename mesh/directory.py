@@ -15,6 +15,7 @@ import asyncio
 import os
 import socket
 import time
+from dataclasses import dataclass
 
 import structlog
 
@@ -23,6 +24,16 @@ from mesh.bus import Bucket
 from mesh.errors import StateConflict, Unavailable
 
 log = structlog.get_logger("mesh.directory")
+
+
+FREE = "-"  # the directory value of a released instance (worker ids start with "w")
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    owner: str
+    revision: int
+    fresh: bool  # the directory had never seen this instance: it has no stored state
 
 
 def new_worker_id() -> str:
@@ -75,30 +86,40 @@ class Directory:
             return not self.fenced()
         return await self.workers.get(worker_id) is not None
 
-    async def resolve(self, key: str) -> tuple[str, int]:
-        """Find or take the owner of `key`: returns `(owner, directory revision)`."""
+    async def resolve(self, key: str) -> Claim:
+        """Find or take the owner of `key`.
+
+        An entry is never deleted: a released instance's entry is set to `FREE`. So a claim that
+        *creates* the entry proves the instance was never activated before, and has no state to load.
+        """
         for _ in range(8):
             try:
-                return self.worker_id, await self.entries.write(key, self.worker_id.encode(), 0)
+                return Claim(self.worker_id, await self.entries.write(key, self.worker_id.encode(), 0, fresh=True), True)
             except StateConflict:
                 pass
             found = await self.entries.get(key)
-            if found is None:
-                continue
+            if found is None:  # a delete tombstone (older versions deleted entries on release)
+                try:
+                    return Claim(self.worker_id, await self.entries.write(key, self.worker_id.encode(), 0), False)
+                except StateConflict:
+                    continue
             owner, revision = found[0].decode(), found[1]
-            if owner != self.worker_id and await self.is_alive(owner):
-                return owner, revision
+            if owner != FREE and owner != self.worker_id and await self.is_alive(owner):
+                return Claim(owner, revision, False)
             try:
-                # Ours from an earlier activation, or a dead worker's: bump the revision either way,
-                # so a release still in flight (delete at the old revision) cannot drop this claim.
-                return self.worker_id, await self.entries.write(key, self.worker_id.encode(), revision)
+                # Free, ours from an earlier activation, or a dead worker's: bump the revision either
+                # way, so a release still in flight (at the old revision) cannot undo this claim.
+                return Claim(self.worker_id, await self.entries.write(key, self.worker_id.encode(), revision), False)
             except StateConflict:
                 continue
         raise Unavailable(f"ownership of {key} kept changing; retry")
 
     async def release(self, key: str, revision: int) -> None:
+        """Mark the instance free (compare-and-set, so a newer claim is never undone)."""
         try:
-            await self.entries.delete(key, last=revision)
+            await self.entries.write(key, FREE.encode(), revision)
+        except StateConflict:
+            pass  # someone claimed it since: nothing to release
         except Exception as exc:  # a failed release only delays the next owner until our lease expires
             log.warning("directory.release_failed", key=key, error=str(exc))
 

@@ -157,11 +157,12 @@ async def test_idle_instances_are_released_and_come_back_with_their_state(mesh_f
     js = mesh_client.nc.jetstream()
     directory = Bucket(await open_bucket(js, "mesh_dir"), js, "mesh_dir")
     for _ in range(100):
-        if not runtime.activations and await directory.get(instance_key("faulty", "idle")) is None:
+        entry = await directory.get(instance_key("faulty", "idle"))
+        if not runtime.activations and entry is not None and entry[0] == b"-":
             break
         await asyncio.sleep(0.05)
     assert not runtime.activations
-    assert await directory.get(instance_key("faulty", "idle")) is None
+    assert (await directory.get(instance_key("faulty", "idle")))[0] == b"-"  # marked free, not deleted
     reply = await mesh_client.call("faulty", "idle", {"action": "ok"})
     assert reply["value"] == 2 and reply["activations"] == 2
 
