@@ -269,3 +269,14 @@ async def test_observers_see_every_turn_and_state_write(mesh_factory, mesh_clien
     ]
     assert all(t.started_at <= t.ended_at for t in recorder.turns)
     assert [(s.agent_type, s.name, s.size) for s in recorder.states] == [("counter", "o", len(b'{"value":1}'))]
+
+
+async def test_state_without_a_directory_entry_is_never_overwritten(mesh_factory, mesh_client) -> None:
+    """A fresh directory claim skips reading state; state that exists anyway is still protected."""
+    await mesh_factory(AGENTS)
+    bucket = await state_bucket(mesh_client)
+    await bucket.write(instance_key("counter", "ghost"), b'{"value": 10}', 0)  # e.g. a wiped directory
+    with pytest.raises(StateConflict):
+        await mesh_client.call("counter", "ghost", {"add": 1})
+    assert await mesh_client.state("counter", "ghost") == {"value": 10}
+    assert await mesh_client.call("counter", "ghost", {"add": 1}) == {"value": 11}
