@@ -132,7 +132,10 @@ class Runtime:
             metadata={"mesh.kind": "agent", "mesh.type": agent_type, "mesh.worker": self.worker_id},
             queue_group="mesh", stats_handler=stats_data,
         )
-        await service.add_endpoint(name="request", subject=subjects.agent_wildcard(agent_type), handler=self._on_request)
+        await service.add_endpoint(
+            name="request", subject=subjects.agent_wildcard(agent_type), handler=self._on_request,
+            metadata=endpoint_schemas(self.agents[agent_type]),
+        )
         return service
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -312,6 +315,19 @@ class Runtime:
             for activation in list(self.activations.values()):
                 if activation.idle_since(now) > self.options.idle_timeout:
                     activation.release()
+
+
+def endpoint_schemas(cls: type[Agent[Any]]) -> dict[str, str]:
+    """JSON Schemas of the request and reply, published in `$SRV.INFO` so gateways can describe them."""
+    found: dict[str, str] = {}
+    if cls.__doc__:
+        found["mesh.description"] = " ".join(cls.__doc__.split())[:500]
+    for key, adapter in (("mesh.request_schema", cls.request_adapter), ("mesh.reply_schema", cls.reply_adapter)):
+        try:
+            found[key] = wire.dumps(adapter.json_schema()).decode()
+        except Exception:  # a type pydantic cannot describe: gateways fall back to "any JSON"
+            continue
+    return found
 
 
 def _deadline(headers: dict[str, str], reply: str | None) -> float | None:

@@ -27,6 +27,9 @@ _ESCAPES: Final = [chr(b) if b in _SAFE else f"={b:02X}" for b in range(256)]
 STATE_BUCKET: Final = "mesh_state"
 DIRECTORY_BUCKET: Final = "mesh_dir"
 WORKERS_BUCKET: Final = "mesh_workers"
+EVENTS_STREAM: Final = "mesh_events"  # keeps `events.>` so live views can resume (created by the HTTP bridge)
+IDEMPOTENCY_BUCKET: Final = "mesh_http_idem"  # HTTP bridge: responses by Idempotency-Key
+RUNS_BUCKET: Final = "mesh_http_runs"  # HTTP bridge: results of `Prefer: respond-async` requests
 
 # Headers the mesh reads or writes.
 HEADER_ERROR_CODE: Final = "Nats-Service-Error-Code"
@@ -55,6 +58,10 @@ SUBJECT_PATTERNS: Final = (
     "$KV.mesh_state.<type>.<name>",
     "$KV.mesh_dir.<type>.<name>",
     "$KV.mesh_workers.<worker>",
+    "approvals.<type>.<name>.list",
+    "approvals.<type>.<name>.decide",
+    "$KV.mesh_http_idem.<hash>",
+    "$KV.mesh_http_runs.<run>",
 )
 
 
@@ -128,6 +135,18 @@ def event_subject(agent_type: str, name: str, kind: str) -> str:
     if not TYPE_PATTERN.match(kind):
         raise NameInvalid(f"event kind {kind[:80]!r} must match {TYPE_PATTERN.pattern}")
     return f"events.{instance_key(agent_type, name)}.{kind}"
+
+
+def event_wildcard(agent_type: str, name: str) -> str:
+    """Every event of one instance: `events.<type>.<token>.>`."""
+    return f"events.{instance_key(agent_type, name)}.>"
+
+
+def approvals_subject(agent_type: str, name: str, verb: str) -> str:
+    """`approvals.<type>.<token>.<verb>`: list or decide an instance's pending approvals."""
+    if verb not in ("list", "decide"):
+        raise NameInvalid(f"approvals verb {verb[:80]!r} must be list or decide")
+    return f"approvals.{instance_key(agent_type, name)}.{verb}"
 
 
 def parse_address(address: str) -> tuple[str, str]:

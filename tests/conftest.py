@@ -1,1 +1,1 @@
-pytest_plugins = ["mesh.testing"]
+pytest_plugins = ["mesh.testing", "services.http.testing"]
