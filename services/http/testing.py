@@ -66,5 +66,4 @@ async def http_factory(nats_server: NatsServer) -> AsyncIterator[HttpFactory]:
     finally:
         for running in reversed(started):
             running.server.should_exit = True
-            running.server.force_exit = True
         await asyncio.gather(*(r.task for r in started), return_exceptions=True)
