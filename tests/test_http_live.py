@@ -28,6 +28,7 @@ class SseClient:
     def __init__(self, response: httpx.Response) -> None:
         self.lines = response.aiter_lines()
         self.heartbeats = 0
+        self.last_id: str | None = None
 
     async def next(self) -> tuple[str | None, str, Any]:
         fields: dict[str, str] = {}
@@ -36,6 +37,7 @@ class SseClient:
                 self.heartbeats += 1
             elif line == "":
                 if "data" in fields:
+                    self.last_id = fields.get("id", self.last_id)
                     return fields.get("id"), fields.get("event", "message"), orjson.loads(fields["data"])
                 fields.clear()
             else:
@@ -50,6 +52,17 @@ class SseClient:
                 return message
 
 
+async def ws_collect(ws, kinds: set[str]) -> dict[str, dict[str, Any]]:
+    """The first message of each kind in `kinds`, in whatever order they arrive."""
+    found: dict[str, dict[str, Any]] = {}
+    while set(found) != kinds:
+        async with asyncio.timeout(10):
+            message = orjson.loads(await ws.recv())
+        if message["type"] in kinds:
+            found.setdefault(message["type"], message)
+    return found
+
+
 @contextlib.asynccontextmanager
 async def sse(url: str, headers: dict[str, str] | None = None) -> AsyncIterator[SseClient]:
     async with httpx.AsyncClient(timeout=10) as client:
@@ -59,9 +72,24 @@ async def sse(url: str, headers: dict[str, str] | None = None) -> AsyncIterator[
             yield SseClient(response)
 
 
+async def gather(events: SseClient, count: int, state: Any) -> tuple[list[tuple[str | None, str, Any]], tuple]:
+    """Read until `count` events and a state message equal to `state` arrived (in any interleaving)."""
+    seen, final = [], None
+    async with asyncio.timeout(10):
+        while len(seen) < count or final is None:
+            message = await events.next()
+            if message[1] == "event":
+                seen.append(message)
+            elif message[2]["state"] == state:
+                final = message
+    assert len(seen) == count, seen
+    return seen, final
+
+
 async def ws_next(ws, kind: str) -> dict[str, Any]:
     while True:
-        message = orjson.loads(await ws.recv())
+        async with asyncio.timeout(10):
+            message = orjson.loads(await ws.recv())
         if message["type"] == kind:
             return message
 
@@ -92,9 +120,8 @@ async def test_sse_carries_events_with_ids_and_resumes_after_last_event_id_witho
             await events.next()  # initial state
             await http.post("/agents/notes/n1", json="a")
             await http.post("/agents/notes/n1", json="b")
-            seen = [await events.until(lambda m: m[1] == "event") for _ in range(2)]
-            last = await events.until(lambda m: m[1] == "state" and m[2]["state"] == {"notes": ["a", "b"]})
-            last_id = max([seen[-1][0], last[0]], key=lambda i: tuple(map(int, i.split("."))))
+            seen, _ = await gather(events, 2, {"notes": ["a", "b"]})
+            last_id = events.last_id
         assert [m[2]["data"]["note"] for m in seen] == ["a", "b"]
         assert all(m[2]["kind"] == "noted" and m[2]["seq"] > 0 for m in seen)
 
@@ -102,10 +129,8 @@ async def test_sse_carries_events_with_ids_and_resumes_after_last_event_id_witho
         await http.post("/agents/notes/n1", json="c")
         await http.post("/agents/notes/n1", json="d")
         async with sse(url, headers={"Last-Event-ID": last_id}) as events:
-            resumed_events = [await events.until(lambda m: m[1] == "event") for _ in range(2)]
-            assert [m[2]["data"]["note"] for m in resumed_events] == ["c", "d"]
-            state = await events.until(lambda m: m[1] == "state")
-            assert state[2]["state"] == {"notes": ["a", "b", "c", "d"]}
+            resumed, _ = await gather(events, 2, {"notes": ["a", "b", "c", "d"]})
+            assert [m[2]["data"]["note"] for m in resumed] == ["c", "d"]
 
         # A garbled Last-Event-ID starts from now: the current state, nothing replayed.
         async with sse(url, headers={"Last-Event-ID": "garbage"}) as events:
@@ -127,8 +152,9 @@ async def test_websocket_sends_requests_and_bad_messages_get_errors_on_an_open_s
     async with websockets.connect(f"{bridge.ws_url}/agents/notes/w/ws") as ws:
         await ws_next(ws, "state")
         await ws.send(orjson.dumps({"type": "request", "id": 1, "body": "hello"}).decode())
-        assert await ws_next(ws, "reply") == {"type": "reply", "id": 1, "body": {"count": 1}}
-        event = await ws_next(ws, "event")
+        got = await ws_collect(ws, {"reply", "event"})  # the event is emitted during the turn, before the reply
+        assert got["reply"] == {"type": "reply", "id": 1, "body": {"count": 1}}
+        event = got["event"]
         assert event["kind"] == "noted" and event["data"] == {"note": "hello", "count": 1}
 
         await ws.send("not json")
