@@ -54,6 +54,17 @@ class Notes(Agent[NoteState]):
         return {"count": len(self.state.notes)}
 
 
+def _schema_agents() -> list[type[Agent[Any]]]:
+    from services.demo import Counter, Echo
+
+    return [Counter, Echo, Notes]
+
+
+SCHEMA_AGENTS = _schema_agents()
+"""What the schemathesis run serves (through `mesh up --app http_agents:SCHEMA_AGENTS`). Not the
+demo Relay: it relays whatever its target answers, so `{"to": "nosuch/x"}` is a correct 503."""
+
+
 async def serve_garbled(nc: Client) -> Any:
     """A responder on `agents.garbled.*` whose replies are not JSON (for the 502 test)."""
 
