@@ -70,6 +70,7 @@ function base(type, name) { return "/agents/" + enc(type) + "/" + enc(name); }
 
 async function openInstance(type, name) {
   current = { type, name };
+  if ($("type-label").textContent !== type) loadInstances(type);
   location.hash = "#/" + enc(type) + "/" + enc(name);
   $("empty").hidden = true;
   $("instance").hidden = false;
@@ -112,6 +113,8 @@ function showState(data) {
   $("state").textContent = data.state === null ? "(no state saved yet)" : JSON.stringify(data.state, null, 2);
   $("revision").textContent = data.revision ? "rev " + data.revision : "";
   addTimeline("state", data.state);
+  const listed = Array.from($("instances").children).some((li) => li.textContent === current.name);
+  if (data.revision && !listed) loadInstances(current.type);
 }
 
 function addTimeline(kind, data) {
@@ -177,4 +180,4 @@ $("token-form").onsubmit = (e) => {
 };
 loadTypes();
 const match = location.hash.match(/^#\/([^/]+)\/(.+)$/);
-if (match) { const type = decodeURIComponent(match[1]); loadInstances(type); openInstance(type, decodeURIComponent(match[2])); }
+if (match) openInstance(decodeURIComponent(match[1]), decodeURIComponent(match[2]));

@@ -1,0 +1,88 @@
+"""The dashboard in a real headless Chromium (Debian's package, driven by Playwright)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from http_agents import ApprovalsDouble
+from playwright.async_api import Browser, async_playwright, expect
+
+from mesh import bus
+from services.demo import Counter
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def test_dashboard_shows_live_state_sends_messages_and_approves(
+    browser, mesh_factory, http_factory, nats_server, tmp_path: Path
+) -> None:
+    await mesh_factory([Counter])
+    bridge = await http_factory()
+    nc = await bus.connect(bus.NatsOptions.from_url(nats_server.url))
+    approvals = await ApprovalsDouble(nc, "counter.web").start()
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        await page.goto(f"{bridge.url}/")
+        await expect(page.locator("#types li", has_text="counter")).to_be_visible()
+        await page.fill("#open-type", "counter")
+        await page.fill("#open-name", "web")
+        await page.click("#open-form button")
+        await expect(page.locator("#conn")).to_have_text("live")
+        await expect(page.locator("#state")).to_contain_text("no state saved yet")
+
+        # A person sends a message; the state shown changes without a reload.
+        await page.fill("#message", '{"add": 2}')
+        await page.click("#send")
+        await expect(page.locator("#state")).to_contain_text('"value": 2')
+        await expect(page.locator("#reply")).to_contain_text('"value": 2')
+
+        # Another client changes the instance; the page follows live.
+        async with httpx.AsyncClient(base_url=bridge.url) as other:
+            await other.post("/agents/counter/web", json={"add": 3})
+        await expect(page.locator("#state")).to_contain_text('"value": 5')
+        await expect(page.locator("#timeline li")).to_have_count(3)
+        await expect(page.locator("#instances li", has_text="web")).to_be_visible()
+        assert await page.locator("#token-form").is_hidden()  # auth is off
+
+        # Bad input shows an error and the page keeps working.
+        await page.fill("#message", '{"add": "x"}')
+        await page.click("#send")
+        await expect(page.locator("#reply")).to_contain_text("schema_mismatch")
+
+        # A pending approval appears with Approve and Reject; approving it decides it on the bus.
+        approval_id = approvals.add("send_email", {"to": "ann@example.com"})
+        row = page.locator(f"#approvals li[data-id='{approval_id}']")
+        await expect(row).to_contain_text("send_email")
+        await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+        await row.get_by_role("button", name="Approve").click()
+        await expect(page.locator("#approvals")).to_contain_text("none")
+        assert [(d["id"], d["decision"]) for d in approvals.decisions] == [(approval_id, "approve")]
+
+        # The instance list knows the instance; a reload restores the same view.
+        await page.reload()
+        await expect(page.locator("#instances li", has_text="web")).to_be_visible()
+        await expect(page.locator("#state")).to_contain_text('"value": 5')
+        assert errors == []
+    finally:
+        await page.close()
+        await approvals.stop()
+        await nc.close()
