@@ -170,3 +170,16 @@ async def test_websocket_sends_requests_and_bad_messages_get_errors_on_an_open_s
         async with websockets.connect(f"{bridge.ws_url}/agents/Bad.Type/x/ws"):
             pass
     assert rejected.value.response.status_code == 403
+
+
+async def test_closed_live_connections_release_their_subscriptions(bridge) -> None:
+    nc = bridge.bridge.nc
+    baseline = len(nc._subs)  # nats-py keeps every live subscription here
+    for _ in range(3):
+        async with sse(f"{bridge.url}/agents/notes/gone/events") as events:
+            await events.next()
+        async with websockets.connect(f"{bridge.ws_url}/agents/notes/gone/ws") as ws:
+            await ws_next(ws, "state")
+    async with asyncio.timeout(10):
+        while len(nc._subs) > baseline:
+            await asyncio.sleep(0.05)

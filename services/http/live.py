@@ -67,12 +67,20 @@ class LiveFeed:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> LiveFeed:
-        await self._subscribe_events()
-        self._watcher = await self.bridge.state.kv.watch(self.key)
+        try:
+            await self._subscribe_events()
+            self._watcher = await self.bridge.state.kv.watch(self.key)
+        except BaseException:
+            await self.aclose()
+            raise
         self._task = asyncio.get_running_loop().create_task(self._pump_state())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the watch and the events subscription (safe to call more than once)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -82,6 +90,7 @@ class LiveFeed:
                     await closer()
                 except Exception as exc:  # the connection may be closing; nothing left to release
                     log.debug("live.close_failed", error=str(exc))
+        self._watcher = self._sub = self._task = None
 
     async def next(self, timeout: float) -> LiveMessage | None:
         """The next message, or None if nothing happened for `timeout` seconds (time for a heartbeat)."""

@@ -48,7 +48,9 @@ async def sse(request: Request) -> StreamingResponse:
                     str(message.cursor).encode(), message.kind.encode(), orjson.dumps(message.data),
                 )
         finally:
-            await feed.__aexit__(None, None, None)
+            # On disconnect this generator is cancelled, and awaits here would be cancelled too:
+            # release the feed from a task of its own so no subscription outlives the client.
+            bridge.spawn(feed.aclose())
 
     return StreamingResponse(
         body(), media_type="text/event-stream",
