@@ -26,8 +26,12 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict:
 
 
 @pytest.fixture
-async def http(mesh_factory, http_factory):
-    await mesh_factory([Counter, Echo, Slow, Broken])
+async def runtime(mesh_factory):
+    return await mesh_factory([Counter, Echo, Slow, Broken])
+
+
+@pytest.fixture
+async def http(runtime, http_factory):
     bridge = await http_factory(timeout=1.0, max_body=4096)
     async with httpx.AsyncClient(base_url=bridge.url, timeout=10) as client:
         yield client
@@ -138,11 +142,12 @@ async def test_idempotency_key_runs_a_post_once_even_across_replicas(http, http_
 
 
 async def test_idempotent_request_in_flight_gets_409_and_one_that_found_no_worker_can_be_retried(
-    http, mesh_factory
+    http, runtime, mesh_factory
 ) -> None:
     headers = {"Idempotency-Key": "slow-1"}
     first = asyncio.create_task(http.post("/agents/slow/i", json={"sleep": 0.6}, headers=headers))
-    await asyncio.sleep(0.2)
+    while "slow.i" not in runtime.activations:  # the key is claimed before the request is sent
+        await asyncio.sleep(0.01)
     assert_problem(await http.post("/agents/slow/i", json={"sleep": 0.6}, headers=headers), 409, "idempotency_in_progress")
     assert (await first).json() == {"runs": 1}
     assert (await http.post("/agents/slow/i", json={"sleep": 0.6}, headers=headers)).json() == {"runs": 1}
