@@ -79,6 +79,7 @@ async def test_every_error_has_its_status_and_a_problem_body_and_the_bridge_keep
     assert_problem(unknown, 503, "no_responders")
     assert unknown.headers["retry-after"] == "1"
     assert_problem(await http.post("/agents/slow/e", json={"sleep": 1.5}), 504, "timeout")
+    assert_problem(await http.post("/agents/slow/w", json={"sleep": 0.8}, headers={"Prefer": "wait=0.2"}), 504, "timeout")
     body = assert_problem(await http.post("/agents/broken/e", json={}), 500, "handler_error")
     assert body["detail"] == "RuntimeError: boom"
     assert_problem(await http.get("/agents/counter/never-saved/state"), 404, "not_found")

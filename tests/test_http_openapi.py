@@ -83,3 +83,22 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(mesh_up: s
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout or " passed" in result.stdout
+
+
+def test_nested_request_models_get_their_definitions_in_components() -> None:
+    from pydantic import BaseModel, TypeAdapter
+
+    from services.http.bridge import AgentType
+    from services.http.openapi import build_openapi
+
+    class Line(BaseModel):
+        sku: str
+
+    class Order(BaseModel):
+        lines: list[Line]
+
+    doc = build_openapi([AgentType("orders", ["w1"], "", TypeAdapter(Order).json_schema(), None)], auth=True)
+    schema = doc["paths"]["/agents/orders/{name}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["properties"]["lines"]["items"] == {"$ref": "#/components/schemas/orders_request_Line"}
+    assert doc["components"]["schemas"]["orders_request_Line"]["properties"]["sku"]["type"] == "string"
+    assert doc["security"] == [{"bearer": []}]

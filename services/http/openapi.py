@@ -50,7 +50,8 @@ def _hoist(schema: dict[str, Any] | None, prefix: str, components: dict[str, Any
     schema = dict(schema)
     for key, value in (schema.pop("$defs", None) or {}).items():
         components[f"{prefix}_{key}"] = _rewrite(value, prefix)
-    return _rewrite(schema, prefix)
+    rewritten: dict[str, Any] = _rewrite(schema, prefix)
+    return rewritten
 
 
 def _rewrite(node: Any, prefix: str) -> Any:
