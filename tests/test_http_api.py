@@ -233,3 +233,15 @@ async def test_approvals_routes_forward_to_the_approvals_subjects(http, nats_ser
 async def test_problem_bodies_are_json_and_name_the_path(http) -> None:
     body = orjson.loads((await http.post("/agents/counter/p", content=b"[")).content)
     assert body["instance"] == "/agents/counter/p"
+
+
+async def test_a_run_cut_short_by_a_stopping_bridge_is_reported_not_left_pending(http, http_factory) -> None:
+    doomed = await http_factory()
+    async with httpx.AsyncClient(base_url=doomed.url) as client:
+        started = await client.post("/agents/slow/cut", json={"sleep": 1.0}, headers={"Prefer": "respond-async"})
+    assert started.status_code == 202
+    doomed.server.should_exit = True
+    await doomed.task
+    poll = await http.get(started.headers["location"])
+    assert poll.status_code == 200
+    assert poll.json()["status"] == "failed" and poll.json()["problem"]["code"] == "timeout"

@@ -15,6 +15,7 @@ system subject.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,13 +24,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from mesh import subjects
-from mesh.errors import BadJson, ConnectionFailed, MeshError, NoResponders, NotFound, PayloadTooLarge, RequestError
+from mesh.errors import (
+    BadJson,
+    ConnectionFailed,
+    MeshError,
+    MeshTimeout,
+    NoResponders,
+    NotFound,
+    PayloadTooLarge,
+    RequestError,
+)
 from services.http.bridge import Bridge
 from services.http.idempotency import IdempotencyStore, fingerprint
 from services.http.problems import problem
 from services.http.runs import RunStore, new_run_id
 
 JSON = "application/json"
+INTERRUPTED = "the bridge stopped before the agent replied; the request may have run"
 
 
 @dataclass(frozen=True)
@@ -106,12 +117,12 @@ async def post_agent(request: Request) -> Response:
     if isinstance(claimed, Response):
         return claimed
     try:
-        try:
-            response = await _run_or_start(request, bridge, agent_type, name, body, prefer)
-        except MeshError as err:
-            response = problem(err, request.url.path)
-    except BaseException:
-        await store.release(claimed)
+        response = await _run_or_start(request, bridge, agent_type, name, body, prefer)
+    except MeshError as err:
+        response = problem(err, request.url.path)
+    except asyncio.CancelledError:
+        # The request may have run: keep the key, so a retry is told so instead of running it again.
+        bridge.spawn(store.finish(claimed, problem(MeshTimeout(INTERRUPTED), request.url.path)))
         raise
     await store.finish(claimed, response)
     return response
@@ -141,6 +152,9 @@ async def _finish_run(bridge: Bridge, runs: RunStore, record: dict[str, Any], bo
     except MeshError as err:
         await runs.finish(record, None, err)
         return
+    except asyncio.CancelledError:  # the bridge is stopping: say so rather than stay pending until expiry
+        await runs.finish(record, None, MeshTimeout(INTERRUPTED))
+        raise
     await runs.finish(record, reply, None)
 
 
