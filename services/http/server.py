@@ -33,8 +33,13 @@ def build_server(config: BridgeConfig, nats: bus.NatsOptions) -> EmbeddedServer:
 async def serve_http(config: BridgeConfig, nats: bus.NatsOptions, stop: asyncio.Event) -> None:
     """Serve until `stop` is set; raises if the port cannot be bound."""
     server = build_server(config, nats)
-    sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
+    # Bound here so a busy port is an exception, not uvicorn's sys.exit. proto=IPPROTO_TCP matters:
+    # asyncio only sets TCP_NODELAY on sockets that say they are TCP, and without it every
+    # keep-alive response waited ~40 ms for a delayed ACK (measured: 22 req/s instead of ~1000).
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((config.host, config.port))
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     waiter = asyncio.get_running_loop().create_task(stop.wait())
