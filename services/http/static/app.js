@@ -60,6 +60,7 @@ async function loadInstances(type) {
     if (!instances.length) list.append(el("li", { className: "muted", textContent: "no stored instances" }));
     for (const name of instances) {
       const item = el("li", { textContent: name });
+      if (current && current.type === type && current.name === name) item.classList.add("active");
       item.onclick = () => openInstance(type, name);
       list.append(item);
     }
@@ -71,6 +72,7 @@ function base(type, name) { return "/agents/" + enc(type) + "/" + enc(name); }
 async function openInstance(type, name) {
   current = { type, name };
   if ($("type-label").textContent !== type) loadInstances(type);
+  for (const li of $("instances").children) li.classList.toggle("active", li.textContent === name);
   location.hash = "#/" + enc(type) + "/" + enc(name);
   $("empty").hidden = true;
   $("instance").hidden = false;
