@@ -58,8 +58,6 @@ SUBJECT_PATTERNS: Final = (
     "$KV.mesh_state.<type>.<name>",
     "$KV.mesh_dir.<type>.<name>",
     "$KV.mesh_workers.<worker>",
-    "approvals.<type>.<name>.list",
-    "approvals.<type>.<name>.decide",
     "$KV.mesh_http_idem.<hash>",
     "$KV.mesh_http_runs.<run>",
 )
@@ -140,13 +138,6 @@ def event_subject(agent_type: str, name: str, kind: str) -> str:
 def event_wildcard(agent_type: str, name: str) -> str:
     """Every event of one instance: `events.<type>.<token>.>`."""
     return f"events.{instance_key(agent_type, name)}.>"
-
-
-def approvals_subject(agent_type: str, name: str, verb: str) -> str:
-    """`approvals.<type>.<token>.<verb>`: list or decide an instance's pending approvals."""
-    if verb not in ("list", "decide"):
-        raise NameInvalid(f"approvals verb {verb[:80]!r} must be list or decide")
-    return f"approvals.{instance_key(agent_type, name)}.{verb}"
 
 
 def parse_address(address: str) -> tuple[str, str]:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from mesh import Agent
+from mesh.errors import NotFound
 
 
 class SlowState(BaseModel):
@@ -74,45 +74,52 @@ async def serve_garbled(nc: Client) -> Any:
     return await nc.subscribe("agents.garbled.*", cb=on_msg)
 
 
-class ApprovalsDouble:
-    """Serves the approvals request convention (subjects.md) for one instance, as issue 3's agents will."""
+class ListApprovals(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    op: Literal["approvals"]
 
-    def __init__(self, nc: Client, key: str) -> None:
-        self.nc = nc
-        self.key = key
-        self.ids = itertools.count(1)
-        self.pending: dict[str, dict[str, Any]] = {}
-        self.decisions: list[dict[str, Any]] = []
-        self._subs: list[Any] = []
 
-    def add(self, tool: str, arguments: dict[str, Any]) -> str:
-        approval_id = f"ap{next(self.ids)}"
-        self.pending[approval_id] = {
-            "id": approval_id, "tool": tool, "arguments": arguments,
-            "requested_at": time.time(), "expires_at": time.time() + 3600,
-        }
-        return approval_id
+class Decide(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    op: Literal["approve", "reject"]
+    id: str
+    by: str = "unknown"
+    reason: str | None = None
 
-    async def start(self) -> ApprovalsDouble:
-        self._subs.append(await self.nc.subscribe(f"approvals.{self.key}.list", cb=self._list))
-        self._subs.append(await self.nc.subscribe(f"approvals.{self.key}.decide", cb=self._decide))
-        await self.nc.flush()
-        return self
 
-    async def stop(self) -> None:
-        for sub in self._subs:
-            await sub.unsubscribe()
+class MailerState(BaseModel):
+    pending: list[dict[str, Any]] = []
+    decisions: list[dict[str, Any]] = []
+    sent: list[str] = []
 
-    async def _list(self, msg: Msg) -> None:
-        await self.nc.publish(msg.reply, orjson.dumps({"approvals": list(self.pending.values())}))
 
-    async def _decide(self, msg: Msg) -> None:
-        decision = orjson.loads(msg.data)
-        found = self.pending.pop(decision["id"], None)
+class Mailer(Agent[MailerState]):
+    """Speaks the LLM agents' approval protocol (issue 3) without a model: a message asks to send
+    an e-mail, which waits for a person's decision; `{"op": "approvals"|"approve"|"reject"}`."""
+
+    type = "mailer"
+
+    async def on_request(
+        self, request: str | Annotated[ListApprovals | Decide, Field(discriminator="op")]
+    ) -> dict[str, Any]:
+        if isinstance(request, str):
+            approval = {
+                "id": f"ap{len(self.state.pending) + len(self.state.decisions) + 1}", "run_id": "r1",
+                "tool": "send_email", "arguments": orjson.dumps({"to": request}).decode(),
+                "requested_at": time.time(), "expires_at": time.time() + 3600,
+            }
+            self.state.pending.append(approval)
+            await self.emit("approval_requested", approval)
+            return {"status": "awaiting_approval", "approvals": [approval]}
+        if isinstance(request, ListApprovals):
+            return {"pending": self.state.pending, "decisions": self.state.decisions}
+        found = next((a for a in self.state.pending if a["id"] == request.id), None)
         if found is None:
-            body = {"error": {"code": "not_found", "status": 404, "message": f"no pending approval {decision['id']}"}}
-            headers = {"Nats-Service-Error-Code": "404", "Nats-Service-Error": "not found", "Mesh-Error-Code": "not_found"}
-            await self.nc.publish(msg.reply, orjson.dumps(body), headers=headers)
-            return
-        self.decisions.append(decision)
-        await self.nc.publish(msg.reply, orjson.dumps({**found, "decision": decision["decision"], "by": decision["by"]}))
+            raise NotFound(f"no pending approval {request.id!r}")
+        self.state.pending.remove(found)
+        decision = {**found, "decision": request.op, "by": request.by, "reason": request.reason}
+        self.state.decisions.append(decision)
+        if request.op == "approve":
+            self.state.sent.append(orjson.loads(found["arguments"])["to"])
+        await self.emit("approval_decided", decision)
+        return {"status": "completed", "decision": decision}

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import orjson
 import pytest
-from http_agents import ApprovalsDouble, Broken, Slow, serve_garbled
+from http_agents import Broken, Mailer, Slow, serve_garbled
 
 from mesh import bus
 from services.demo import Counter, Echo
@@ -27,7 +27,7 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict:
 
 @pytest.fixture
 async def runtime(mesh_factory):
-    return await mesh_factory([Counter, Echo, Slow, Broken])
+    return await mesh_factory([Counter, Echo, Slow, Broken, Mailer])
 
 
 @pytest.fixture
@@ -201,33 +201,33 @@ async def test_respond_async_returns_202_and_any_replica_answers_the_poll(http, 
     assert failed["status"] == "failed" and failed["problem"]["code"] == "handler_error"
 
 
-async def test_approvals_routes_forward_to_the_approvals_subjects(http, nats_server) -> None:
-    nc = await bus.connect(bus.NatsOptions.from_url(nats_server.url))
-    double = await ApprovalsDouble(nc, "mailer.ann").start()
-    try:
-        first = double.add("send_email", {"to": "a@example.com"})
-        second = double.add("send_email", {"to": "b@example.com"})
-        listed = (await http.get("/agents/mailer/ann/approvals")).json()["approvals"]
-        assert [a["id"] for a in listed] == [first, second]
-        assert listed[0]["tool"] == "send_email"
+async def test_approvals_routes_send_the_llm_agents_control_messages(http, runtime) -> None:
+    assert (await http.post("/agents/mailer/ann", json="a@example.com")).json()["status"] == "awaiting_approval"
+    await http.post("/agents/mailer/ann", json="b@example.com")
+    listed = (await http.get("/agents/mailer/ann/approvals")).json()
+    assert [(a["id"], a["tool"]) for a in listed["pending"]] == [("ap1", "send_email"), ("ap2", "send_email")]
 
-        approved = await http.post(f"/agents/mailer/ann/approvals/{first}/approve")
-        assert approved.json()["decision"] == "approve"
-        rejected = await http.post(f"/agents/mailer/ann/approvals/{second}/reject", json={"reason": "wrong person"})
-        assert rejected.json()["decision"] == "reject"
-        assert [(d["id"], d["decision"], d["reason"], d["by"]) for d in double.decisions] == [
-            (first, "approve", None, "http"), (second, "reject", "wrong person", "http"),
-        ]
-        assert (await http.get("/agents/mailer/ann/approvals")).json() == {"approvals": []}
-        assert_problem(await http.post(f"/agents/mailer/ann/approvals/{first}/approve"), 404, "not_found")
-        assert_problem(await http.post(f"/agents/mailer/ann/approvals/{first}/maybe"), 404, "not_found")
-        assert_problem(await http.post(f"/agents/mailer/ann/approvals/{first}/reject", json={"reason": 5}), 400, "bad_request")
-    finally:
-        await double.stop()
-        await nc.close()
-    # Types without an approvals feature have none, and nothing to decide.
-    assert (await http.get("/agents/counter/web/approvals")).json() == {"approvals": []}
-    assert_problem(await http.post("/agents/counter/web/approvals/x/approve"), 404, "not_found")
+    approved = await http.post("/agents/mailer/ann/approvals/ap1/approve")
+    assert approved.json()["decision"]["decision"] == "approve"
+    rejected = await http.post("/agents/mailer/ann/approvals/ap2/reject", json={"reason": "wrong person"})
+    assert rejected.json()["decision"]["reason"] == "wrong person"
+    after = (await http.get("/agents/mailer/ann/approvals")).json()
+    assert after["pending"] == []
+    assert [(d["id"], d["decision"], d["by"]) for d in after["decisions"]] == [("ap1", "approve", "http"), ("ap2", "reject", "http")]
+    assert (await http.get("/agents/mailer/ann/state")).json()["state"]["sent"] == ["a@example.com"]
+
+    # The agent's own errors come back as problems; bad decisions never reach it.
+    assert_problem(await http.post("/agents/mailer/ann/approvals/ap1/approve"), 404, "not_found")
+    assert_problem(await http.post("/agents/mailer/ann/approvals/ap1/maybe"), 404, "not_found")
+    assert_problem(await http.post("/agents/mailer/ann/approvals/ap1/reject", json={"reason": 5}), 400, "bad_request")
+    assert_problem(await http.post("/agents/mailer/ann/approvals/ap1/reject", json={"op": "expire"}), 400, "bad_request")
+
+    # Types without approvals get no control messages at all: an empty list, and 404 to decide.
+    turns = runtime.stats["echo"].turns
+    assert (await http.get("/agents/echo/x/approvals")).json() == {"pending": [], "decisions": []}
+    assert (await http.get("/agents/nosuchtype/x/approvals")).json() == {"pending": [], "decisions": []}
+    assert_problem(await http.post("/agents/echo/x/approvals/ap1/approve"), 404, "not_found")
+    assert runtime.stats["echo"].turns == turns
 
 
 async def test_problem_bodies_are_json_and_name_the_path(http) -> None:

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from http_agents import ApprovalsDouble
+from http_agents import Mailer
 from playwright.async_api import Browser, async_playwright, expect
 
-from mesh import bus
 from services.demo import Counter
 
 CHROMIUM = "/usr/bin/chromium"
@@ -31,12 +30,10 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 async def test_dashboard_shows_live_state_sends_messages_and_approves(
-    browser, mesh_factory, http_factory, nats_server, tmp_path: Path
+    browser, mesh_factory, http_factory, tmp_path: Path
 ) -> None:
-    await mesh_factory([Counter])
+    await mesh_factory([Counter, Mailer])
     bridge = await http_factory()
-    nc = await bus.connect(bus.NatsOptions.from_url(nats_server.url))
-    approvals = await ApprovalsDouble(nc, "counter.web").start()
     page = await browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -68,21 +65,31 @@ async def test_dashboard_shows_live_state_sends_messages_and_approves(
         await page.click("#send")
         await expect(page.locator("#reply")).to_contain_text("schema_mismatch")
 
-        # A pending approval appears with Approve and Reject; approving it decides it on the bus.
-        approval_id = approvals.add("send_email", {"to": "ann@example.com"})
-        row = page.locator(f"#approvals li[data-id='{approval_id}']")
+        # An agent asks for approval: it appears live (its event), with Approve and Reject buttons.
+        await page.fill("#open-type", "mailer")
+        await page.fill("#open-name", "desk")
+        await page.click("#open-form button")
+        await expect(page.locator("#title")).to_have_text("mailer/desk")
+        await page.fill("#message", '"ann@example.com"')
+        await page.click("#send")
+        row = page.locator("#approvals li[data-id='ap1']")
         await expect(row).to_contain_text("send_email")
+        await expect(row).to_contain_text("ann@example.com")
         await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         await row.get_by_role("button", name="Approve").click()
         await expect(page.locator("#approvals")).to_contain_text("none")
-        assert [(d["id"], d["decision"]) for d in approvals.decisions] == [(approval_id, "approve")]
+        await expect(page.locator("#state")).to_contain_text('"sent": [')
+        await expect(page.locator("#timeline")).to_contain_text("approval_decided")
+        async with httpx.AsyncClient(base_url=bridge.url) as other:
+            state = (await other.get("/agents/mailer/desk/state")).json()["state"]
+        assert state["sent"] == ["ann@example.com"]
+        assert [d["decision"] for d in state["decisions"]] == ["approve"]
 
-        # The instance list knows the instance; a reload restores the same view.
+        # A reload restores the open instance from the address bar.
+        await page.goto(f"{bridge.url}/#/counter/web")
         await page.reload()
         await expect(page.locator("#instances li", has_text="web")).to_be_visible()
         await expect(page.locator("#state")).to_contain_text('"value": 5')
         assert errors == []
     finally:
         await page.close()
-        await approvals.stop()
-        await nc.close()

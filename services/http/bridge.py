@@ -81,11 +81,6 @@ class Bridge:
         check_json(reply, f"{agent_type}/{name}")
         return reply
 
-    async def request(self, subject: str, body: bytes, timeout: float | None = None) -> bytes:
-        reply = await self.client.call_raw(subject, body, timeout=timeout or self.config.timeout)
-        check_json(reply, subject)
-        return reply
-
     async def read_state(self, agent_type: str, name: str) -> tuple[bytes, int] | None:
         return await self.state.get(subjects.instance_key(agent_type, name))
 
@@ -100,6 +95,13 @@ class Bridge:
                 self._types = _group(await self.client.services(wait=self.config.discovery_wait))
                 self._types_at = time.monotonic()
             return self._types
+
+    async def supports_approvals(self, agent_type: str) -> bool:
+        """True if the type's published request schema admits `{"op": "approvals"}` (LLM agents)."""
+        for found in await self.types():
+            if found.type == agent_type:
+                return _admits_op(found.request_schema, "approvals")
+        return False
 
     # -- background work ---------------------------------------------------------------------
 
@@ -136,6 +138,18 @@ class Bridge:
                 log.warning("bridge.events_stream_unavailable")
                 return None
         return self.config.events_stream
+
+
+def _admits_op(schema: Any, op: str) -> bool:
+    """Whether any object in `schema` (including its `$defs`) has an `op` property of constant `op`."""
+    if isinstance(schema, dict):
+        prop = (schema.get("properties") or {}).get("op")
+        if isinstance(prop, dict) and (prop.get("const") == op or op in (prop.get("enum") or [])):
+            return True
+        return any(_admits_op(value, op) for value in schema.values())
+    if isinstance(schema, list):
+        return any(_admits_op(value, op) for value in schema)
+    return False
 
 
 def check_json(reply: bytes, source: str) -> None:

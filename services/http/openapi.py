@@ -111,19 +111,20 @@ def build_openapi(types: list[AgentType], *, auth: bool) -> dict[str, Any]:
                           "default": PROBLEM_RESPONSE},
         }},
         "/agents/{type}/{name}/approvals": {"get": {
-            "summary": "List an instance's pending approvals (approvals.<type>.<name>.list)",
+            "summary": "List an instance's pending approvals and recent decisions ({\"op\": \"approvals\"})",
             "operationId": "listApprovals", "parameters": [type_param, NAME],
-            "responses": {"200": _json({"type": "object", "properties": {"approvals": {"type": "array"}}}),
+            "responses": {"200": _json({"type": "object", "properties": {
+                "pending": {"type": "array"}, "decisions": {"type": "array"}}}),
                           "default": PROBLEM_RESPONSE},
         }},
         "/agents/{type}/{name}/approvals/{id}/{decision}": {"post": {
-            "summary": "Approve or reject a pending approval (approvals.<type>.<name>.decide)",
+            "summary": "Approve or reject a pending approval ({\"op\": \"approve\"|\"reject\", ...})",
             "operationId": "decideApproval",
             "parameters": [type_param, NAME,
                            {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[^/]+$"}},
                            {"name": "decision", "in": "path", "required": True, "schema": {"enum": ["approve", "reject"]}}],
             "requestBody": {"required": False, "content": {"application/json": {"schema": {
-                "type": "object", "properties": {"reason": {"type": "string"}}}}}},
+                "type": "object", "properties": {"reason": {"type": "string"}}, "additionalProperties": False}}}},
             "responses": {"200": _json({}), "default": PROBLEM_RESPONSE},
         }},
         "/runs/{id}": {"get": {

@@ -4,8 +4,8 @@
     GET  /agents/{type}/{name}/state                -> KV mesh_state <type>.<token>
     GET  /agents                                    -> $SRV.INFO (discovery)
     GET  /agents/{type}                             -> keys <type>.* of mesh_state
-    GET  /agents/{type}/{name}/approvals            -> request on approvals.<type>.<token>.list
-    POST /agents/{type}/{name}/approvals/{id}/{approve|reject} -> approvals.<type>.<token>.decide
+    GET  /agents/{type}/{name}/approvals            -> {"op": "approvals"} on agents.<type>.<token>
+    POST /agents/{type}/{name}/approvals/{id}/{approve|reject} -> {"op": "approve"|"reject", ...} there
     GET  /runs/{id}                                 -> KV mesh_http_runs <id>
     POST /auth/tickets                              -> a ticket for EventSource / WebSocket
 
@@ -29,7 +29,6 @@ from mesh.errors import (
     ConnectionFailed,
     MeshError,
     MeshTimeout,
-    NoResponders,
     NotFound,
     PayloadTooLarge,
     RequestError,
@@ -193,10 +192,9 @@ async def list_instances(request: Request) -> Response:
 async def list_approvals(request: Request) -> Response:
     agent_type, name = address(request)
     bridge = bridge_of(request)
-    try:
-        reply = await bridge.request(subjects.approvals_subject(agent_type, name, "list"), b"{}")
-    except NoResponders:
-        return JSONResponse({"approvals": []})  # this agent type has no approvals feature
+    if not await bridge.supports_approvals(agent_type):
+        return JSONResponse({"pending": [], "decisions": []})  # never send control messages to other agents
+    reply = await bridge.call(agent_type, name, b'{"op":"approvals"}', bridge.config.timeout)
     return Response(reply, media_type=JSON)
 
 
@@ -208,16 +206,15 @@ async def decide_approval(request: Request) -> Response:
     if decision not in ("approve", "reject"):
         raise NotFound(f"no route for POST {request.url.path[:200]}")
     body = orjson.loads(await read_json_body(request, bridge.max_body))
-    if body is not None and not (isinstance(body, dict) and isinstance(body.get("reason", ""), str | None)):
+    if body is not None and not (isinstance(body, dict) and set(body) <= {"reason"}
+                                 and isinstance(body.get("reason"), str | None)):
         raise RequestError('body must be empty or {"reason": "<text>"}')
-    reason = (body or {}).get("reason")
-    decision_body = orjson.dumps({
-        "id": approval_id, "decision": decision, "reason": reason, "by": principal_of(request) or "http",
-    })
-    try:
-        reply = await bridge.request(subjects.approvals_subject(agent_type, name, "decide"), decision_body)
-    except NoResponders as exc:
-        raise NotFound(f"{agent_type}/{name} has no pending approval {approval_id[:80]!r}") from exc
+    if not await bridge.supports_approvals(agent_type):
+        raise NotFound(f"agent type {agent_type} has no approvals")
+    message: dict[str, Any] = {"op": decision, "id": approval_id, "by": principal_of(request) or "http"}
+    if body and body.get("reason") is not None:
+        message["reason"] = body["reason"]
+    reply = await bridge.call(agent_type, name, orjson.dumps(message), bridge.config.timeout)
     return Response(reply, media_type=JSON)
 
 

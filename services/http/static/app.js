@@ -147,7 +147,7 @@ async function loadApprovals() {
   if (!current) return;
   const target = current;
   let approvals = [];
-  try { approvals = (await api(base(target.type, target.name) + "/approvals")).approvals || []; }
+  try { approvals = (await api(base(target.type, target.name) + "/approvals")).pending || []; }
   catch (e) { $("approvals").replaceChildren(el("li", { className: "error", textContent: e.message })); return; }
   if (current !== target) return;
   const list = $("approvals");
