@@ -22,8 +22,8 @@ import structlog
 from mesh import subjects, wire
 from mesh.agent import Agent
 from mesh.context import TurnContext, current_turn
+from mesh.dedupe import AppliedIds
 from mesh.errors import (
-    AgentError,
     BadJson,
     MeshError,
     MeshTimeout,
@@ -32,7 +32,9 @@ from mesh.errors import (
     StateTooLarge,
     Unavailable,
 )
-from mesh.tracing import child_traceparent, trace_id
+from mesh.methods import invoke_method
+from mesh.observe import StateRecord
+from mesh.tracing import child_traceparent
 
 if TYPE_CHECKING:
     from mesh.runtime import Runtime
@@ -83,7 +85,7 @@ def new_turn_id() -> str:
 class Activation:
     __slots__ = (
         "runtime", "agent_cls", "name", "key", "status", "owner", "dir_revision", "state_revision",
-        "agent", "saved", "current", "queue", "running", "last_used", "log",
+        "agent", "saved", "current", "queue", "running", "last_used", "epoch", "applied", "applied_saved",
     )
 
     def __init__(self, runtime: Runtime, agent_cls: type[Agent[Any]], name: str, key: str) -> None:
@@ -98,16 +100,27 @@ class Activation:
         self.agent: Agent[Any] | None = None
         self.saved = b""  # state bytes as last written (or loaded)
         self.current = b""  # state bytes after the last successful turn
-        self.queue: deque[Envelope] = deque()
+        self.applied: AppliedIds | None = None  # durable message ids the state includes (mesh.dedupe)
+        self.applied_saved = ""  # the record as last written (or loaded), for rollback
+        self.queue: deque[Envelope] | None = None  # created on demand: most instances idle
         self.running = False
         self.last_used = time.monotonic()
-        self.log = runtime.log.bind(agent_type=agent_cls.type, agent_name=name)
+        self.epoch = 0
+
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger:
+        log: structlog.typing.FilteringBoundLogger = self.runtime.log.bind(
+            agent_type=self.agent_cls.type, agent_name=self.name
+        )
+        return log
 
     def deliver(self, envelope: Envelope) -> None:
         self.last_used = time.monotonic()
         if self.status is Status.REMOTE:
             self.runtime.forward(self, envelope)
             return
+        if self.queue is None:
+            self.queue = deque()
         self.queue.append(envelope)
         if not self.running:
             self.running = True
@@ -138,6 +151,7 @@ class Activation:
             self.status = Status.PENDING
             self.agent = None
             if self.queue:
+                self.running = True
                 await self._drain()
             else:
                 self.running = False
@@ -147,6 +161,8 @@ class Activation:
         try:
             limit = self.runtime.options.max_batch
             while self.queue:
+                if self.status is Status.OWNED and self.epoch != self.runtime.directory.epoch:
+                    self.status = Status.PENDING
                 if self.status is Status.PENDING:
                     await self._activate()
                 if self.status is Status.REMOTE:
@@ -166,6 +182,7 @@ class Activation:
             self.runtime.forget(self)
         finally:
             self.running = False
+            self.queue = None
 
     async def _activate(self) -> None:
         owner, revision = await self.runtime.directory.resolve(self.key)
@@ -173,9 +190,12 @@ class Activation:
             self.status, self.owner = Status.REMOTE, owner
             return
         self.dir_revision = revision
+        self.epoch = self.runtime.directory.epoch
         model = self.agent_cls.state_model
         assert model is not None
-        found = await self.runtime.state.get(self.key)
+        found = await self.runtime.state.get_with_headers(self.key)
+        self.applied_saved = "" if found is None else found[2].get(subjects.HEADER_APPLIED, "")
+        self.applied = AppliedIds.from_header(self.applied_saved) if self.applied_saved else None
         if found is None:
             state = self.agent_cls.initial_state(self.name)
             self.state_revision = 0
@@ -191,22 +211,38 @@ class Activation:
         self.status = Status.OWNED
         self.owner = self.runtime.worker_id
         await self.agent.on_activate()
-        self.log.debug("instance.activated", revision=self.state_revision)
+        self.current = _dump(self.agent.state)  # what on_activate changed is saved with the next turn
+        if self.runtime.log_turns:
+            self.log.debug("instance.activated", revision=self.state_revision)
 
     async def _run_batch(self, batch: list[Envelope]) -> None:
         outcomes = [await self._turn(envelope) for envelope in batch]
-        if self.current != self.saved:
+        if self.current != self.saved or (self.applied is not None and self.applied.dirty):
             try:
                 if self.runtime.directory.fenced():
                     raise Unavailable("worker lease lapsed before the state could be saved")
-                self.state_revision = await self.runtime.state.write(self.key, self.current, self.state_revision)
+                if self.applied is not None and len(self.applied):
+                    record = self.applied.header()
+                    self.state_revision = await self.runtime.state.write_with_headers(
+                        self.key, self.current, self.state_revision, {subjects.HEADER_APPLIED: record}
+                    )
+                    self.applied_saved, self.applied.dirty = record, False
+                else:
+                    self.state_revision = await self.runtime.state.write(self.key, self.current, self.state_revision)
                 self.saved = self.current
+                if self.runtime.observers:
+                    saved = StateRecord(
+                        self.agent_cls.type, self.name, self.runtime.worker_id, self.state_revision, len(self.saved)
+                    )
+                    for observer in self.runtime.observers:
+                        observer.on_state_saved(saved)
             except MeshError as err:
                 self.log.warning("state.save_failed", code=err.code, error=err.message)
                 for outcome in outcomes:
                     if outcome.error is None:
                         outcome.body, outcome.error = None, err
                 self._rollback(self.saved)
+                self.applied = AppliedIds.from_header(self.applied_saved) if self.applied_saved else None
                 self.status = Status.PENDING  # reload state and re-check ownership before the next turn
         for outcome in outcomes:
             await self.runtime.reply(outcome)
@@ -219,18 +255,29 @@ class Activation:
             return Outcome(envelope, None, MeshTimeout("the caller's deadline passed before the turn started"))
         if self.runtime.directory.fenced():
             return Outcome(envelope, None, Unavailable("worker lease lapsed; retry"))
-        turn = self.runtime.turn_context(self.agent_cls.type, self.name, self.key, envelope, self.log)
+        msg_id = envelope.headers.get(subjects.HEADER_MSG_ID)
+        if msg_id is not None and self.applied is not None and msg_id in self.applied:
+            self.log.info("turn.deduplicated", msg_id=msg_id)  # its effect is already in the state
+            return Outcome(envelope, b"null", None)
+        turn = self.runtime.turn_context(self.agent_cls.type, self.name, self.key, envelope, self.runtime.log)
         token = current_turn.set(turn)
         started = time.time()
         before = self.current
         try:
-            request = decode_request(self.agent_cls, envelope.data)
-            result = await agent.on_request(request)
+            method = envelope.headers.get(subjects.HEADER_METHOD)
+            if method:
+                result = await invoke_method(agent, method, envelope.data)
+            else:
+                result = await agent.on_request(decode_request(self.agent_cls, envelope.data))
             body = wire.dumps(result)
             after = _dump(agent.state)
             if after != before:
                 after = await self._accept_state(agent, before, after)
             self.current = after
+            if msg_id is not None:
+                if self.applied is None:
+                    self.applied = AppliedIds()
+                self.applied.add(msg_id)
             outcome = Outcome(envelope, body, None)
             self.runtime.stats[self.agent_cls.type].turns += 1
         except Exception as exc:
@@ -238,11 +285,8 @@ class Activation:
             self._rollback(before)
         finally:
             current_turn.reset(token)
-        if self.runtime.log_turns:
-            turn.log.debug(
-                "turn.finished", started_at=started, ended_at=time.time(),
-                outcome=outcome.error.code if outcome.error else "ok",
-            )
+        if self.runtime.log_turns or self.runtime.observers:
+            self.runtime.turn_finished(turn, started, outcome.error)
         return outcome
 
     async def _accept_state(self, agent: Agent[Any], before: bytes, after: bytes) -> bytes:
@@ -269,7 +313,7 @@ class Activation:
 
 def _dump(state: Any) -> bytes:
     if isinstance(state, pydantic.BaseModel):
-        return state.__pydantic_serializer__.to_json(state)
+        return state.__pydantic_serializer__.to_json(state, warnings=False)
     return wire.dumps(state)
 
 
@@ -278,10 +322,8 @@ def make_turn_context(
 ) -> TurnContext:
     incoming = envelope.headers.get(subjects.HEADER_CHAIN)
     chain = (*incoming.split(","), key) if incoming else (key,)
-    traceparent = child_traceparent(envelope.headers.get(subjects.HEADER_TRACEPARENT))
-    turn_id = new_turn_id()
     return TurnContext(
-        agent_type=agent_type, name=name, key=key, turn_id=turn_id, traceparent=traceparent,
-        chain=chain, deadline=envelope.deadline,
-        log=log.bind(turn_id=turn_id, trace_id=trace_id(traceparent)),
+        agent_type=agent_type, name=name, key=key, turn_id=new_turn_id(),
+        traceparent=child_traceparent(envelope.headers.get(subjects.HEADER_TRACEPARENT)),
+        chain=chain, deadline=envelope.deadline, base_log=log,
     )

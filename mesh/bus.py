@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +42,8 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Client:
         "servers": list(options.servers),
         "name": options.name,
         "connect_timeout": options.connect_timeout,
-        "max_reconnect_attempts": -1 if reconnect else 0,
+        # nats-py uses this bound for the first connect too; unbounded would retry a wrong URL forever.
+        "max_reconnect_attempts": 2,
         "reconnect_time_wait": 0.5,
         "allow_reconnect": reconnect,
     }
@@ -62,13 +62,17 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Client:
 
     kwargs["error_cb"] = _quiet
     try:
-        return await nats.connect(**kwargs)
-    except (nats.errors.NoServersError, OSError, asyncio.TimeoutError) as exc:
+        nc = await nats.connect(**kwargs)
+    except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
         raise ConnectionFailed(
-            f"cannot connect to NATS at {', '.join(options.servers)}: {exc or type(exc).__name__}"
+            f"cannot connect to NATS at {', '.join(options.servers)}: {exc or type(exc).__name__} "
+            "(is a nats-server running there? `mesh up` starts one)"
         ) from exc
     except Exception as exc:  # nats-py raises a variety of auth and protocol errors here
         raise ConnectionFailed(f"cannot connect to NATS at {', '.join(options.servers)}: {exc}") from exc
+    if reconnect:
+        nc.options["max_reconnect_attempts"] = -1  # once connected, ride out any outage
+    return nc
 
 
 async def request(
@@ -78,7 +82,7 @@ async def request(
         return await nc.request(subject, data, timeout=timeout, headers=headers)
     except nats.errors.NoRespondersError as exc:
         raise NoResponders(f"no worker serves {subject}") from exc
-    except (nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, nats.errors.TimeoutError) as exc:
         raise MeshTimeout(f"no reply on {subject} within {timeout:.3g}s") from exc
     except nats.errors.ConnectionClosedError as exc:
         raise ConnectionFailed("NATS connection is closed") from exc
@@ -90,6 +94,8 @@ async def open_bucket(js: JetStreamContext, bucket: str, *, history: int = 1) ->
         return await js.key_value(bucket)
     except jse.BucketNotFoundError:
         pass
+    except (nats.errors.TimeoutError, jse.ServiceUnavailableError) as exc:
+        raise Unavailable(f"KV bucket {bucket} did not answer (JetStream leader election?): {exc}") from exc
     config = KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE, direct=True)
     try:
         return await js.create_key_value(config)
@@ -127,6 +133,51 @@ class Bucket:
         except (nats.errors.TimeoutError, jse.ServiceUnavailableError) as exc:
             raise Unavailable(f"KV {self.name} did not confirm the write: {exc}") from exc
 
+    async def get_with_headers(self, key: str) -> tuple[bytes, int, dict[str, str]] | None:
+        """Like `get`, plus the headers stored with the value (e.g. the processed-ids record)."""
+        stream, subject = f"KV_{self.name}", f"$KV.{self.name}.{key}"
+        try:
+            try:
+                msg = await self._js.get_msg(stream, subject=subject, direct=True)
+            except nats.errors.NoRespondersError:  # a bucket created without direct gets
+                msg = await self._js.get_msg(stream, subject=subject)
+        except jse.NotFoundError:
+            return None
+        except (nats.errors.TimeoutError, jse.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
+            raise Unavailable(f"KV {self.name} did not answer: {exc}") from exc
+        headers = dict(msg.headers or {})
+        if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers or msg.seq is None:
+            return None
+        return msg.data or b"", msg.seq, headers
+
+    async def write_with_headers(self, key: str, value: bytes, last: int, headers: dict[str, str]) -> int:
+        """Compare-and-set like `write`, storing `headers` in the same message (so atomically)."""
+        subject = f"$KV.{self.name}.{key}"
+        try:
+            try:
+                return await self._publish_expecting(subject, value, last, headers)
+            except StateConflict:
+                if last != 0:
+                    raise
+                # "Must not exist" also accepts a delete tombstone, as KeyValue.create does.
+                msg = await self._js.get_msg(f"KV_{self.name}", subject=subject, direct=True)
+                if (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE") or msg.seq is None:
+                    raise
+                return await self._publish_expecting(subject, value, msg.seq, headers)
+        except (nats.errors.TimeoutError, jse.ServiceUnavailableError, jse.NoStreamResponseError) as exc:
+            raise Unavailable(f"KV {self.name} did not confirm the write: {exc}") from exc
+
+    async def _publish_expecting(self, subject: str, value: bytes, last: int, headers: dict[str, str]) -> int:
+        try:
+            ack = await self._js.publish(
+                subject, value, headers={**headers, "Nats-Expected-Last-Subject-Sequence": str(last)}
+            )
+        except jse.APIError as exc:
+            if exc.err_code in (10071, 10164):
+                raise StateConflict(f"{self.name}/{subject} changed since revision {last}") from exc
+            raise
+        return ack.seq
+
     async def put_with_ttl(self, key: str, value: bytes, ttl_seconds: int) -> int:
         ack = await self._js.publish(f"$KV.{self.name}.{key}", value, msg_ttl=ttl_seconds)
         return ack.seq
@@ -148,7 +199,7 @@ class Bucket:
                     break
                 found.append(entry.key)
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
         return found
 
     @property

@@ -20,7 +20,18 @@ class TurnContext:
     traceparent: str
     chain: tuple[str, ...]
     deadline: float | None
-    log: structlog.typing.FilteringBoundLogger = field(repr=False)
+    base_log: structlog.typing.FilteringBoundLogger = field(repr=False)
+    _log: structlog.typing.FilteringBoundLogger | None = field(default=None, repr=False)
+
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger:
+        """A logger bound to this turn's agent, name, turn id and trace id (bound on first use)."""
+        if self._log is None:
+            self._log = self.base_log.bind(
+                agent_type=self.agent_type, agent_name=self.name, turn_id=self.turn_id,
+                trace_id=self.traceparent[3:35],
+            )
+        return self._log
 
     def remaining(self) -> float | None:
         """Seconds left before the caller stops waiting, or None when nobody waits."""

@@ -39,9 +39,11 @@ class Directory:
         self.workers = workers
         self.worker_id = worker_id
         self.lease_ttl = lease_ttl
-        self.heartbeat = heartbeat
         self._safety = max(1.0, lease_ttl / 4)
+        # Renew at least three times within the fence margin, so one slow renewal never fences us.
+        self.heartbeat = min(heartbeat, (lease_ttl - self._safety) / 3)
         self._lease_until = 0.0
+        self.epoch = 0  # bumped whenever the lease is regained after lapsing
         self._info = wire.dumps({"worker": worker_id, "host": socket.gethostname(), "pid": os.getpid()})
 
     def fenced(self) -> bool:
@@ -51,6 +53,10 @@ class Directory:
     async def renew(self) -> None:
         sent = time.monotonic()
         await self.workers.put_with_ttl(self.worker_id, self._info, self.lease_ttl)
+        if self.fenced():
+            # Others may have taken our instances while the lease lapsed: every activation of an
+            # older epoch must re-check ownership and reload its state before its next turn.
+            self.epoch += 1
         self._lease_until = sent + self.lease_ttl - self._safety
 
     async def serve_heartbeat(self) -> None:
@@ -98,4 +104,5 @@ class Directory:
 
     async def retire(self) -> None:
         """Drop this worker's lease so others take over its instances at once."""
+        self._lease_until = 0.0
         await self.workers.delete(self.worker_id)

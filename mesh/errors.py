@@ -10,7 +10,8 @@
     │   ├── Forbidden           HTTP bridge: WebSocket Origin not allowed          forbidden 403
     │   ├── NotFound            HTTP bridge: no such route, state or run           not_found 404
     │   ├── MethodNotAllowed    HTTP bridge: route exists, method does not         method_not_allowed 405
-    │   └── IdempotencyKeyReused  HTTP bridge: same key, different request         idempotency_key_reused 422
+    │   ├── IdempotencyKeyReused  HTTP bridge: same key, different request         idempotency_key_reused 422
+    │   └── MethodNotFound      `Mesh-Method` names no method marked `@mesh.method`  method_not_found 404
     ├── AgentError              the handler raised                                 handler_error 500
     ├── StateError              a turn produced state that cannot be saved
     │   ├── StateInvalid        state fails its own model's validation             state_invalid 500
@@ -70,6 +71,11 @@ class PayloadTooLarge(RequestError):
 class SchemaMismatch(RequestError):
     code = "schema_mismatch"
     status = 422
+
+
+class MethodNotFound(RequestError):
+    code = "method_not_found"
+    status = 404
 
 
 class AgentError(MeshError):
@@ -158,16 +164,15 @@ class IdempotencyInProgress(MeshError):
 
 
 def _leaves(cls: type[MeshError]) -> list[type[MeshError]]:
-    found = []
+    found: list[type[MeshError]] = []
     for sub in cls.__subclasses__():
         found.append(sub)
         found.extend(_leaves(sub))
     return found
 
 
-ERRORS_BY_CODE: dict[str, type[MeshError]] = {
-    cls.code: cls for cls in [MeshError, *_leaves(MeshError)]
-}
+_ALL: list[type[MeshError]] = [MeshError, *_leaves(MeshError)]
+ERRORS_BY_CODE: dict[str, type[MeshError]] = {cls.code: cls for cls in _ALL}
 """Every error class by its wire code; the table in subjects.md lists the same codes."""
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,8 @@ from mesh.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from mesh.methods import invoke_method
+from mesh.observe import Observer, TurnRecord
 
 MAX_HOPS = 3
 
@@ -70,6 +72,7 @@ class Runtime:
         *,
         options: RuntimeOptions | None = None,
         worker_id: str | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.nc = nc
         self.options = options or RuntimeOptions()
@@ -83,6 +86,7 @@ class Runtime:
         self.client = MeshClient(nc, default_timeout=self.options.call_timeout)
         self.log = structlog.get_logger("mesh.runtime").bind(worker=self.worker_id)
         self.log_turns = False
+        self.observers = list(observers)
         self.activations: dict[str, Activation] = {}
         self.stats = {t: TypeStats() for t in self.agents}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -150,16 +154,19 @@ class Runtime:
         deadline = time.monotonic() + grace
         while any(a.running for a in self.activations.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        owned = [a for a in self.activations.values() if a.status is Status.OWNED and not a.running]
-        await asyncio.gather(*(self.directory.release(a.key, a.dir_revision) for a in owned))
+        owned = sum(1 for a in self.activations.values() if a.status is Status.OWNED)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
-            await self.directory.retire()
-        except Exception as exc:
-            self.log.warning("worker.retire_failed", error=str(exc))
-        self.log.info("worker.stopped", released=len(owned))
+            # One delete hands over every instance: a directory entry naming a worker without a
+            # lease is taken over by the next worker that needs it.
+            async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
+                await self.directory.retire()
+        except Exception as exc:  # NATS gone: our lease simply expires and others take over then
+            self.log.warning("worker.retire_failed", error=str(exc) or type(exc).__name__)
+        self.activations.clear()
+        self.log.info("worker.stopped", handed_over=owned)
 
     def statistics(self) -> dict[str, Any]:
         owned = sum(1 for a in self.activations.values() if a.status is Status.OWNED)
@@ -191,7 +198,8 @@ class Runtime:
                 )
             chain = headers.get(subjects.HEADER_CHAIN)
             if chain and key in chain.split(","):
-                raise CallCycle(f"{agent_type}/{subjects.decode_name(token)} is already waiting in this call chain: {chain}")
+                name = subjects.decode_name(token)
+                raise CallCycle(f"{agent_type}/{name} is already waiting in this call chain: {chain}")
             if not self._accepting:
                 raise Unavailable("worker is shutting down; retry")
             envelope = Envelope(msg.data, msg.reply or None, headers, _deadline(headers, msg.reply))
@@ -272,6 +280,20 @@ class Runtime:
     ) -> TurnContext:
         return make_turn_context(agent_type, name, key, envelope, log)
 
+    def turn_finished(self, turn: TurnContext, started: float, error: MeshError | None) -> None:
+        """Log the turn (at debug) and tell the observers; only called when either wants it."""
+        ended = time.time()
+        code = error.code if error else "ok"
+        if self.log_turns:
+            turn.log.debug("turn.finished", started_at=started, ended_at=ended, outcome=code)
+        if self.observers:
+            record = TurnRecord(
+                turn.agent_type, turn.name, self.worker_id, turn.turn_id, turn.traceparent,
+                started, ended, code, error.message if error else None,
+            )
+            for observer in self.observers:
+                observer.on_turn(record)
+
     def as_mesh_error(self, exc: Exception, turn: TurnContext) -> MeshError:
         stats = self.stats[turn.agent_type]
         stats.turns += 1
@@ -283,16 +305,24 @@ class Runtime:
         return AgentError(f"{type(exc).__name__}: {exc}")
 
     async def _stateless_turn(self, cls: type[Agent[Any]], name: str, key: str, envelope: Envelope) -> None:
-        turn = self.turn_context(cls.type, name, key, envelope, self.log.bind(agent_type=cls.type, agent_name=name))
+        turn = self.turn_context(cls.type, name, key, envelope, self.log)
         token = current_turn.set(turn)
+        started = time.time()
         try:
-            result = await cls(name, None, self.client).on_request(decode_request(cls, envelope.data))
+            agent = cls(name, None, self.client)
+            method = envelope.headers.get(subjects.HEADER_METHOD)
+            if method:
+                result = await invoke_method(agent, method, envelope.data)
+            else:
+                result = await agent.on_request(decode_request(cls, envelope.data))
             outcome = Outcome(envelope, wire.dumps(result), None)
             self.stats[cls.type].turns += 1
         except Exception as exc:
             outcome = Outcome(envelope, None, self.as_mesh_error(exc, turn))
         finally:
             current_turn.reset(token)
+        if self.log_turns or self.observers:
+            self.turn_finished(turn, started, outcome.error)
         await self.reply(outcome)
 
     # -- background --------------------------------------------------------------------------

@@ -72,7 +72,9 @@ class NatsServer:
         log_path = self.store_dir / "nats-server.log"
         with open(log_path, "ab") as log_file:
             offset = log_file.tell()
-            self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_detach
+            )
         await self._wait_ready(timeout, log_path, offset)
 
     async def _wait_ready(self, timeout: float, log_path: Path, offset: int) -> None:
@@ -125,3 +127,14 @@ def _read_from(path: Path, offset: int) -> bytes:
             return f.read()
     except OSError:
         return b""
+
+
+def _detach() -> None:
+    """In the child: leave the terminal's process group, so Ctrl-C reaches `mesh up` alone and it
+    can stop its workers before the server; and die with the parent if the parent is killed."""
+    os.setsid()
+    if sys.platform == "linux":
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -46,6 +46,7 @@ def test_buckets_agree() -> None:
     assert documented == {
         subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET, subjects.WORKERS_BUCKET,
         subjects.IDEMPOTENCY_BUCKET, subjects.RUNS_BUCKET, subjects.EVENTS_STREAM,
+        subjects.DURABLE_STREAM, subjects.DEAD_STREAM,
     }
 
 

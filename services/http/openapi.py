@@ -12,7 +12,9 @@ from mesh import __version__, subjects
 from services.http.bridge import AgentType
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
-PROBLEM_RESPONSE = {"description": "an error (RFC 9457 problem details)", "content": {"application/problem+json": {"schema": PROBLEM}}}
+PROBLEM_RESPONSE = {
+    "description": "an error (RFC 9457 problem details)", "content": {"application/problem+json": {"schema": PROBLEM}},
+}
 NAME = {
     "name": "name", "in": "path", "required": True,
     "description": "instance name: any text of 1 to 256 characters without '/' (percent-encoded in the URL)",
@@ -107,7 +109,8 @@ def build_openapi(types: list[AgentType], *, auth: bool) -> dict[str, Any]:
         "/agents/{type}/{name}/events": {"get": {
             "summary": "Live state and events as Server-Sent Events (resume with Last-Event-ID)",
             "operationId": "streamEvents", "parameters": [type_param, NAME],
-            "responses": {"200": {"description": "event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            "responses": {"200": {"description": "event stream",
+                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                           "default": PROBLEM_RESPONSE},
         }},
         "/agents/{type}/{name}/approvals": {"get": {

@@ -1,0 +1,39 @@
+"""Hooks for what watches the runtime (metrics, flight recorder): plain records, no I/O on the turn path.
+
+Observers are called synchronously on the worker's event loop right after a turn ends or a state
+write is acknowledged; one that needs I/O (publishing events, exporting spans) must buffer and do
+it in a task of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    agent_type: str
+    name: str
+    worker: str
+    turn_id: str
+    traceparent: str
+    started_at: float  # wall clock, seconds since the epoch
+    ended_at: float
+    outcome: str  # "ok" or the error code
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    agent_type: str
+    name: str
+    worker: str
+    revision: int
+    size: int
+
+
+class Observer(Protocol):
+    def on_turn(self, record: TurnRecord) -> None: ...
+
+    def on_state_saved(self, record: StateRecord) -> None: ...

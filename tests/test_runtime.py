@@ -1,0 +1,270 @@
+"""The runtime against a real nats-server: turns, state, errors, names, cycles, eviction."""
+
+import asyncio
+import time
+
+import nats
+import orjson
+import pytest
+from core_agents import AGENTS
+
+from mesh import (
+    AgentError,
+    BadJson,
+    CallCycle,
+    MeshClient,
+    MeshTimeout,
+    NameInvalid,
+    NoResponders,
+    PayloadTooLarge,
+    RuntimeOptions,
+    SchemaMismatch,
+    StateConflict,
+    StateInvalid,
+    StateTooLarge,
+    Unavailable,
+    instance_key,
+)
+from mesh.bus import Bucket, open_bucket
+
+
+async def state_bucket(client: MeshClient) -> Bucket:
+    js = client.nc.jetstream()
+    return Bucket(await open_bucket(js, "mesh_state"), js, "mesh_state")
+
+
+async def test_counter_keeps_state_per_name(mesh_factory, mesh_client) -> None:
+    await mesh_factory(AGENTS)
+    assert await mesh_client.call("counter", "a", {"add": 2}) == {"value": 2}
+    assert await mesh_client.call("counter", "a", {"add": 3}) == {"value": 5}
+    assert await mesh_client.call("counter", "b", {"add": 1}) == {"value": 1}
+    assert await mesh_client.state("counter", "a") == {"value": 5}
+    assert await mesh_client.state("counter", "never") is None
+
+
+async def test_each_bad_request_gets_its_error_and_the_next_one_succeeds(mesh_factory, mesh_client) -> None:
+    await mesh_factory(AGENTS)
+    nc = mesh_client.nc
+    cases = [
+        (b"{not json", BadJson, 400),
+        (b'{"add": "three"}', SchemaMismatch, 422),
+        (b'{"add": 1, "extra": true}', SchemaMismatch, 422),
+        (b'{"add": ' + b" " * 300_000 + b"1}", PayloadTooLarge, 413),
+    ]
+    for body, error, status in cases:
+        msg = await nc.request("agents.counter.c", body, timeout=5)
+        assert msg.headers["Nats-Service-Error-Code"] == str(status)
+        assert msg.headers["Mesh-Error-Code"] == error.code
+        assert orjson.loads(msg.data)["error"]["code"] == error.code
+        with pytest.raises(error):
+            await mesh_client.call("counter", "c", body)
+        assert await mesh_client.call("counter", "c", {"add": 1}) == {"value": 1 + cases.index((body, error, status))}
+    with pytest.raises(AgentError, match="RuntimeError: boom"):
+        await mesh_client.call("faulty", "f", {"action": "raise"})
+    assert await mesh_client.call("faulty", "f", {"action": "ok"}) == {"value": 1, "activations": 1, "changes": 0}
+    stored = await mesh_client.state("faulty", "f")
+    assert (stored["value"], stored["activations"], stored["changes"]) == (1, 1, 1)  # the hook ran in the turn
+
+
+async def test_nats_max_payload_is_a_clear_error(mesh_factory, mesh_client) -> None:
+    await mesh_factory(AGENTS)
+    with pytest.raises(PayloadTooLarge):
+        await mesh_client.call("echo", "e", "x" * 2_000_000)
+    assert await mesh_client.call("echo", "e", "fine") == "fine"
+
+
+async def test_unknown_type_is_no_responders(mesh_factory, mesh_client) -> None:
+    await mesh_factory(AGENTS)
+    with pytest.raises(NoResponders):
+        await mesh_client.call("nobody", "x", {})
+
+
+async def test_bad_state_is_never_written(mesh_factory, mesh_client) -> None:
+    await mesh_factory(AGENTS)
+    assert (await mesh_client.call("faulty", "s", {"action": "ok"}))["value"] == 1
+    with pytest.raises(StateTooLarge):
+        await mesh_client.call("faulty", "s", {"action": "big"})
+    with pytest.raises(StateInvalid):
+        await mesh_client.call("faulty", "s", {"action": "invalid"})
+    with pytest.raises(AgentError):
+        await mesh_client.call("faulty", "s", {"action": "raise"})
+    stored = await mesh_client.state("faulty", "s")
+    assert stored["value"] == 1 and stored["blob"] == ""
+    assert (await mesh_client.call("faulty", "s", {"action": "read"}))["value"] == 1
+
+
+HOSTILE = ["a.b", "*", ">", "a b", "ünï", "x" * 256, "a=2Eb", "=", "$SYS.x", "alice@example.com"]
+
+
+async def test_hostile_names_reach_only_their_own_instance(mesh_factory, mesh_client) -> None:
+    await mesh_factory(AGENTS)
+    for i, name in enumerate(HOSTILE, start=1):
+        assert await mesh_client.call("counter", name, {"add": i}) == {"value": i}
+    bucket = await state_bucket(mesh_client)
+    keys = set(await bucket.keys("counter."))
+    assert keys == {instance_key("counter", n) for n in HOSTILE}
+    for i, name in enumerate(HOSTILE, start=1):
+        assert await mesh_client.state("counter", name) == {"value": i}
+    for bad in ["", "x" * 257]:
+        with pytest.raises(NameInvalid):
+            await mesh_client.call("counter", bad, {"add": 1})
+
+
+async def test_raw_subjects_cannot_alias_or_escape(mesh_factory, mesh_client) -> None:
+    await mesh_factory(AGENTS)
+    nc = mesh_client.nc
+    await mesh_client.call("counter", "a", {"add": 1})
+    for token in ["=61", "=2e", "=ZZ"]:  # would alias "a", or is not an encoding at all
+        msg = await nc.request(f"agents.counter.{token}", b'{"add": 1}', timeout=5)
+        assert msg.headers["Mesh-Error-Code"] == "name_invalid"
+    with pytest.raises(nats.errors.NoRespondersError):
+        await nc.request("agents.counter.a.b", b'{"add": 1}', timeout=5)
+    assert await mesh_client.state("counter", "a") == {"value": 1}
+
+
+async def test_call_cycle_fails_fast(mesh_factory, mesh_client) -> None:
+    await mesh_factory(AGENTS)
+    started = time.monotonic()
+    with pytest.raises(CallCycle, match="hop/a"):
+        await mesh_client.call("hop", "a", {"path": ["hop/b", "hop/a"]}, timeout=20)
+    with pytest.raises(CallCycle):
+        await mesh_client.call("hop", "self", {"path": ["hop/self"]}, timeout=20)
+    assert time.monotonic() - started < 20  # well inside the deadline, not by timing out
+    reply = await mesh_client.call("hop", "a", {"path": ["hop/b", "hop/c"]})
+    assert [step["at"] for step in reply["trail"]] == ["hop/a", "hop/b", "hop/c"]
+    assert len({step["trace"] for step in reply["trail"]}) == 1  # one trace id across agents
+    # The failed cycle turns changed nothing that was saved: a, b and self ran 1 good turn each at most.
+    assert await mesh_client.state("hop", "a") == {"hops": 1}
+
+
+async def test_a_stale_writer_never_overwrites_state(mesh_factory, mesh_client) -> None:
+    await mesh_factory(AGENTS)
+    assert await mesh_client.call("counter", "x", {"add": 1}) == {"value": 1}
+    bucket = await state_bucket(mesh_client)
+    key = instance_key("counter", "x")
+    _, revision = await bucket.get(key)
+    await bucket.write(key, b'{"value": 41}', revision)  # someone else wrote behind the owner's back
+    with pytest.raises(StateConflict):
+        await mesh_client.call("counter", "x", {"add": 1})
+    assert await mesh_client.state("counter", "x") == {"value": 41}
+    assert await mesh_client.call("counter", "x", {"add": 1}) == {"value": 42}  # reloaded, not overwritten
+
+
+async def test_idle_instances_are_released_and_come_back_with_their_state(mesh_factory, mesh_client) -> None:
+    runtime = await mesh_factory(AGENTS, RuntimeOptions(idle_timeout=0.3))
+    await mesh_client.call("faulty", "idle", {"action": "ok"})
+    assert instance_key("faulty", "idle") in runtime.activations
+    js = mesh_client.nc.jetstream()
+    directory = Bucket(await open_bucket(js, "mesh_dir"), js, "mesh_dir")
+    for _ in range(100):
+        if not runtime.activations and await directory.get(instance_key("faulty", "idle")) is None:
+            break
+        await asyncio.sleep(0.05)
+    assert not runtime.activations
+    assert await directory.get(instance_key("faulty", "idle")) is None
+    reply = await mesh_client.call("faulty", "idle", {"action": "ok"})
+    assert reply["value"] == 2 and reply["activations"] == 2
+
+
+async def test_turns_of_one_instance_are_serial_and_of_different_instances_parallel(mesh_factory, mesh_client) -> None:
+    await mesh_factory(AGENTS)
+    replies = await asyncio.gather(*(mesh_client.call("counter", "hot", {"add": 1}) for _ in range(300)))
+    assert sorted(r["value"] for r in replies) == list(range(1, 301))
+    replies = await asyncio.gather(*(mesh_client.call("sleeper", f"s{i}", 0.3) for i in range(20)))
+    assert replies == [0.3] * 20
+
+
+async def test_discovery_lists_each_type_as_a_micro_service(mesh_factory, mesh_client) -> None:
+    runtime = await mesh_factory(AGENTS)
+    infos = await mesh_client.services()
+    assert {i["name"] for i in infos} == {"counter", "echo", "hop", "faulty", "sleeper"}
+    counter = next(i for i in infos if i["name"] == "counter")
+    assert counter["endpoints"][0]["subject"] == "agents.counter.*"
+    assert counter["metadata"]["mesh.worker"] == runtime.worker_id
+    await mesh_client.call("counter", "d", {"add": 1})
+    stats = orjson.loads((await mesh_client.nc.request("$SRV.STATS.counter", b"", timeout=5)).data)
+    assert stats["endpoints"][0]["num_requests"] >= 1
+    assert stats["endpoints"][0]["data"]["turns"] >= 1
+
+
+async def test_deadline_travels_with_nested_calls(mesh_factory, mesh_client) -> None:
+    await mesh_factory(AGENTS)
+    direct = await mesh_client.call("hop", "d1", {}, timeout=5)
+    assert 0 < direct["remaining"] <= 5
+    nested = await mesh_client.call("hop", "d2", {"path": ["hop/d3"], "timeout": 60}, timeout=5)
+    assert 0 < nested["remaining"] <= 5  # the inner call never waits longer than the outer caller
+
+
+async def test_send_is_fire_and_forget_and_emit_publishes_events(mesh_factory, mesh_client) -> None:
+    await mesh_factory(AGENTS)
+    events = await mesh_client.nc.subscribe("events.hop.>")
+    await mesh_client.send("counter", "ff", {"add": 2})
+    await mesh_client.send("counter", "ff", {"add": "not a number"})  # fails in its turn, logged only
+    await mesh_client.send("counter", "ff", {"add": 3})
+    for _ in range(100):
+        if await mesh_client.state("counter", "ff") == {"value": 5}:
+            break
+        await asyncio.sleep(0.05)
+    assert await mesh_client.state("counter", "ff") == {"value": 5}
+    await mesh_client.call("hop", "e.1", {"emit": True})
+    event = await events.next_msg(timeout=5)
+    assert event.subject == "events.hop.e=2E1.visited"
+    assert orjson.loads(event.data)["at"] == "hop/e.1"
+    assert event.headers["traceparent"].startswith("00-")
+
+
+async def test_workers_ride_out_a_nats_server_restart(mesh_factory, mesh_client, nats_server) -> None:
+    options = RuntimeOptions(lease_ttl=2, heartbeat=0.3)
+    runtimes = [await mesh_factory(AGENTS, options) for _ in range(2)]
+    for i in range(20):
+        assert await mesh_client.call("counter", f"z{i}", {"add": 1}) == {"value": 1}
+    nats_server.stop()
+    await asyncio.sleep(3)  # longer than the lease: every worker is fenced, every lease expired
+    assert all(rt.directory.fenced() for rt in runtimes)
+    await nats_server.start()
+    for _ in range(200):
+        if not any(rt.directory.fenced() for rt in runtimes) and mesh_client.nc.is_connected:
+            break
+        await asyncio.sleep(0.05)
+    for i in range(20):
+        for _ in range(50):
+            try:
+                assert await mesh_client.call("counter", f"z{i}", {"add": 1}, timeout=5) == {"value": 2}
+                break
+            except (NoResponders, MeshTimeout, Unavailable):  # resubscribing after the reconnect
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"z{i} never answered after the restart")
+    for i in range(20):
+        assert await mesh_client.state("counter", f"z{i}") == {"value": 2}
+
+
+async def test_observers_see_every_turn_and_state_write(mesh_factory, mesh_client, nats_server) -> None:
+    from mesh.bus import NatsOptions, connect
+    from mesh.observe import StateRecord, TurnRecord
+    from mesh.runtime import Runtime
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.turns: list[TurnRecord] = []
+            self.states: list[StateRecord] = []
+
+        def on_turn(self, record: TurnRecord) -> None:
+            self.turns.append(record)
+
+        def on_state_saved(self, record: StateRecord) -> None:
+            self.states.append(record)
+
+    recorder = Recorder()
+    nc = await connect(NatsOptions.from_url(nats_server.url))
+    async with Runtime(nc, AGENTS, observers=[recorder]):
+        await mesh_client.call("counter", "o", {"add": 1})
+        with pytest.raises(SchemaMismatch):
+            await mesh_client.call("counter", "o", {"add": "x"})
+        await mesh_client.call("echo", "o", 1)
+    await nc.close()
+    assert [(t.agent_type, t.outcome) for t in recorder.turns] == [
+        ("counter", "ok"), ("counter", "schema_mismatch"), ("echo", "ok")
+    ]
+    assert all(t.started_at <= t.ended_at for t in recorder.turns)
+    assert [(s.agent_type, s.name, s.size) for s in recorder.states] == [("counter", "o", len(b'{"value":1}'))]
