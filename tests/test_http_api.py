@@ -210,8 +210,16 @@ async def test_approvals_routes_send_the_llm_agents_control_messages(http, runti
 
     approved = await http.post("/agents/mailer/ann/approvals/ap1/approve")
     assert approved.json()["decision"]["decision"] == "approve"
-    rejected = await http.post("/agents/mailer/ann/approvals/ap2/reject", json={"reason": "wrong person"})
-    assert rejected.json()["decision"]["reason"] == "wrong person"
+    rejected = await http.post(
+        "/agents/mailer/ann/approvals/ap2/reject", json={"reason": "wrong person"}, headers={"Prefer": "respond-async"}
+    )
+    assert rejected.status_code == 202
+    for _ in range(100):
+        run = await http.get(rejected.headers["location"])
+        if run.status_code == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert run.json()["result"]["decision"]["reason"] == "wrong person"
     after = (await http.get("/agents/mailer/ann/approvals")).json()
     assert after["pending"] == []
     decided = [(d["id"], d["decision"], d["by"]) for d in after["decisions"]]

@@ -30,6 +30,11 @@ PREFER = {
     "description": "respond-async: reply 202 at once with a Location to poll; wait=N: wait at most N seconds",
     "schema": {"type": "string", "enum": ["respond-async"]},
 }
+ACCEPTED = {
+    "description": "accepted (Prefer: respond-async); poll the Location",
+    "headers": {"Location": {"schema": {"type": "string"}}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Run"}}},
+}
 RUN = {
     "type": "object", "required": ["id", "status", "agent"],
     "properties": {
@@ -125,10 +130,11 @@ def build_openapi(types: list[AgentType], *, auth: bool) -> dict[str, Any]:
             "operationId": "decideApproval",
             "parameters": [type_param, NAME,
                            {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[^/]+$"}},
-                           {"name": "decision", "in": "path", "required": True, "schema": {"enum": ["approve", "reject"]}}],
+                           {"name": "decision", "in": "path", "required": True, "schema": {"enum": ["approve", "reject"]}},
+                           PREFER],
             "requestBody": {"required": False, "content": {"application/json": {"schema": {
                 "type": "object", "properties": {"reason": {"type": "string"}}, "additionalProperties": False}}}},
-            "responses": {"200": _json({}), "default": PROBLEM_RESPONSE},
+            "responses": {"200": _json({}), "202": ACCEPTED, "default": PROBLEM_RESPONSE},
         }},
         "/runs/{id}": {"get": {
             "summary": "Poll a run started with Prefer: respond-async", "operationId": "getRun",
@@ -154,10 +160,7 @@ def build_openapi(types: list[AgentType], *, auth: bool) -> dict[str, Any]:
             "operationId": f"call_{agent.type}".replace("-", "_"),
             "parameters": [NAME, IDEMPOTENCY_KEY, PREFER],
             "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
-            "responses": {"200": _json(reply, "the agent's reply"),
-                          "202": {"description": "accepted (Prefer: respond-async); poll the Location",
-                                  "headers": {"Location": {"schema": {"type": "string"}}},
-                                  "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Run"}}}},
+            "responses": {"200": _json(reply, "the agent's reply"), "202": ACCEPTED,
                           "default": PROBLEM_RESPONSE},
         }}
     doc: dict[str, Any] = {

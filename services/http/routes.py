@@ -214,8 +214,9 @@ async def decide_approval(request: Request) -> Response:
     message: dict[str, Any] = {"op": decision, "id": approval_id, "by": principal_of(request) or "http"}
     if body and body.get("reason") is not None:
         message["reason"] = body["reason"]
-    reply = await bridge.call(agent_type, name, orjson.dumps(message), bridge.config.timeout)
-    return Response(reply, media_type=JSON)
+    # Approving resumes the run (model calls): `Prefer: respond-async` works here as on any POST.
+    prefer = Preferences.parse(request.headers.get("prefer"))
+    return await _run_or_start(request, bridge, agent_type, name, orjson.dumps(message), prefer)
 
 
 async def create_ticket(request: Request) -> Response:
