@@ -42,6 +42,7 @@ class Agent(Generic[S]):
     type: ClassVar[str]
     state_model: ClassVar[builtins.type[BaseModel] | None] = None
     request_adapter: ClassVar[TypeAdapter[Any]]
+    reply_adapter: ClassVar[TypeAdapter[Any]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -57,6 +58,7 @@ class Agent(Generic[S]):
         hints = typing.get_type_hints(cls.on_request)
         params = [p for p in inspect.signature(cls.on_request).parameters if p != "self"]
         cls.request_adapter = TypeAdapter(hints.get(params[0], Any) if params else Any)
+        cls.reply_adapter = TypeAdapter(hints.get("return", Any))
         if "type" in cls.__dict__:
             subjects.check_type(cls.type)
 

@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_runtime(up)
     up.add_argument("--nats-port", type=int, help="embedded server port (env MESH_NATS_PORT; default 4222)")
     up.add_argument("--store", help="embedded server store directory (env MESH_STORE; default .mesh)")
+    up.add_argument("--http", help="HOST:PORT of the HTTP bridge, or off (env MESH_HTTP; default 127.0.0.1:8080)")
     up.add_argument("--smtp", help="HOST:PORT for the SMTP ingestion service, or `off` (env MESH_SMTP_LISTEN; "
                                    "default 127.0.0.1:2525)")
 
@@ -76,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     state = with_nats(commands.add_parser("state", help="print the stored state of TYPE/NAME as JSON"))
     state.add_argument("address")
+
+    http = with_nats(commands.add_parser("http", help="serve the HTTP bridge and dashboard against a NATS server"))
+    http.add_argument("--http", "--listen", dest="http", help="HOST:PORT (env MESH_HTTP; default 127.0.0.1:8080)")
+    http.add_argument("--log-format", choices=["console", "json"], help="env MESH_LOG_FORMAT")
+    http.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="env MESH_LOG_LEVEL")
 
     ls = with_nats(commands.add_parser("ls", help="list agent types and the workers serving them"))
     ls.add_argument("type", nargs="?", help="list this type's stored instances instead")
@@ -140,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = MeshSettings()
     overrides = {
         k: v for k, v in vars(args).items()
-        if k in {"nats_url", "nats_port", "store", "app", "log_format", "log_level"} and v is not None
+        if k in {"nats_url", "nats_port", "store", "app", "log_format", "log_level", "http"} and v is not None
     }
     settings = settings.model_copy(update=overrides)
     try:
@@ -155,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def cmd_up(args: argparse.Namespace, settings: MeshSettings) -> int:
     configure_logging(settings.log_format, settings.log_level)
     if settings.nats_url:
-        return await _serve(settings, settings.nats_url, smtp=_smtp_listen(args))
+        return await _serve(settings, settings.nats_url, smtp=_smtp_listen(args), http=True)
     server = NatsServer(settings.store, port=settings.nats_port)
     await server.start()
     try:
@@ -165,7 +171,7 @@ async def cmd_up(args: argparse.Namespace, settings: MeshSettings) -> int:
             f"or mesh call triage/alice '\"What is the capital of France?\"'",
             file=sys.stderr, flush=True,
         )
-        return await _serve(settings, server.url, smtp=_smtp_listen(args))
+        return await _serve(settings, server.url, smtp=_smtp_listen(args), http=True)
     finally:
         server.stop()
 
@@ -180,13 +186,10 @@ def _smtp_listen(args: argparse.Namespace) -> str:
     return args.smtp or MailSettings().listen
 
 
-async def _serve(settings: MeshSettings, url: str, *, smtp: str = "off") -> int:
+async def _serve(settings: MeshSettings, url: str, *, smtp: str = "off", http: bool = False) -> int:
     agents = load_agents(settings.app)
     nc = await bus.connect(settings.nats_options(url, "mesh-worker"))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     runtime = Runtime(nc, agents, options=settings.runtime_options())
     await runtime.start()
     mail = None
@@ -202,10 +205,14 @@ async def _serve(settings: MeshSettings, url: str, *, smtp: str = "off") -> int:
             structlog.get_logger("mesh.mail").error("mail.unavailable", listen=smtp, error=str(exc))
             mail = None
     delivery = DurableDelivery(runtime, settings.durable_options())
+    bridge: asyncio.Task[None] | None = None
     try:
         await delivery.start()
+        bridge = _start_http(settings, url, stop) if http else None
         await stop.wait()
     finally:
+        if bridge is not None:
+            await asyncio.gather(bridge, return_exceptions=True)
         if mail is not None:
             await mail.stop()
         # Stop pulling first (in-flight deliveries finish and are acked), then stop taking turns.
@@ -216,6 +223,44 @@ async def _serve(settings: MeshSettings, url: str, *, smtp: str = "off") -> int:
             await nc.drain()
         except Exception:  # the server went away first; nothing is left to flush
             await nc.close()
+    if bridge is not None and not bridge.cancelled() and bridge.exception() is not None:
+        raise bridge.exception()  # type: ignore[misc]
+    return 0
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _start_http(settings: MeshSettings, url: str, stop: asyncio.Event) -> asyncio.Task[None] | None:
+    """Serve the HTTP bridge in this process until `stop` is set (None when `--http off`)."""
+    from services.http.config import config_from_settings, parse_listen
+    from services.http.server import serve_http
+
+    listen = parse_listen(settings.http)
+    if listen is None:
+        return None
+    config = config_from_settings(settings, listen)
+    task = asyncio.get_running_loop().create_task(serve_http(config, settings.nats_options(url, "mesh-http"), stop))
+    task.add_done_callback(lambda t: stop.set())  # a bridge that cannot serve stops the process
+    print(f"HTTP bridge and dashboard at http://{config.host}:{config.port}/", file=sys.stderr, flush=True)
+    return task
+
+
+async def cmd_http(args: argparse.Namespace, settings: MeshSettings) -> int:
+    configure_logging(settings.log_format, settings.log_level)
+    stop = _stop_on_signals()
+    url = settings.nats_url or DEFAULT_URL
+    bridge = _start_http(settings, url, stop)
+    if bridge is None:
+        print("mesh http: --http off leaves nothing to serve", file=sys.stderr)
+        return 2
+    await stop.wait()
+    await bridge
     return 0
 
 
@@ -419,7 +464,7 @@ COMMANDS = {
     "up": cmd_up, "worker": cmd_worker, "call": cmd_call, "state": cmd_state, "ls": cmd_ls,
     "send": cmd_send, "schedule": cmd_schedule, "dead-letters": cmd_dead_letters, "smtp": cmd_smtp,
     "approvals": cmd_approvals, "approve": cmd_decide, "reject": cmd_decide, "clear-memory": cmd_clear_memory,
-    "bench": cmd_bench,
+    "bench": cmd_bench, "http": cmd_http,
 }
 
 if __name__ == "__main__":

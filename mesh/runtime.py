@@ -137,7 +137,8 @@ class Runtime:
             queue_group="mesh", stats_handler=stats_data,
         )
         await service.add_endpoint(
-            name="request", subject=subjects.agent_wildcard(agent_type), handler=self._on_request
+            name="request", subject=subjects.agent_wildcard(agent_type), handler=self._on_request,
+            metadata=endpoint_schemas(self.agents[agent_type]),
         )
         return service
 
@@ -340,6 +341,19 @@ class Runtime:
             for start in range(0, len(idle), EVICTION_CHUNK):
                 # In chunks, so evicting 100,000 instances never holds 100,000 release tasks at once.
                 await asyncio.gather(*(a.release() for a in idle[start : start + EVICTION_CHUNK]))
+
+
+def endpoint_schemas(cls: type[Agent[Any]]) -> dict[str, str]:
+    """JSON Schemas of the request and reply, published in `$SRV.INFO` so gateways can describe them."""
+    found: dict[str, str] = {}
+    if cls.__doc__:
+        found["mesh.description"] = " ".join(cls.__doc__.split())[:500]
+    for key, adapter in (("mesh.request_schema", cls.request_adapter), ("mesh.reply_schema", cls.reply_adapter)):
+        try:
+            found[key] = wire.dumps(adapter.json_schema()).decode()
+        except Exception:  # a type pydantic cannot describe: gateways fall back to "any JSON"
+            continue
+    return found
 
 
 def _deadline(headers: dict[str, str], reply: str | None) -> float | None:

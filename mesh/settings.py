@@ -43,6 +43,27 @@ class MeshSettings(BaseSettings):
     durable_ack_wait: float = Field(default=10.0, gt=0, description="Seconds before JetStream redelivers a silent delivery.")
     durable_turn_timeout: float = Field(default=30.0, gt=0, description="Seconds a delivery waits for its turn.")
 
+    # HTTP bridge (services/http): `mesh up` serves it unless http is "off"; `mesh http` always does.
+    http: str = Field(default="127.0.0.1:8080", description="HOST:PORT of the HTTP bridge, or off.")
+    http_tokens: SecretStr | None = Field(
+        default=None, description="Bearer tokens, comma separated; unset and no file = no auth."
+    )
+    http_tokens_file: Path | None = Field(default=None, description="File with one bearer token per line.")
+    http_cors_origins: str = Field(
+        default="", description="Allowed browser origins, comma separated (CORS and WebSocket Origin)."
+    )
+    http_max_body: int = Field(default=256 * 1024, ge=1, description="Request body limit in bytes (kept below NATS max_payload).")
+    http_timeout: float = Field(default=30.0, gt=0, description="Longest wait for an agent's reply to a synchronous request.")
+    http_async_timeout: float = Field(default=600.0, gt=0, description="Longest wait for a `Prefer: respond-async` run.")
+    http_idempotency_ttl: int = Field(default=86400, ge=1, description="Seconds a response is kept for its Idempotency-Key.")
+    http_runs_ttl: int = Field(default=3600, ge=1, description="Seconds an async run's result is kept for polling.")
+    http_ticket_ttl: int = Field(default=60, ge=1, description="Seconds a browser ticket for SSE/WebSocket is valid.")
+    http_heartbeat: float = Field(default=15.0, gt=0, description="Seconds between keep-alive messages on idle live connections.")
+    http_events_stream: str = Field(
+        default="mesh_events", description="JetStream stream that keeps `events.>` for resuming; empty = none."
+    )
+    http_events_max_age: int = Field(default=3600, ge=1, description="Seconds the events stream keeps an event.")
+
     def nats_options(self, url: str, name: str) -> NatsOptions:
         return NatsOptions.from_url(
             url, name=name, user=self.nats_user,

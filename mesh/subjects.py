@@ -29,6 +29,9 @@ _ESCAPES: Final = [chr(b) if b in _SAFE else f"={b:02X}" for b in range(256)]
 STATE_BUCKET: Final = "mesh_state"
 DIRECTORY_BUCKET: Final = "mesh_dir"
 WORKERS_BUCKET: Final = "mesh_workers"
+EVENTS_STREAM: Final = "mesh_events"  # keeps `events.>` so live views can resume (created by the HTTP bridge)
+IDEMPOTENCY_BUCKET: Final = "mesh_http_idem"  # HTTP bridge: responses by Idempotency-Key
+HTTP_RUNS_BUCKET: Final = "mesh_http_runs"  # HTTP bridge: results of `Prefer: respond-async` requests
 DURABLE_STREAM: Final = "MESH_DURABLE"
 DEAD_STREAM: Final = "MESH_DEAD"
 # Durable messages are spread over this many partitions per agent type by the stream's subject
@@ -96,6 +99,8 @@ SUBJECT_PATTERNS: Final = (
     "$KV.mesh_state.<type>.<name>",
     "$KV.mesh_dir.<type>.<name>",
     "$KV.mesh_workers.<worker>",
+    "$KV.mesh_http_idem.<hash>",
+    "$KV.mesh_http_runs.<run>",
     "durable.<type>.<name>",
     "durable.<type>.<partition>.<name>",
     "schedules.<type>.<name>.<id>",
@@ -189,6 +194,11 @@ def event_subject(agent_type: str, name: str, kind: str) -> str:
 def memory_subject(agent_type: str, name: str) -> str:
     """Subject of an LLM instance's conversation items in the `mesh_memory` stream."""
     return f"{MEMORY_STREAM}.{instance_key(agent_type, name)}"
+
+
+def event_wildcard(agent_type: str, name: str) -> str:
+    """Every event of one instance: `events.<type>.<token>.>`."""
+    return f"events.{instance_key(agent_type, name)}.>"
 
 
 def parse_address(address: str) -> tuple[str, str]:

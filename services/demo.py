@@ -50,14 +50,20 @@ class RelayState(BaseModel):
     relayed: int = 0
 
 
+class RelayRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: str = Field(description="Address of the instance to call, TYPE/NAME.", pattern="^[a-z][a-z0-9_-]{0,63}/.+$")
+    payload: Any = Field(default=None, description="Request body for that instance.")
+
+
 class Relay(Agent[RelayState]):
     """Composition demo: `{"to": "TYPE/NAME", "payload": ...}` calls that instance and returns its reply."""
 
     type = "relay"
 
-    async def on_request(self, request: dict[str, Any]) -> Any:
-        agent_type, _, name = str(request["to"]).partition("/")
-        reply = await self.call(agent_type, name, request.get("payload"))
+    async def on_request(self, request: RelayRequest) -> Any:
+        agent_type, _, name = request.to.partition("/")
+        reply = await self.call(agent_type, name, request.payload)
         self.state.relayed += 1
         return reply
 

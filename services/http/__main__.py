@@ -1,0 +1,7 @@
+"""`python -m services.http` is `mesh http`."""
+
+import sys
+
+from mesh.cli import main
+
+sys.exit(main(["http", *sys.argv[1:]]))

@@ -1,0 +1,198 @@
+"""The bridge's one connection to the mesh: requests, state reads, discovery and its own buckets.
+
+Stateless by design: everything a second bridge replica must see (idempotent responses, results
+of async runs) lives in JetStream KV; this object only caches discovery for a moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+import nats.js.errors as jse
+import orjson
+import structlog
+from nats.aio.client import Client
+from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
+from nats.js.kv import KeyValue
+
+from mesh import bus, subjects
+from mesh.client import MeshClient
+from mesh.errors import BadReply, Unavailable
+from services.http.config import BridgeConfig
+
+log = structlog.get_logger("services.http")
+
+
+@dataclass
+class AgentType:
+    """One agent type as discovery reports it (from the `$SRV.INFO` of every worker serving it)."""
+
+    type: str
+    workers: list[str] = field(default_factory=list)
+    description: str = ""
+    request_schema: dict[str, Any] | None = None
+    reply_schema: dict[str, Any] | None = None
+
+
+class Bridge:
+    """Shared by every request of one bridge process. `await start()` before serving."""
+
+    def __init__(self, nc: Client, config: BridgeConfig) -> None:
+        self.nc = nc
+        self.config = config
+        self.client = MeshClient(nc, default_timeout=config.timeout)
+        self.state: bus.Bucket
+        self.idempotency: KeyValue
+        self.runs: KeyValue
+        self.events_stream: str | None = None
+        self._types: list[AgentType] = []
+        self._types_at = 0.0
+        self._types_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        js = self.nc.jetstream()
+        self.state = bus.Bucket(await bus.open_bucket(js, subjects.STATE_BUCKET), js, subjects.STATE_BUCKET)
+        self.idempotency = await _open_ttl_bucket(self.nc, subjects.IDEMPOTENCY_BUCKET, self.config.idempotency_ttl)
+        self.runs = await _open_ttl_bucket(self.nc, subjects.HTTP_RUNS_BUCKET, self.config.runs_ttl)
+        self.events_stream = await self._ensure_events_stream()
+        log.info("bridge.started", events_stream=self.events_stream, auth=self.config.auth_enabled)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def max_body(self) -> int:
+        """The configured body limit, kept below what NATS will carry."""
+        return min(self.config.max_body, max(1, self.nc.max_payload - 4096))
+
+    # -- agents ------------------------------------------------------------------------------
+
+    async def call(self, agent_type: str, name: str, body: bytes, timeout: float) -> bytes:
+        """Send one request; returns the reply's JSON bytes or raises the agent's `MeshError`."""
+        reply = await self.client.call_raw(subjects.agent_subject(agent_type, name), body, timeout=timeout)
+        check_json(reply, f"{agent_type}/{name}")
+        return reply
+
+    async def read_state(self, agent_type: str, name: str) -> tuple[bytes, int] | None:
+        return await self.state.get(subjects.instance_key(agent_type, name))
+
+    async def instances(self, agent_type: str) -> list[str]:
+        keys = await self.state.keys(f"{subjects.check_type(agent_type)}.")
+        return sorted(subjects.decode_name(key.split(".", 1)[1]) for key in keys)
+
+    async def types(self) -> list[AgentType]:
+        """Agent types being served now (cached for `discovery_cache` seconds)."""
+        async with self._types_lock:
+            if time.monotonic() - self._types_at > self.config.discovery_cache:
+                self._types = _group(await self.client.services(wait=self.config.discovery_wait))
+                self._types_at = time.monotonic()
+            return self._types
+
+    async def supports_approvals(self, agent_type: str) -> bool:
+        """True if the type's published request schema admits `{"op": "approvals"}` (LLM agents)."""
+        for found in await self.types():
+            if found.type == agent_type:
+                return _admits_op(found.request_schema, "approvals")
+        return False
+
+    # -- background work ---------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("task.failed", exc_info=exc)
+
+    async def _ensure_events_stream(self) -> str | None:
+        """The stream that keeps `events.>` (so live views resume without gaps), created if missing."""
+        js = self.nc.jetstream()
+        try:
+            return await js.find_stream_name_by_subject("events.>")
+        except jse.NotFoundError:
+            pass
+        if not self.config.events_stream:
+            return None
+        config = StreamConfig(
+            name=self.config.events_stream, subjects=["events.>"], storage=StorageType.FILE,
+            max_age=float(self.config.events_max_age), max_bytes=256 * 1024 * 1024,
+            discard=DiscardPolicy.OLD, description="agent-mesh events, kept for live views to resume",
+        )
+        try:
+            await js.add_stream(config)
+        except jse.BadRequestError:
+            try:  # another replica created it first, or a stream overlaps part of events.>
+                return await js.find_stream_name_by_subject("events.>")
+            except jse.NotFoundError:
+                log.warning("bridge.events_stream_unavailable")
+                return None
+        return self.config.events_stream
+
+
+def _admits_op(schema: Any, op: str) -> bool:
+    """Whether any object in `schema` (including its `$defs`) has an `op` property of constant `op`."""
+    if isinstance(schema, dict):
+        prop = (schema.get("properties") or {}).get("op")
+        if isinstance(prop, dict) and (prop.get("const") == op or op in (prop.get("enum") or [])):
+            return True
+        return any(_admits_op(value, op) for value in schema.values())
+    if isinstance(schema, list):
+        return any(_admits_op(value, op) for value in schema)
+    return False
+
+
+def check_json(reply: bytes, source: str) -> None:
+    try:
+        orjson.loads(reply)
+    except orjson.JSONDecodeError as exc:
+        raise BadReply(f"the reply of {source} is not JSON: {exc}") from exc
+
+
+def _group(infos: list[dict[str, Any]]) -> list[AgentType]:
+    found: dict[str, AgentType] = {}
+    for info in infos:
+        meta = info.get("metadata") or {}
+        name = meta.get("mesh.type") or info.get("name")
+        if not isinstance(name, str):
+            continue
+        entry = found.setdefault(name, AgentType(type=name))
+        entry.workers.append(str(meta.get("mesh.worker", "?")))
+        for endpoint in info.get("endpoints") or []:
+            em = endpoint.get("metadata") or {}
+            entry.description = em.get("mesh.description", entry.description)
+            for key, attr in (("mesh.request_schema", "request_schema"), ("mesh.reply_schema", "reply_schema")):
+                if key in em:
+                    try:
+                        setattr(entry, attr, orjson.loads(em[key]))
+                    except orjson.JSONDecodeError:
+                        pass
+    for entry in found.values():
+        entry.workers.sort()
+    return sorted(found.values(), key=lambda t: t.type)
+
+
+async def _open_ttl_bucket(nc: Client, name: str, ttl: int) -> KeyValue:
+    js = nc.jetstream()
+    try:
+        return await js.key_value(name)
+    except jse.BucketNotFoundError:
+        pass
+    config = KeyValueConfig(bucket=name, history=1, ttl=float(ttl), storage=StorageType.FILE, direct=True)
+    try:
+        return await js.create_key_value(config)
+    except jse.BadRequestError:
+        return await js.key_value(name)
+    except (nats.errors.TimeoutError, jse.ServiceUnavailableError) as exc:
+        raise Unavailable(f"JetStream did not create bucket {name}: {exc}") from exc
+

@@ -1,0 +1,72 @@
+"""The bridge's configuration as plain values, built once from `MeshSettings` at the edge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mesh.settings import MeshSettings
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """Everything the HTTP bridge needs to know; see `MeshSettings.http_*` for what each knob means."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    tokens: tuple[str, ...] = field(default=(), repr=False)
+    cors_origins: tuple[str, ...] = ()
+    max_body: int = 256 * 1024
+    timeout: float = 30.0
+    async_timeout: float = 600.0
+    idempotency_ttl: int = 86400
+    runs_ttl: int = 3600
+    ticket_ttl: int = 60
+    heartbeat: float = 15.0
+    events_stream: str = "mesh_events"
+    events_max_age: int = 3600
+    discovery_wait: float = 0.3
+    discovery_cache: float = 2.0
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.tokens)
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """`HOST:PORT` (or `:PORT`, or `PORT`) as a pair; `off` as None."""
+    value = value.strip()
+    if value.lower() in ("off", "no", "false", "0", ""):
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "", value
+    try:
+        number = int(port)
+    except ValueError as exc:
+        raise ValueError(f"--http {value!r} must look like HOST:PORT or off") from exc
+    if not 0 <= number <= 65535:
+        raise ValueError(f"--http port {number} is out of range")
+    return (host.strip("[]") or "127.0.0.1"), number
+
+
+def read_tokens(settings: MeshSettings) -> tuple[str, ...]:
+    """Bearer tokens from `MESH_HTTP_TOKENS` (comma separated) and `MESH_HTTP_TOKENS_FILE` (one a line)."""
+    tokens: list[str] = []
+    if settings.http_tokens is not None:
+        tokens += [t.strip() for t in settings.http_tokens.get_secret_value().split(",")]
+    if settings.http_tokens_file is not None:
+        lines = settings.http_tokens_file.read_text().splitlines()
+        tokens += [line.strip() for line in lines if not line.lstrip().startswith("#")]
+    return tuple(t for t in tokens if t)
+
+
+def config_from_settings(settings: MeshSettings, listen: tuple[str, int] | None = None) -> BridgeConfig:
+    host, port = listen or parse_listen(settings.http) or ("127.0.0.1", 8080)
+    return BridgeConfig(
+        host=host, port=port, tokens=read_tokens(settings),
+        cors_origins=tuple(o.strip().rstrip("/") for o in settings.http_cors_origins.split(",") if o.strip()),
+        max_body=settings.http_max_body, timeout=settings.http_timeout, async_timeout=settings.http_async_timeout,
+        idempotency_ttl=settings.http_idempotency_ttl, runs_ttl=settings.http_runs_ttl,
+        ticket_ttl=settings.http_ticket_ttl, heartbeat=settings.http_heartbeat,
+        events_stream=settings.http_events_stream, events_max_age=settings.http_events_max_age,
+    )
