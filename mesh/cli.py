@@ -12,11 +12,14 @@ from typing import Any
 
 import orjson
 
-from mesh import bus, subjects
+from mesh import bus, metrics, subjects, timeline
 from mesh.agent import Agent
 from mesh.client import MeshClient
 from mesh.errors import MeshError
+from mesh.health import HealthServer
 from mesh.logging import configure_logging
+from mesh.observe import Observer
+from mesh.recorder import EventsLimits, FlightRecorder
 from mesh.runtime import Runtime
 from mesh.server import NatsServer
 from mesh.settings import MeshSettings
@@ -48,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--app", help="module listing agent classes (env MESH_APP; default services.demo)")
         p.add_argument("--log-format", choices=["console", "json"], help="env MESH_LOG_FORMAT")
         p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="env MESH_LOG_LEVEL")
+        p.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz here (env MESH_METRICS_PORT)")
 
     up = with_nats(commands.add_parser("up", help="start an embedded nats-server (unless --nats-url) and a worker"))
     with_runtime(up)
@@ -67,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = with_nats(commands.add_parser("ls", help="list agent types and the workers serving them"))
     ls.add_argument("type", nargs="?", help="list this type's stored instances instead")
+
+    tail = with_nats(commands.add_parser("tail", help="follow events live: all, one TYPE, or one TYPE/NAME"))
+    tail.add_argument("address", nargs="?", help="TYPE or TYPE/NAME (default: every instance)")
+    tail.add_argument("--trace", help="only events of this trace id")
+    tail.add_argument("--count", type=int, help="exit after this many events")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    history = with_nats(commands.add_parser("history", help="print the recent timeline of TYPE/NAME"))
+    history.add_argument("address", help="TYPE/NAME")
+    history.add_argument("--limit", type=int, default=100, help="newest events to print (default 100)")
+    history.add_argument("--trace", help="only events of this trace id")
+    history.add_argument("--json", action="store_true", help="one JSON object per line")
     return parser
 
 
@@ -75,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = MeshSettings()
     overrides = {
         k: v for k, v in vars(args).items()
-        if k in {"nats_url", "nats_port", "store", "app", "log_format", "log_level"} and v is not None
+        if k in {"nats_url", "nats_port", "store", "app", "log_format", "log_level", "metrics_port"} and v is not None
     }
     settings = settings.model_copy(update=overrides)
     try:
@@ -116,17 +132,48 @@ async def _serve(settings: MeshSettings, url: str) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    runtime = Runtime(nc, agents, options=settings.runtime_options())
+    observers: list[Observer] = [metrics.MetricsObserver()]
+    recorder = None
+    if settings.recorder:
+        limits = EventsLimits(settings.events_max_age, settings.events_max_msgs, settings.events_max_bytes, settings.replicas)
+        recorder = FlightRecorder(nc, limits=limits)
+        await recorder.start()
+        observers.append(recorder)
+    otel = _otel_observer(settings)
+    if otel is not None:
+        observers.append(otel)
+    runtime = Runtime(nc, agents, options=settings.runtime_options(), observers=observers)
+    health = None
+    if settings.metrics_port is not None:
+        health = HealthServer(settings.metrics_host, settings.metrics_port, ready=runtime.ready)
+        await health.start()
+        collector = metrics.RuntimeCollector(runtime)
+        metrics.REGISTRY.register(collector)
     await runtime.start()
     try:
         await stop.wait()
     finally:
         await runtime.stop()
+        if recorder is not None:
+            await recorder.stop()
+        if otel is not None:
+            otel.shutdown()
+        if health is not None:
+            await health.stop()
+            metrics.REGISTRY.unregister(collector)
         try:
             await nc.drain()
         except Exception:  # the server went away first; nothing is left to flush
             await nc.close()
     return 0
+
+
+def _otel_observer(settings: MeshSettings) -> Any:
+    if not settings.otel:
+        return None
+    from mesh import otel
+
+    return otel.from_environment()
 
 
 async def _client(args: argparse.Namespace, settings: MeshSettings) -> MeshClient:
@@ -181,7 +228,46 @@ async def cmd_ls(args: argparse.Namespace, settings: MeshSettings) -> int:
     return 0
 
 
-COMMANDS = {"up": cmd_up, "worker": cmd_worker, "call": cmd_call, "state": cmd_state, "ls": cmd_ls}
+async def cmd_tail(args: argparse.Namespace, settings: MeshSettings) -> int:
+    subject = timeline.filter_subject(args.address)
+    seen = 0
+    async with await _client(args, settings) as client:
+        events = timeline.follow(client.nc, subject)
+        print(f"mesh: following {subject} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        async for event in events:
+            if args.trace and event.trace_id != args.trace:
+                continue
+            _print_event(event, args.json)
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                break
+        await events.aclose()
+    return 0
+
+
+async def cmd_history(args: argparse.Namespace, settings: MeshSettings) -> int:
+    subject = timeline.filter_subject(args.address)
+    if "/" not in args.address:
+        subjects.parse_address(args.address)  # a clear name_invalid for a bare TYPE
+    async with await _client(args, settings) as client:
+        events = await timeline.history(client.nc, subject, limit=args.limit)
+    events = [e for e in events if not args.trace or e.trace_id == args.trace]
+    if not events:
+        print(f"mesh: no recorded events for {args.address}", file=sys.stderr)
+        return 1
+    for event in events:
+        _print_event(event, args.json)
+    return 0
+
+
+def _print_event(event: timeline.Event, as_json: bool) -> None:
+    print(orjson.dumps(event.to_json()).decode() if as_json else event.line(), flush=True)
+
+
+COMMANDS = {
+    "up": cmd_up, "worker": cmd_worker, "call": cmd_call, "state": cmd_state, "ls": cmd_ls,
+    "tail": cmd_tail, "history": cmd_history,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -53,6 +53,7 @@ class RuntimeOptions:
     heartbeat: float = 1.0
     max_batch: int = 64
     call_timeout: float = 30.0
+    replicas: int = 1  # copies of each bucket this worker creates; 3 on a three-node cluster
 
 
 @dataclass
@@ -105,7 +106,7 @@ class Runtime:
     async def start(self) -> None:
         js = self.nc.jetstream()
         buckets = {
-            name: bus.Bucket(await bus.open_bucket(js, name), js, name)
+            name: bus.Bucket(await bus.open_bucket(js, name, replicas=self.options.replicas), js, name)
             for name in (subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET, subjects.WORKERS_BUCKET)
         }
         self.state = buckets[subjects.STATE_BUCKET]
@@ -163,6 +164,10 @@ class Runtime:
             self.log.warning("worker.retire_failed", error=str(exc) or type(exc).__name__)
         self.activations.clear()
         self.log.info("worker.stopped", handed_over=owned)
+
+    def ready(self) -> bool:
+        """True while this worker takes requests: started, connected, its lease held."""
+        return self._accepting and self.nc.is_connected and not self.directory.fenced()
 
     def statistics(self) -> dict[str, Any]:
         owned = sum(1 for a in self.activations.values() if a.status is Status.OWNED)
@@ -285,6 +290,7 @@ class Runtime:
             record = TurnRecord(
                 turn.agent_type, turn.name, self.worker_id, turn.turn_id, turn.traceparent,
                 started, ended, code, error.message if error else None,
+                turn.chain[-2] if len(turn.chain) > 1 else None,
             )
             for observer in self.observers:
                 observer.on_turn(record)

@@ -43,7 +43,15 @@ def test_error_codes_agree() -> None:
 
 def test_buckets_agree() -> None:
     documented = {ticked(row[0]) for row in table("Buckets")}
-    assert documented == {subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET, subjects.WORKERS_BUCKET}
+    assert documented == {
+        subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET, subjects.WORKERS_BUCKET, subjects.EVENTS_STREAM,
+    }
+
+
+def test_recorder_event_kinds_agree() -> None:
+    from mesh.recorder import RECORDER_KINDS
+
+    assert tuple(ticked(row[0]) for row in table("Flight-recorder events")) == RECORDER_KINDS
 
 
 def test_name_examples_in_the_doc_are_true() -> None:
