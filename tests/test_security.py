@@ -80,7 +80,7 @@ async def test_permissions_example_allows_each_role_its_work_and_refuses_the_res
         assert await client.call("counter", "a", {"add": 2}) == {"value": 2}
         assert await client.call("counter", "a", {"add": 3}) == {"value": 5}
         assert await client.state("counter", "a") == {"value": 5}
-        assert [i["name"] for i in await client.services()] == ["counter"]
+        assert [i["name"] for i in await client.services(wait=2)] == ["counter"]
         await recorder.stop()
         assert worker.errors == [] and bridge.errors == [], (worker.errors, bridge.errors)
 
