@@ -69,8 +69,12 @@ def filter_subject(address: str | None) -> str:
     return f"events.{subjects.instance_key(agent_type, name)}.>"
 
 
-def decode(msg: Msg, at: float | None = None) -> Event | None:
-    """The event in a message, or None when its subject is not an instance event subject."""
+def decode(msg: Msg, stored_at: float | None = None) -> Event | None:
+    """The event in a message, or None when its subject is not an instance event subject.
+
+    Its time is when it happened (a turn's start) if the body says so, else when it was stored
+    (`stored_at`), else now.
+    """
     parts = msg.subject.split(".")
     if len(parts) != 4:
         return None
@@ -84,8 +88,7 @@ def decode(msg: Msg, at: float | None = None) -> Event | None:
         data = msg.data.decode(errors="replace")
     tid = data.get("trace_id") if isinstance(data, dict) else None
     tid = tid or trace_id((msg.headers or {}).get(subjects.HEADER_TRACEPARENT))
-    if at is None:
-        at = _time_of(data) or datetime.now(timezone.utc).timestamp()
+    at = _time_of(data) or stored_at or datetime.now(timezone.utc).timestamp()
     return Event(parts[1], name, parts[3], tid, at, data)
 
 
@@ -112,7 +115,11 @@ async def follow(nc: Client, subject: str) -> AsyncIterator[Event]:
 
 
 async def history(nc: Client, subject: str, *, limit: int = 100, wait: float = 5.0) -> list[Event]:
-    """The last `limit` stored events on `subject`, oldest first ([] when nothing is stored)."""
+    """The last `limit` stored events on `subject` in the order they happened ([] when none are stored).
+
+    Stream order is publication order, and a turn is published when it ends, after the calls it
+    made; sorting by each event's own time puts a turn before its calls.
+    """
     js = nc.jetstream()
     try:
         stream = await js.find_stream_name_by_subject(subject)
@@ -129,11 +136,11 @@ async def history(nc: Client, subject: str, *, limit: int = 100, wait: float = 5
                 msg = await sub.next_msg(timeout=wait)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 break
-            event = decode(msg, at=msg.metadata.timestamp.timestamp())
+            event = decode(msg, stored_at=msg.metadata.timestamp.timestamp())
             if event is not None:
                 kept.append(event)
             if msg.metadata.num_pending == 0:
                 break
     finally:
         await sub.unsubscribe()
-    return list(kept)
+    return sorted(kept, key=lambda e: e.at)
