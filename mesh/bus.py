@@ -124,11 +124,20 @@ async def request(
         raise ConnectionFailed("NATS connection is closed") from exc
 
 
+async def bind_bucket(js: JetStreamContext, bucket: str) -> KeyValue | None:
+    """Bind an existing KV bucket, or None: readers (the CLI, clients) never create buckets, so
+    none is ever created with another replica count than the workers'."""
+    try:
+        return await js.key_value(bucket)
+    except jse.BucketNotFoundError:
+        return None
+
+
 async def open_bucket(js: JetStreamContext, bucket: str, *, history: int = 1, replicas: int = 1) -> KeyValue:
     """Bind a KV bucket, creating it (file storage, direct gets, `replicas` copies) the first time.
 
     An existing bucket is bound as it is: its replica count is fixed when it is first created, so
-    on a cluster the first process to start must already run with `replicas=3`.
+    on a cluster the first worker must already run with `replicas=3`.
     """
     try:
         return await js.key_value(bucket)

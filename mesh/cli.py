@@ -210,8 +210,9 @@ async def cmd_ls(args: argparse.Namespace, settings: MeshSettings) -> int:
         if args.type:
             subjects.check_type(args.type)
             js = client.nc.jetstream()
-            bucket = bus.Bucket(await bus.open_bucket(js, subjects.STATE_BUCKET), js, subjects.STATE_BUCKET)
-            for key in sorted(await bucket.keys(f"{args.type}.")):
+            kv = await bus.bind_bucket(js, subjects.STATE_BUCKET)
+            keys = [] if kv is None else await bus.Bucket(kv, js, subjects.STATE_BUCKET).keys(f"{args.type}.")
+            for key in sorted(keys):
                 print(subjects.decode_name(key.split(".", 1)[1]))
             return 0
         services = await client.services()

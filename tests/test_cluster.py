@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import nats.errors
+import nats.js.errors
 import pytest
 
 from mesh import MeshClient, MeshError, NatsServer, subjects
@@ -132,3 +133,9 @@ async def test_workers_spread_join_and_leave_on_a_three_node_cluster(tmp_path, w
             await asyncio.to_thread(worker.terminate)
         for server in servers:
             server.stop()
+
+
+async def test_readers_never_create_a_bucket_so_the_first_worker_sets_its_replicas(nats_server, mesh_client) -> None:
+    assert await mesh_client.state("counter", "a") is None
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await mesh_client.nc.jetstream().stream_info(f"KV_{subjects.STATE_BUCKET}")

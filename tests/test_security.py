@@ -139,7 +139,7 @@ async def test_tls_with_client_certificates_for_workers_and_cli(tmp_path, worker
             "MESH_NATS_TLS_CA": str(certs["ca.pem"]), "MESH_NATS_TLS_CERT": str(certs["client.pem"]),
             "MESH_NATS_TLS_KEY": str(certs["client.key"]), "PYTHONPATH": str(ROOT),
         }
-        worker_factory(url, "services.demo", env)
+        worker = worker_factory(url, "services.demo", env)
         result = subprocess.run(
             [sys.executable, "-m", "mesh", "call", "counter/tls", '{"add": 7}'],
             env={**os.environ, **env, "NATS_URL": url}, capture_output=True, text=True, timeout=30,
@@ -151,6 +151,7 @@ async def test_tls_with_client_certificates_for_workers_and_cli(tmp_path, worker
             capture_output=True, text=True, timeout=30,
         )
         assert result.returncode == 1 and "[connection_failed]" in result.stderr
+        assert worker.terminate() == 0  # over TLS, before its server goes
 
 
 async def test_no_secret_appears_in_any_log_line(tmp_path, worker_factory) -> None:
