@@ -16,7 +16,7 @@ from mesh import bus, metrics, subjects, timeline
 from mesh.agent import Agent
 from mesh.client import MeshClient
 from mesh.errors import MeshError
-from mesh.health import HealthServer
+from mesh.health import open_health_server
 from mesh.logging import configure_logging
 from mesh.observe import Observer
 from mesh.recorder import EventsLimits, FlightRecorder
@@ -143,24 +143,21 @@ async def _serve(settings: MeshSettings, url: str) -> int:
     if otel is not None:
         observers.append(otel)
     runtime = Runtime(nc, agents, options=settings.runtime_options(), observers=observers)
-    health = None
-    if settings.metrics_port is not None:
-        health = HealthServer(settings.metrics_host, settings.metrics_port, ready=runtime.ready)
-        await health.start()
-        collector = metrics.RuntimeCollector(runtime)
-        metrics.REGISTRY.register(collector)
-    await runtime.start()
     try:
-        await stop.wait()
+        async with open_health_server(
+            settings.metrics_host, settings.metrics_port, ready=runtime.ready,
+            collector=metrics.RuntimeCollector(runtime),
+        ):
+            await runtime.start()
+            try:
+                await stop.wait()
+            finally:
+                await runtime.stop()
     finally:
-        await runtime.stop()
         if recorder is not None:
             await recorder.stop()
         if otel is not None:
             otel.shutdown()
-        if health is not None:
-            await health.stop()
-            metrics.REGISTRY.unregister(collector)
         try:
             await nc.drain()
         except Exception:  # the server went away first; nothing is left to flush

@@ -10,11 +10,15 @@ Anything else gets a short error status, and the server keeps serving.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from prometheus_client.registry import Collector
 
 import structlog
 
 from mesh import metrics
+from mesh.errors import MeshError
 
 log = structlog.get_logger("mesh.health")
 
@@ -94,3 +98,31 @@ class HealthServer:
         except Exception:
             ready = False
         return (200, text, b"ready\n") if ready else (503, text, b"not ready\n")
+
+
+@contextlib.asynccontextmanager
+async def open_health_server(
+    host: str, port: int | None, ready: Callable[[], bool] = lambda: True, collector: Collector | None = None
+) -> AsyncIterator[HealthServer | None]:
+    """Serve the operations endpoints for the duration of the block; nothing when `port` is None.
+
+    Any mesh process wraps its serving in this (`mesh worker`, `mesh up`, `mesh http`,
+    `mesh smtp`): `async with open_health_server(s.metrics_host, s.metrics_port, ready=...):`.
+    `collector` (e.g. a `RuntimeCollector`) is registered for the same duration.
+    """
+    if port is None:
+        yield None
+        return
+    server = HealthServer(host, port, ready=ready)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise MeshError(f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}") from exc
+    if collector is not None:
+        metrics.REGISTRY.register(collector)
+    try:
+        yield server
+    finally:
+        if collector is not None:
+            metrics.REGISTRY.unregister(collector)
+        await server.stop()

@@ -205,3 +205,12 @@ async def test_turns_export_as_opentelemetry_spans_with_the_mesh_trace_id(nats_s
     assert spans["a"].context.trace_id == spans["b"].context.trace_id == trace
     assert spans["a"].name == "hop turn" and spans["b"].attributes["mesh.caller"] == "hop.a"
     assert spans["b"].start_time >= spans["a"].start_time and spans["b"].end_time <= spans["a"].end_time
+
+
+async def test_a_busy_metrics_port_is_a_clear_error(nats_server) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = await run_mesh("worker", "--metrics-port", str(port), url=nats_server.url)
+    assert code == 1 and f"cannot serve /metrics on 127.0.0.1:{port}" in err
