@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -100,7 +100,7 @@ def _time_of(data: Any) -> float | None:
     return None
 
 
-async def follow(nc: Client, subject: str) -> AsyncIterator[Event]:
+async def follow(nc: Client, subject: str) -> AsyncGenerator[Event, None]:
     """Live events on `subject` (core subscription: works with or without the events stream)."""
     sub = await nc.subscribe(subject)
     await nc.flush()

@@ -190,3 +190,30 @@ async def test_no_secret_appears_in_any_log_line(tmp_path, worker_factory) -> No
         for text in [logs, *outputs]:
             assert password not in text and token not in text
         assert outputs[0].strip() == '{"value":1}'
+
+
+async def test_nkey_and_token_authentication_from_settings(tmp_path, worker_factory) -> None:
+    import nkeys
+
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    seed_file = tmp_path / "user.nk"
+    seed_file.write_bytes(seed + b"\n")
+    conf = tmp_path / "nkey.conf"
+    conf.write_text(f"authorization {{ users = [ {{ nkey: {public} }} ] }}\n")
+    async with NatsServer(tmp_path / "store", config_file=conf) as server:
+        with pytest.raises(ConnectionFailed):
+            await connect(NatsOptions.from_url(server.url))
+        worker = worker_factory(server.url, "services.demo", {"MESH_NATS_NKEY_SEED": str(seed_file), "PYTHONPATH": str(ROOT)})
+        client = await MeshClient.connect(NatsOptions.from_url(server.url, nkey_seed_file=str(seed_file)))
+        assert await client.call("counter", "nk", {"add": 1}) == {"value": 1}
+        await client.close()
+        assert worker.terminate() == 0
+    async with NatsServer(tmp_path / "store2", extra_args=["--auth", "tok-3c9a-secret"]) as server:
+        with pytest.raises(ConnectionFailed):
+            await connect(NatsOptions.from_url(server.url, token="wrong"))
+        result = subprocess.run(
+            [sys.executable, "-m", "mesh", "call", "echo/t", '"hi"'], capture_output=True, text=True, timeout=30,
+            env={**os.environ, "NATS_URL": server.url, "MESH_NATS_TOKEN": "tok-3c9a-secret", "PYTHONPATH": str(ROOT)},
+        )
+        assert result.returncode == 1 and "[no_responders]" in result.stderr  # connected: nobody serves echo
