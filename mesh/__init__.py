@@ -6,6 +6,8 @@ from mesh.agent import Agent  # noqa: E402
 from mesh.bus import NatsOptions, connect  # noqa: E402
 from mesh.client import MeshClient  # noqa: E402
 from mesh.context import TurnContext, current_turn  # noqa: E402
+from mesh.delivery import DurableDelivery  # noqa: E402
+from mesh.durable import DurableOptions  # noqa: E402
 from mesh.errors import (  # noqa: E402
     AgentError,
     BadJson,
@@ -13,6 +15,7 @@ from mesh.errors import (  # noqa: E402
     ConnectionFailed,
     MeshError,
     MeshTimeout,
+    MethodNotFound,
     NameInvalid,
     NoResponders,
     PayloadTooLarge,
@@ -24,6 +27,7 @@ from mesh.errors import (  # noqa: E402
     StateTooLarge,
     Unavailable,
 )
+from mesh.methods import method  # noqa: E402
 from mesh.runtime import Runtime, RuntimeOptions  # noqa: E402
 from mesh.server import NatsServer  # noqa: E402
 from mesh.subjects import agent_subject, decode_name, encode_name, instance_key  # noqa: E402
@@ -34,9 +38,12 @@ __all__ = [
     "BadJson",
     "CallCycle",
     "ConnectionFailed",
+    "DurableDelivery",
+    "DurableOptions",
     "MeshClient",
     "MeshError",
     "MeshTimeout",
+    "MethodNotFound",
     "NameInvalid",
     "NatsOptions",
     "NatsServer",
@@ -59,4 +66,5 @@ __all__ = [
     "decode_name",
     "encode_name",
     "instance_key",
+    "method",
 ]

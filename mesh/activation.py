@@ -22,9 +22,8 @@ import structlog
 from mesh import subjects, wire
 from mesh.agent import Agent
 from mesh.context import TurnContext, current_turn
-from mesh.observe import StateRecord
+from mesh.dedupe import AppliedIds
 from mesh.errors import (
-    AgentError,
     BadJson,
     MeshError,
     MeshTimeout,
@@ -33,6 +32,8 @@ from mesh.errors import (
     StateTooLarge,
     Unavailable,
 )
+from mesh.methods import invoke_method
+from mesh.observe import StateRecord
 from mesh.tracing import child_traceparent
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ def new_turn_id() -> str:
 class Activation:
     __slots__ = (
         "runtime", "agent_cls", "name", "key", "status", "owner", "dir_revision", "state_revision",
-        "agent", "saved", "current", "queue", "running", "last_used", "epoch",
+        "agent", "saved", "current", "queue", "running", "last_used", "epoch", "applied", "applied_saved",
     )
 
     def __init__(self, runtime: Runtime, agent_cls: type[Agent[Any]], name: str, key: str) -> None:
@@ -99,6 +100,8 @@ class Activation:
         self.agent: Agent[Any] | None = None
         self.saved = b""  # state bytes as last written (or loaded)
         self.current = b""  # state bytes after the last successful turn
+        self.applied: AppliedIds | None = None  # durable message ids the state includes (mesh.dedupe)
+        self.applied_saved = ""  # the record as last written (or loaded), for rollback
         self.queue: deque[Envelope] | None = None  # created on demand: most instances idle
         self.running = False
         self.last_used = time.monotonic()
@@ -106,7 +109,10 @@ class Activation:
 
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:
-        return self.runtime.log.bind(agent_type=self.agent_cls.type, agent_name=self.name)
+        log: structlog.typing.FilteringBoundLogger = self.runtime.log.bind(
+            agent_type=self.agent_cls.type, agent_name=self.name
+        )
+        return log
 
     def deliver(self, envelope: Envelope) -> None:
         self.last_used = time.monotonic()
@@ -187,7 +193,9 @@ class Activation:
         self.epoch = self.runtime.directory.epoch
         model = self.agent_cls.state_model
         assert model is not None
-        found = await self.runtime.state.get(self.key)
+        found = await self.runtime.state.get_with_headers(self.key)
+        self.applied_saved = "" if found is None else found[2].get(subjects.HEADER_APPLIED, "")
+        self.applied = AppliedIds.from_header(self.applied_saved) if self.applied_saved else None
         if found is None:
             state = self.agent_cls.initial_state(self.name)
             self.state_revision = 0
@@ -209,11 +217,18 @@ class Activation:
 
     async def _run_batch(self, batch: list[Envelope]) -> None:
         outcomes = [await self._turn(envelope) for envelope in batch]
-        if self.current != self.saved:
+        if self.current != self.saved or (self.applied is not None and self.applied.dirty):
             try:
                 if self.runtime.directory.fenced():
                     raise Unavailable("worker lease lapsed before the state could be saved")
-                self.state_revision = await self.runtime.state.write(self.key, self.current, self.state_revision)
+                if self.applied is not None and len(self.applied):
+                    record = self.applied.header()
+                    self.state_revision = await self.runtime.state.write_with_headers(
+                        self.key, self.current, self.state_revision, {subjects.HEADER_APPLIED: record}
+                    )
+                    self.applied_saved, self.applied.dirty = record, False
+                else:
+                    self.state_revision = await self.runtime.state.write(self.key, self.current, self.state_revision)
                 self.saved = self.current
                 if self.runtime.observers:
                     saved = StateRecord(
@@ -227,6 +242,7 @@ class Activation:
                     if outcome.error is None:
                         outcome.body, outcome.error = None, err
                 self._rollback(self.saved)
+                self.applied = AppliedIds.from_header(self.applied_saved) if self.applied_saved else None
                 self.status = Status.PENDING  # reload state and re-check ownership before the next turn
         for outcome in outcomes:
             await self.runtime.reply(outcome)
@@ -239,18 +255,29 @@ class Activation:
             return Outcome(envelope, None, MeshTimeout("the caller's deadline passed before the turn started"))
         if self.runtime.directory.fenced():
             return Outcome(envelope, None, Unavailable("worker lease lapsed; retry"))
+        msg_id = envelope.headers.get(subjects.HEADER_MSG_ID)
+        if msg_id is not None and self.applied is not None and msg_id in self.applied:
+            self.log.info("turn.deduplicated", msg_id=msg_id)  # its effect is already in the state
+            return Outcome(envelope, b"null", None)
         turn = self.runtime.turn_context(self.agent_cls.type, self.name, self.key, envelope, self.runtime.log)
         token = current_turn.set(turn)
         started = time.time()
         before = self.current
         try:
-            request = decode_request(self.agent_cls, envelope.data)
-            result = await agent.on_request(request)
+            method = envelope.headers.get(subjects.HEADER_METHOD)
+            if method:
+                result = await invoke_method(agent, method, envelope.data)
+            else:
+                result = await agent.on_request(decode_request(self.agent_cls, envelope.data))
             body = wire.dumps(result)
             after = _dump(agent.state)
             if after != before:
                 after = await self._accept_state(agent, before, after)
             self.current = after
+            if msg_id is not None:
+                if self.applied is None:
+                    self.applied = AppliedIds()
+                self.applied.add(msg_id)
             outcome = Outcome(envelope, body, None)
             self.runtime.stats[self.agent_cls.type].turns += 1
         except Exception as exc:

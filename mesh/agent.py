@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import typing
-from typing import Any, ClassVar, Generic, TypeVar
+from datetime import datetime
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import structlog
 from pydantic import BaseModel, TypeAdapter
@@ -36,7 +38,7 @@ class Agent(Generic[S]):
     """
 
     type: ClassVar[str]
-    state_model: ClassVar[type[BaseModel] | None] = None
+    state_model: ClassVar[builtins.type[BaseModel] | None] = None
     request_adapter: ClassVar[TypeAdapter[Any]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -67,14 +69,15 @@ class Agent(Generic[S]):
         turn = current_turn.get()
         if turn is not None and turn.agent_type == self.type and turn.name == self.name:
             return turn.log
-        return structlog.get_logger("mesh.agent").bind(agent_type=self.type, agent_name=self.name)
+        log: structlog.typing.FilteringBoundLogger = structlog.get_logger("mesh.agent")
+        return log.bind(agent_type=self.type, agent_name=self.name)
 
     @classmethod
     def initial_state(cls, name: str) -> S:
         """The state of an instance that has never saved one; override to derive it from the name."""
         if cls.state_model is None:
             return None  # type: ignore[return-value]
-        return cls.state_model()  # type: ignore[return-value]
+        return cast(S, cls.state_model())
 
     async def on_activate(self) -> None:
         """Called once when this process takes ownership of the instance, after its state loaded."""
@@ -96,6 +99,29 @@ class Agent(Generic[S]):
     async def send(self, agent_type: str, name: str, payload: Any = None) -> None:
         """Fire-and-forget to another instance."""
         await self.mesh.send(agent_type, name, payload)
+
+    async def send_durable(
+        self, agent_type: str, name: str, payload: Any = None, *, msg_id: str | None = None, method: str | None = None
+    ) -> int:
+        """Store a message for another instance in JetStream; it runs there once, even across crashes."""
+        return await self.mesh.send_durable(agent_type, name, payload, msg_id=msg_id, method=method)
+
+    async def schedule(
+        self, schedule_id: str, payload: Any = None, *, at: datetime | None = None, delay: float | None = None,
+        every: float | str | None = None, cron: str | None = None, method: str | None = None,
+    ) -> int:
+        """Deliver `payload` to this instance at `at`, after `delay` s, `every` interval or on `cron`.
+
+        Idempotent by `schedule_id`: registering the same id again replaces the schedule, so calling
+        this in `on_activate` is safe. The payload goes to `on_request`, or to `method` (`@mesh.method`).
+        """
+        return await self.mesh.schedule(
+            self.type, self.name, schedule_id, payload, at=at, delay=delay, every=every, cron=cron, method=method
+        )
+
+    async def cancel_schedule(self, schedule_id: str) -> bool:
+        """Stop schedule `schedule_id` of this instance; False if it did not exist."""
+        return await self.mesh.cancel_schedule(self.type, self.name, schedule_id)
 
     async def emit(self, kind: str, data: Any = None) -> None:
         """Publish an event of this instance on `events.<type>.<name>.<kind>`."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import ssl
 from dataclasses import dataclass
@@ -87,7 +86,7 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Client:
     where = ", ".join(redact_servers(options.servers))
     try:
         nc = await nats.connect(**kwargs)
-    except (nats.errors.NoServersError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
         raise ConnectionFailed(
             f"cannot connect to NATS at {where}: {_redact(str(exc)) or type(exc).__name__} "
             "(is a nats-server running there? `mesh up` starts one)"
@@ -118,7 +117,7 @@ async def request(
         return await nc.request(subject, data, timeout=timeout, headers=headers)
     except nats.errors.NoRespondersError as exc:
         raise NoResponders(f"no worker serves {subject}") from exc
-    except (nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, nats.errors.TimeoutError) as exc:
         raise MeshTimeout(f"no reply on {subject} within {timeout:.3g}s") from exc
     except nats.errors.ConnectionClosedError as exc:
         raise ConnectionFailed("NATS connection is closed") from exc
@@ -143,6 +142,8 @@ async def open_bucket(js: JetStreamContext, bucket: str, *, history: int = 1, re
         return await js.key_value(bucket)
     except jse.BucketNotFoundError:
         pass
+    except (nats.errors.TimeoutError, jse.ServiceUnavailableError) as exc:
+        raise Unavailable(f"KV bucket {bucket} did not answer (JetStream leader election?): {exc}") from exc
     config = KeyValueConfig(
         bucket=bucket, history=history, storage=StorageType.FILE, direct=True, replicas=replicas
     )
@@ -182,6 +183,51 @@ class Bucket:
         except (nats.errors.TimeoutError, jse.ServiceUnavailableError) as exc:
             raise Unavailable(f"KV {self.name} did not confirm the write: {exc}") from exc
 
+    async def get_with_headers(self, key: str) -> tuple[bytes, int, dict[str, str]] | None:
+        """Like `get`, plus the headers stored with the value (e.g. the processed-ids record)."""
+        stream, subject = f"KV_{self.name}", f"$KV.{self.name}.{key}"
+        try:
+            try:
+                msg = await self._js.get_msg(stream, subject=subject, direct=True)
+            except nats.errors.NoRespondersError:  # a bucket created without direct gets
+                msg = await self._js.get_msg(stream, subject=subject)
+        except jse.NotFoundError:
+            return None
+        except (nats.errors.TimeoutError, jse.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
+            raise Unavailable(f"KV {self.name} did not answer: {exc}") from exc
+        headers = dict(msg.headers or {})
+        if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers or msg.seq is None:
+            return None
+        return msg.data or b"", msg.seq, headers
+
+    async def write_with_headers(self, key: str, value: bytes, last: int, headers: dict[str, str]) -> int:
+        """Compare-and-set like `write`, storing `headers` in the same message (so atomically)."""
+        subject = f"$KV.{self.name}.{key}"
+        try:
+            try:
+                return await self._publish_expecting(subject, value, last, headers)
+            except StateConflict:
+                if last != 0:
+                    raise
+                # "Must not exist" also accepts a delete tombstone, as KeyValue.create does.
+                msg = await self._js.get_msg(f"KV_{self.name}", subject=subject, direct=True)
+                if (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE") or msg.seq is None:
+                    raise
+                return await self._publish_expecting(subject, value, msg.seq, headers)
+        except (nats.errors.TimeoutError, jse.ServiceUnavailableError, jse.NoStreamResponseError) as exc:
+            raise Unavailable(f"KV {self.name} did not confirm the write: {exc}") from exc
+
+    async def _publish_expecting(self, subject: str, value: bytes, last: int, headers: dict[str, str]) -> int:
+        try:
+            ack = await self._js.publish(
+                subject, value, headers={**headers, "Nats-Expected-Last-Subject-Sequence": str(last)}
+            )
+        except jse.APIError as exc:
+            if exc.err_code in (10071, 10164):
+                raise StateConflict(f"{self.name}/{subject} changed since revision {last}") from exc
+            raise
+        return ack.seq
+
     async def put_with_ttl(self, key: str, value: bytes, ttl_seconds: int) -> int:
         ack = await self._js.publish(f"$KV.{self.name}.{key}", value, msg_ttl=ttl_seconds)
         return ack.seq
@@ -203,7 +249,7 @@ class Bucket:
                     break
                 found.append(entry.key)
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
         return found
 
     @property

@@ -7,15 +7,18 @@ import asyncio
 import importlib
 import signal
 import sys
+import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
 
-from mesh import bus, metrics, subjects, timeline
+from mesh import bus, deadletters, metrics, subjects, timeline
 from mesh.agent import Agent
 from mesh.client import MeshClient
-from mesh.errors import MeshError
+from mesh.delivery import DurableDelivery
+from mesh.errors import BadJson, MeshError
 from mesh.health import open_health_server
 from mesh.logging import configure_logging
 from mesh.observe import Observer
@@ -83,7 +86,44 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=100, help="newest events to print (default 100)")
     history.add_argument("--trace", help="only events of this trace id")
     history.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_durable_commands(commands, with_nats)
     return parser
+
+
+def add_durable_commands(commands: Any, with_nats: Any) -> None:
+    send = with_nats(commands.add_parser("send", help="store a durable message for TYPE/NAME (runs once, even across crashes)"))
+    send.add_argument("address", help="TYPE/NAME")
+    send.add_argument("payload", nargs="?", default="null", help="JSON message body")
+    send.add_argument("--id", dest="msg_id", help="message id (Nats-Msg-Id); a repeat within 2 minutes is stored once")
+    send.add_argument("--method", help="run this @mesh.method of the agent instead of on_request")
+
+    sched = commands.add_parser("schedule", help="add, list or cancel schedules")
+    verbs = sched.add_subparsers(dest="verb", required=True)
+    add = with_nats(verbs.add_parser("add", help="register (or replace) schedule ID of TYPE/NAME"))
+    add.add_argument("address", help="TYPE/NAME")
+    add.add_argument("id", help="schedule id: letters, digits, - and _ (1 to 64)")
+    when = add.add_mutually_exclusive_group(required=True)
+    when.add_argument("--at", help="once, at this RFC 3339 time with a zone, e.g. 2026-12-01T09:00:00Z")
+    when.add_argument("--in", dest="delay", type=float, help="once, after this many seconds")
+    when.add_argument("--every", help="repeatedly, e.g. 30s, 5m, 1h")
+    when.add_argument("--cron", help='on a 6-field cron expression (seconds first), e.g. "0 0 9 * * *"')
+    add.add_argument("--payload", default="null", help="JSON body delivered each time")
+    add.add_argument("--method", help="run this @mesh.method of the agent instead of on_request")
+    sls = with_nats(verbs.add_parser("ls", help="list schedules, optionally of TYPE or TYPE/NAME"))
+    sls.add_argument("address", nargs="?")
+    cancel = with_nats(verbs.add_parser("cancel", help="cancel schedule ID of TYPE/NAME"))
+    cancel.add_argument("address", help="TYPE/NAME")
+    cancel.add_argument("id")
+
+    dead = commands.add_parser("dead-letters", help="list, re-drive or drop durable messages that kept failing")
+    dverbs = dead.add_subparsers(dest="verb")
+    with_nats(dverbs.add_parser("ls", help="list dead letters (the default)"))
+    redrive = with_nats(dverbs.add_parser("redrive", help="send dead letters to their instance again"))
+    redrive.add_argument("seq", nargs="*", type=int, help="sequence numbers to re-drive")
+    redrive.add_argument("--all", action="store_true", help="re-drive every dead letter")
+    drop = with_nats(dverbs.add_parser("drop", help="delete dead letters without re-driving them"))
+    drop.add_argument("seq", nargs="+", type=int)
+    with_nats(dead)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,10 +189,15 @@ async def _serve(settings: MeshSettings, url: str) -> int:
             collector=metrics.RuntimeCollector(runtime),
         ):
             await runtime.start()
+            delivery = DurableDelivery(runtime, settings.durable_options())
             try:
+                await delivery.start()
                 await stop.wait()
             finally:
-                await runtime.stop()
+                # Stop pulling first (in-flight deliveries finish and are acked), then stop taking turns.
+                deadline = time.monotonic() + settings.shutdown_grace
+                await delivery.stop(grace=settings.shutdown_grace)
+                await runtime.stop(grace=max(0.5, deadline - time.monotonic()))
     finally:
         if recorder is not None:
             await recorder.stop()
@@ -262,9 +307,82 @@ def _print_event(event: timeline.Event, as_json: bool) -> None:
     print(orjson.dumps(event.to_json()).decode() if as_json else event.line(), flush=True)
 
 
+def _json_arg(text: str, what: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise BadJson(f"the {what} is not JSON: {exc}") from exc
+
+
+async def cmd_send(args: argparse.Namespace, settings: MeshSettings) -> int:
+    agent_type, name = subjects.parse_address(args.address)
+    payload = _json_arg(args.payload, "payload argument")
+    async with await _client(args, settings) as client:
+        seq = await client.send_durable(agent_type, name, payload, msg_id=args.msg_id, method=args.method)
+    print(orjson.dumps({"stream": subjects.DURABLE_STREAM, "seq": seq}).decode())
+    return 0
+
+
+async def cmd_schedule(args: argparse.Namespace, settings: MeshSettings) -> int:
+    async with await _client(args, settings) as client:
+        if args.verb == "add":
+            agent_type, name = subjects.parse_address(args.address)
+            at = None
+            if args.at:
+                try:
+                    at = datetime.fromisoformat(args.at.replace("Z", "+00:00"))
+                except ValueError as exc:
+                    raise BadJson(f"--at {args.at!r} is not an RFC 3339 time") from exc
+            payload = _json_arg(args.payload, "--payload")
+            await client.schedule(
+                agent_type, name, args.id, payload, at=at, delay=args.delay, every=args.every, cron=args.cron,
+                method=args.method,
+            )
+            print(f"schedule {args.id} of {agent_type}/{name} registered", file=sys.stderr)
+            return 0
+        if args.verb == "cancel":
+            agent_type, name = subjects.parse_address(args.address)
+            if not await client.cancel_schedule(agent_type, name, args.id):
+                print(f"mesh: {agent_type}/{name} has no schedule {args.id}", file=sys.stderr)
+                return 1
+            print(f"schedule {args.id} of {agent_type}/{name} cancelled", file=sys.stderr)
+            return 0
+        of_type: str | None = None
+        of_name: str | None = None
+        if args.address and "/" in args.address:
+            of_type, of_name = subjects.parse_address(args.address)
+        elif args.address:
+            of_type = subjects.check_type(args.address)
+        found = await client.schedules(of_type, of_name)
+    for info in found:
+        print(orjson.dumps(info.model_dump()).decode())
+    return 0
+
+
+async def cmd_dead_letters(args: argparse.Namespace, settings: MeshSettings) -> int:
+    async with await _client(args, settings) as client:
+        js = client.nc.jetstream()
+        if args.verb == "redrive":
+            seqs = [d.seq for d in await deadletters.list_dead(js)] if args.all else args.seq
+            for seq in seqs:
+                ack = await deadletters.redrive(js, seq)
+                print(f"dead letter {seq} re-driven as {subjects.DURABLE_STREAM} message {ack.seq}", file=sys.stderr)
+            return 0
+        if args.verb == "drop":
+            missing = [seq for seq in args.seq if not await deadletters.drop(js, seq)]
+            for seq in missing:
+                print(f"mesh: there is no dead letter {seq}", file=sys.stderr)
+            return 1 if missing else 0
+        letters = await deadletters.list_dead(js)  # no MESH_DEAD stream yet: nothing ever failed
+    for letter in letters:
+        print(orjson.dumps(letter.model_dump(mode="json")).decode())
+    return 0
+
+
 COMMANDS = {
     "up": cmd_up, "worker": cmd_worker, "call": cmd_call, "state": cmd_state, "ls": cmd_ls,
     "tail": cmd_tail, "history": cmd_history,
+    "send": cmd_send, "schedule": cmd_schedule, "dead-letters": cmd_dead_letters,
 }
 
 if __name__ == "__main__":

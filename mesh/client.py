@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 from nats.aio.client import Client
@@ -12,6 +13,9 @@ from mesh import bus, subjects, wire
 from mesh.context import current_turn
 from mesh.errors import MeshTimeout, PayloadTooLarge
 from mesh.tracing import child_traceparent
+
+if TYPE_CHECKING:
+    from mesh.schedules import ScheduleInfo
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -70,6 +74,45 @@ class MeshClient:
             await self.nc.publish(subjects.agent_subject(agent_type, name), data, headers=headers)
         except nats.errors.MaxPayloadError as exc:
             raise PayloadTooLarge(f"message of {len(data)} bytes is over NATS max_payload") from exc
+
+    async def send_durable(
+        self, agent_type: str, name: str, payload: Any = None, *, msg_id: str | None = None, method: str | None = None
+    ) -> int:
+        """Store a message for the instance in JetStream and return its stream sequence.
+
+        It runs as a turn at least once and takes effect once (`mesh.delivery`); a send retried with
+        the same `msg_id` within two minutes is stored only once. Workers create the stream (with
+        `MESH_REPLICAS`); a send that finds none creates it with one replica.
+        """
+        from mesh.durable import publish_durable
+
+        _, headers = self._outgoing(None)
+        ack = await publish_durable(
+            self.nc.jetstream(), agent_type, name, payload, msg_id=msg_id, method=method,
+            headers={subjects.HEADER_TRACEPARENT: headers[subjects.HEADER_TRACEPARENT]},
+        )
+        return ack.seq
+
+    async def schedule(
+        self, agent_type: str, name: str, schedule_id: str, payload: Any = None, *, at: datetime | None = None,
+        delay: float | None = None, every: float | str | None = None, cron: str | None = None,
+        method: str | None = None,
+    ) -> int:
+        """Register (or replace, same id) a schedule delivering `payload` to the instance."""
+        from mesh.schedules import put_schedule, schedule_spec
+
+        spec = schedule_spec(at=at, delay=delay, every=every, cron=cron)
+        return await put_schedule(self.nc.jetstream(), agent_type, name, schedule_id, spec, payload, method=method)
+
+    async def cancel_schedule(self, agent_type: str, name: str, schedule_id: str) -> bool:
+        from mesh.schedules import cancel_schedule
+
+        return await cancel_schedule(self.nc.jetstream(), agent_type, name, schedule_id)
+
+    async def schedules(self, agent_type: str | None = None, name: str | None = None) -> list[ScheduleInfo]:
+        from mesh.schedules import list_schedules
+
+        return await list_schedules(self.nc.jetstream(), agent_type, name)
 
     async def emit(self, agent_type: str, name: str, kind: str, data: Any = None) -> None:
         """Publish an event on `events.<type>.<name>.<kind>`."""

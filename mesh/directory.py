@@ -39,8 +39,9 @@ class Directory:
         self.workers = workers
         self.worker_id = worker_id
         self.lease_ttl = lease_ttl
-        self.heartbeat = heartbeat
         self._safety = max(1.0, lease_ttl / 4)
+        # Renew at least three times within the fence margin, so one slow renewal never fences us.
+        self.heartbeat = min(heartbeat, (lease_ttl - self._safety) / 3)
         self._lease_until = 0.0
         self.epoch = 0  # bumped whenever the lease is regained after lapsing
         self._info = wire.dumps({"worker": worker_id, "host": socket.gethostname(), "pid": os.getpid()})

@@ -5,7 +5,8 @@
     │   ├── BadJson             body is not JSON                                   bad_json 400
     │   ├── NameInvalid         instance or type name cannot be addressed          name_invalid 400
     │   ├── PayloadTooLarge     body over the configured request limit             payload_too_large 413
-    │   └── SchemaMismatch      JSON does not match the handler's request model    schema_mismatch 422
+    │   ├── SchemaMismatch      JSON does not match the handler's request model    schema_mismatch 422
+    │   └── MethodNotFound      `Mesh-Method` names no method marked `@mesh.method`  method_not_found 404
     ├── AgentError              the handler raised                                 handler_error 500
     ├── StateError              a turn produced state that cannot be saved
     │   ├── StateInvalid        state fails its own model's validation             state_invalid 500
@@ -65,6 +66,11 @@ class SchemaMismatch(RequestError):
     status = 422
 
 
+class MethodNotFound(RequestError):
+    code = "method_not_found"
+    status = 404
+
+
 class AgentError(MeshError):
     code = "handler_error"
     status = 500
@@ -116,16 +122,15 @@ class ConnectionFailed(MeshError):
 
 
 def _leaves(cls: type[MeshError]) -> list[type[MeshError]]:
-    found = []
+    found: list[type[MeshError]] = []
     for sub in cls.__subclasses__():
         found.append(sub)
         found.extend(_leaves(sub))
     return found
 
 
-ERRORS_BY_CODE: dict[str, type[MeshError]] = {
-    cls.code: cls for cls in [MeshError, *_leaves(MeshError)]
-}
+_ALL: list[type[MeshError]] = [MeshError, *_leaves(MeshError)]
+ERRORS_BY_CODE: dict[str, type[MeshError]] = {cls.code: cls for cls in _ALL}
 """Every error class by its wire code; the table in subjects.md lists the same codes."""
 
 

@@ -13,9 +13,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from prometheus_client.registry import Collector
-
 import structlog
+from prometheus_client.registry import Collector
 
 from mesh import metrics
 from mesh.errors import MeshError

@@ -27,7 +27,6 @@ from mesh.agent import Agent
 from mesh.client import MeshClient
 from mesh.context import TurnContext, current_turn
 from mesh.directory import Directory, new_worker_id
-from mesh.observe import Observer, TurnRecord
 from mesh.errors import (
     AgentError,
     CallCycle,
@@ -38,6 +37,8 @@ from mesh.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from mesh.methods import invoke_method
+from mesh.observe import Observer, TurnRecord
 
 MAX_HOPS = 3
 SHUTTING_DOWN = "worker is shutting down; retry"
@@ -139,7 +140,9 @@ class Runtime:
             metadata={"mesh.kind": "agent", "mesh.type": agent_type, "mesh.worker": self.worker_id},
             queue_group="mesh", stats_handler=stats_data,
         )
-        await service.add_endpoint(name="request", subject=subjects.agent_wildcard(agent_type), handler=self._on_request)
+        await service.add_endpoint(
+            name="request", subject=subjects.agent_wildcard(agent_type), handler=self._on_request
+        )
         return service
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -241,7 +244,8 @@ class Runtime:
                 )
             chain = headers.get(subjects.HEADER_CHAIN)
             if chain and key in chain.split(","):
-                raise CallCycle(f"{agent_type}/{subjects.decode_name(token)} is already waiting in this call chain: {chain}")
+                name = subjects.decode_name(token)
+                raise CallCycle(f"{agent_type}/{name} is already waiting in this call chain: {chain}")
             if not self._accepting:
                 raise Unavailable(SHUTTING_DOWN)
             envelope = Envelope(msg.data, msg.reply or None, headers, _deadline(headers, msg.reply))
@@ -357,7 +361,12 @@ class Runtime:
         token = current_turn.set(turn)
         started = time.time()
         try:
-            result = await cls(name, None, self.client).on_request(decode_request(cls, envelope.data))
+            agent = cls(name, None, self.client)
+            method = envelope.headers.get(subjects.HEADER_METHOD)
+            if method:
+                result = await invoke_method(agent, method, envelope.data)
+            else:
+                result = await agent.on_request(decode_request(cls, envelope.data))
             outcome = Outcome(envelope, wire.dumps(result), None)
             self.stats[cls.type].turns += 1
         except Exception as exc:

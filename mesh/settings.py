@@ -8,6 +8,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh.bus import NatsOptions
+from mesh.durable import DurableOptions
 from mesh.runtime import RuntimeOptions
 
 
@@ -50,6 +51,11 @@ class MeshSettings(BaseSettings):
     idle_timeout: float = 300.0
     lease_ttl: int = Field(default=6, ge=2)
     call_timeout: float = 30.0
+    shutdown_grace: float = Field(default=10.0, description="Seconds a stopping worker lets in-flight turns finish.")
+    durable_max_attempts: int = Field(default=5, ge=1, description="Deliveries of a failing message before it is dead-lettered.")
+    durable_backoff: str = Field(default="1,2,5,10,30", description="Seconds before each redelivery, comma separated.")
+    durable_ack_wait: float = Field(default=10.0, gt=0, description="Seconds before JetStream redelivers a silent delivery.")
+    durable_turn_timeout: float = Field(default=30.0, gt=0, description="Seconds a delivery waits for its turn.")
 
     def nats_options(self, url: str, name: str) -> NatsOptions:
         return NatsOptions.from_url(
@@ -59,6 +65,13 @@ class MeshSettings(BaseSettings):
             creds_file=self.nats_creds, nkey_seed_file=self.nats_nkey_seed,
             tls_ca_file=self.nats_tls_ca, tls_cert_file=self.nats_tls_cert, tls_key_file=self.nats_tls_key,
             tls_hostname=self.nats_tls_hostname,
+        )
+
+    def durable_options(self) -> DurableOptions:
+        backoff = tuple(float(x) for x in self.durable_backoff.split(",") if x.strip())
+        return DurableOptions(
+            max_attempts=self.durable_max_attempts, backoff=backoff, ack_wait=self.durable_ack_wait,
+            turn_timeout=self.durable_turn_timeout, replicas=self.replicas,
         )
 
     def runtime_options(self) -> RuntimeOptions:

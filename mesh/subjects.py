@@ -27,6 +27,11 @@ _ESCAPES: Final = [chr(b) if b in _SAFE else f"={b:02X}" for b in range(256)]
 STATE_BUCKET: Final = "mesh_state"
 DIRECTORY_BUCKET: Final = "mesh_dir"
 WORKERS_BUCKET: Final = "mesh_workers"
+DURABLE_STREAM: Final = "MESH_DURABLE"
+DEAD_STREAM: Final = "MESH_DEAD"
+# Durable messages are spread over this many partitions per agent type by the stream's subject
+# transform; each partition is one consumer with one message in flight (see subjects.md).
+DURABLE_PARTITIONS: Final = 8
 EVENTS_STREAM: Final = "mesh_events"  # keeps `events.>`: the flight recorder (and live views' resume)
 
 # Headers the mesh reads or writes.
@@ -37,6 +42,15 @@ HEADER_TRACEPARENT: Final = "traceparent"
 HEADER_TIMEOUT: Final = "Mesh-Timeout-Ms"
 HEADER_CHAIN: Final = "Mesh-Call-Chain"
 HEADER_HOPS: Final = "Mesh-Hops"
+HEADER_MSG_ID: Final = "Mesh-Msg-Id"
+HEADER_APPLIED: Final = "Mesh-Applied"
+HEADER_METHOD: Final = "Mesh-Method"
+HEADER_SCHEDULE_ID: Final = "Mesh-Schedule-Id"
+HEADER_ATTEMPTS: Final = "Mesh-Attempts"
+HEADER_NATS_MSG_ID: Final = "Nats-Msg-Id"
+HEADER_NATS_SCHEDULE: Final = "Nats-Schedule"
+HEADER_NATS_SCHEDULE_TARGET: Final = "Nats-Schedule-Target"
+HEADER_NATS_SCHEDULER: Final = "Nats-Scheduler"
 
 HEADERS: Final = (
     HEADER_ERROR_CODE,
@@ -46,6 +60,15 @@ HEADERS: Final = (
     HEADER_TIMEOUT,
     HEADER_CHAIN,
     HEADER_HOPS,
+    HEADER_MSG_ID,
+    HEADER_APPLIED,
+    HEADER_METHOD,
+    HEADER_SCHEDULE_ID,
+    HEADER_ATTEMPTS,
+    HEADER_NATS_MSG_ID,
+    HEADER_NATS_SCHEDULE,
+    HEADER_NATS_SCHEDULE_TARGET,
+    HEADER_NATS_SCHEDULER,
 )
 
 SUBJECT_PATTERNS: Final = (
@@ -56,6 +79,10 @@ SUBJECT_PATTERNS: Final = (
     "$KV.mesh_state.<type>.<name>",
     "$KV.mesh_dir.<type>.<name>",
     "$KV.mesh_workers.<worker>",
+    "durable.<type>.<name>",
+    "durable.<type>.<partition>.<name>",
+    "schedules.<type>.<name>.<id>",
+    "dead.<type>.<name>",
 )
 
 
@@ -139,3 +166,30 @@ def parse_address(address: str) -> tuple[str, str]:
     check_type(agent_type)
     encode_name(name)
     return agent_type, name
+
+
+SCHEDULE_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def durable_subject(agent_type: str, name: str) -> str:
+    """Where a durable message to an instance is published; the stream files it under a partition."""
+    return f"durable.{instance_key(agent_type, name)}"
+
+
+def durable_partition_filter(agent_type: str, partition: int) -> str:
+    return f"durable.{check_type(agent_type)}.{partition}.*"
+
+
+def schedule_subject(agent_type: str, name: str, schedule_id: str) -> str:
+    """The one subject a schedule lives on: publishing to it again replaces the schedule."""
+    return f"schedules.{instance_key(agent_type, name)}.{check_schedule_id(schedule_id)}"
+
+
+def dead_subject(agent_type: str, token: str) -> str:
+    return f"dead.{check_type(agent_type)}.{token}"
+
+
+def check_schedule_id(schedule_id: str) -> str:
+    if not isinstance(schedule_id, str) or not SCHEDULE_ID_PATTERN.match(schedule_id):
+        raise NameInvalid(f"schedule id {str(schedule_id)[:80]!r} must match {SCHEDULE_ID_PATTERN.pattern}")
+    return schedule_id

@@ -6,11 +6,10 @@ Events are read back as `Event` values whatever produced them: the recorder's ow
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import nats.errors
@@ -41,7 +40,7 @@ class Event:
 
     def line(self) -> str:
         """One human-readable line: time, address, kind, a summary and the trace id."""
-        stamp = datetime.fromtimestamp(self.at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        stamp = datetime.fromtimestamp(self.at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         data = self.data if isinstance(self.data, dict) else {}
         if self.kind in ("turn", "error"):
             summary = f"{data.get('outcome')} {data.get('duration_ms')}ms worker={data.get('worker')}"
@@ -88,7 +87,7 @@ def decode(msg: Msg, stored_at: float | None = None) -> Event | None:
         data = msg.data.decode(errors="replace")
     tid = data.get("trace_id") if isinstance(data, dict) else None
     tid = tid or trace_id((msg.headers or {}).get(subjects.HEADER_TRACEPARENT))
-    at = _time_of(data) or stored_at or datetime.now(timezone.utc).timestamp()
+    at = _time_of(data) or stored_at or datetime.now(UTC).timestamp()
     return Event(parts[1], name, parts[3], tid, at, data)
 
 
@@ -134,7 +133,7 @@ async def history(nc: Client, subject: str, *, limit: int = 100, wait: float = 5
         while True:
             try:
                 msg = await sub.next_msg(timeout=wait)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 break
             event = decode(msg, stored_at=msg.metadata.timestamp.timestamp())
             if event is not None:

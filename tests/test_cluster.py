@@ -9,14 +9,13 @@ from pathlib import Path
 import nats.errors
 import nats.js.errors
 import pytest
+from test_workers import PYTHONPATH, assert_no_overlap, turn_log
 
 from mesh import MeshClient, MeshError, NatsServer, subjects
 from mesh.bus import NatsOptions, connect
 from mesh.server import free_port
-from tests.test_workers import assert_no_overlap, turn_log
 
-ROOT = str(Path(__file__).parent.parent)
-WORKER_ENV = {"MESH_LOG_LEVEL": "debug", "PYTHONPATH": ROOT, "MESH_LEASE_TTL": "3", "MESH_REPLICAS": "3"}
+WORKER_ENV = {"MESH_LOG_LEVEL": "debug", "PYTHONPATH": PYTHONPATH, "MESH_LEASE_TTL": "3", "MESH_REPLICAS": "3"}
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +44,7 @@ async def start_cluster(folder: Path) -> list[NatsServer]:
             try:
                 if (await nc.jetstream().account_info()) is not None:
                     break
-            except (nats.errors.Error, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.Error):
                 await asyncio.sleep(0.1)
     finally:
         await nc.close()
@@ -60,7 +59,7 @@ async def test_workers_spread_join_and_leave_on_a_three_node_cluster(tmp_path, w
         # Each worker connects first to a different node (its URL list starts there).
         def start_worker(index: int):
             ordered = urls[index % 3:] + urls[: index % 3]
-            return worker_factory(",".join(ordered), "tests.agents", WORKER_ENV)
+            return worker_factory(",".join(ordered), "core_agents", WORKER_ENV)
 
         workers.extend(start_worker(i) for i in range(3))
         client = MeshClient(await connect(NatsOptions.from_url(",".join(urls))), default_timeout=15)

@@ -44,7 +44,8 @@ def test_error_codes_agree() -> None:
 def test_buckets_agree() -> None:
     documented = {ticked(row[0]) for row in table("Buckets")}
     assert documented == {
-        subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET, subjects.WORKERS_BUCKET, subjects.EVENTS_STREAM,
+        subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET, subjects.WORKERS_BUCKET,
+        subjects.DURABLE_STREAM, subjects.DEAD_STREAM, subjects.EVENTS_STREAM,
     }
 
 

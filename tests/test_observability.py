@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from core_agents import AGENTS
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh import MeshClient, NatsServer, Runtime
@@ -20,10 +21,9 @@ from mesh.metrics import EVENTS_DROPPED
 from mesh.observe import TurnRecord
 from mesh.recorder import FlightRecorder
 from mesh.server import free_port
-from tests.agents import AGENTS
 
 ROOT = Path(__file__).parent.parent
-ENV = {"PYTHONPATH": str(ROOT), "MESH_LEASE_TTL": "3"}
+ENV = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "MESH_LEASE_TTL": "3"}
 
 
 def http_get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
@@ -51,7 +51,7 @@ async def scrape(port: int) -> dict:
 
 async def test_worker_metrics_move_with_requests_and_probes_answer(nats_server, worker_factory) -> None:
     port = free_port()
-    worker_factory(nats_server.url, "tests.agents", {**ENV, "MESH_METRICS_PORT": str(port)})
+    worker_factory(nats_server.url, "core_agents", {**ENV, "MESH_METRICS_PORT": str(port)})
     client = MeshClient(await connect(NatsOptions.from_url(nats_server.url)), default_timeout=10)
     try:
         ok = ("mesh_turns_total", (("outcome", "ok"), ("type", "counter")))
@@ -117,7 +117,7 @@ async def test_tail_links_a_request_across_two_agents_and_history_survives_a_res
     server = NatsServer(store)
     await server.start()
     try:
-        workers = [worker_factory(server.url, "tests.agents", ENV) for _ in range(2)]
+        workers = [worker_factory(server.url, "core_agents", ENV) for _ in range(2)]
         tail = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "mesh", "tail", "hop", "--json", "--count", "5",
             env={**os.environ, "NATS_URL": server.url, **ENV},

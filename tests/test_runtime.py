@@ -6,14 +6,14 @@ import time
 import nats
 import orjson
 import pytest
+from core_agents import AGENTS
 
 from mesh import (
     AgentError,
-    MeshTimeout,
-    Unavailable,
     BadJson,
     CallCycle,
     MeshClient,
+    MeshTimeout,
     NameInvalid,
     NoResponders,
     PayloadTooLarge,
@@ -22,10 +22,10 @@ from mesh import (
     StateConflict,
     StateInvalid,
     StateTooLarge,
+    Unavailable,
     instance_key,
 )
 from mesh.bus import Bucket, open_bucket
-from tests.agents import AGENTS
 
 
 async def state_bucket(client: MeshClient) -> Bucket:
@@ -42,7 +42,7 @@ async def test_counter_keeps_state_per_name(mesh_factory, mesh_client) -> None:
     assert await mesh_client.state("counter", "never") is None
 
 
-async def test_each_bad_request_gets_its_error_and_the_next_one_succeeds(mesh_factory, mesh_client, nats_server) -> None:
+async def test_each_bad_request_gets_its_error_and_the_next_one_succeeds(mesh_factory, mesh_client) -> None:
     await mesh_factory(AGENTS)
     nc = mesh_client.nc
     cases = [
@@ -227,7 +227,7 @@ async def test_workers_ride_out_a_nats_server_restart(mesh_factory, mesh_client,
             break
         await asyncio.sleep(0.05)
     for i in range(20):
-        for attempt in range(50):
+        for _ in range(50):
             try:
                 assert await mesh_client.call("counter", f"z{i}", {"add": 1}, timeout=5) == {"value": 2}
                 break

@@ -13,7 +13,7 @@ from mesh import MeshClient, NatsServer, Runtime
 from mesh.bus import NatsOptions, connect
 from mesh.errors import ConnectionFailed
 from mesh.recorder import FlightRecorder
-from services.demo import Counter, Echo
+from services.demo import Counter
 
 ROOT = Path(__file__).parent.parent
 AUTH_CONF = ROOT / "deploy" / "nats" / "auth.conf"
@@ -161,9 +161,10 @@ async def test_no_secret_appears_in_any_log_line(tmp_path, worker_factory) -> No
     async with NatsServer(tmp_path / "store", extra_args=["--user", "meshuser", "--pass", password]) as server:
         env = {
             "MESH_NATS_USER": "meshuser", "MESH_NATS_PASSWORD": password, "MESH_NATS_TOKEN": "",
-            "MESH_LOG_LEVEL": "debug", "PYTHONPATH": str(ROOT), "MESH_METRICS_PORT": "0",
+            "MESH_LOG_LEVEL": "debug", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
+            "MESH_METRICS_PORT": "0",
         }
-        worker = worker_factory(server.url, "tests.agents", env)
+        worker = worker_factory(server.url, "core_agents", env)
         outputs = []
 
         def mesh(*args: str, **extra: str) -> None:

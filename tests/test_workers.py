@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -12,8 +13,9 @@ from mesh import MeshClient, MeshError, NatsServer
 from mesh.bus import NatsOptions, connect
 from mesh.testing import WorkerProcess
 
-ROOT = str(Path(__file__).parent.parent)
-WORKER_ENV = {"MESH_LOG_LEVEL": "debug", "PYTHONPATH": ROOT, "MESH_LEASE_TTL": "3"}
+TESTS = Path(__file__).parent
+PYTHONPATH = os.pathsep.join([str(TESTS), str(TESTS.parent)])
+WORKER_ENV = {"MESH_LOG_LEVEL": "debug", "PYTHONPATH": PYTHONPATH, "MESH_LEASE_TTL": "3"}
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +38,7 @@ def assert_no_overlap(turns: list[dict]) -> None:
         by_instance[(t["agent_type"], t["agent_name"])].append((t["started_at"], t["ended_at"], t["worker"]))
     for instance, intervals in by_instance.items():
         intervals.sort()
-        for (s1, e1, w1), (s2, e2, w2) in zip(intervals, intervals[1:]):
+        for (s1, e1, w1), (s2, e2, w2) in zip(intervals, intervals[1:], strict=False):
             assert s2 >= e1, f"turns of {instance} overlap: {(s1, e1, w1)} and {(s2, e2, w2)}"
 
 
@@ -45,7 +47,7 @@ async def new_client(url: str) -> MeshClient:
 
 
 async def test_three_workers_one_hot_instance_then_many_instances(nats_server, worker_factory) -> None:
-    workers = [worker_factory(nats_server.url, "tests.agents", WORKER_ENV) for _ in range(3)]
+    workers = [worker_factory(nats_server.url, "core_agents", WORKER_ENV) for _ in range(3)]
     client = await new_client(nats_server.url)
     try:
         # 1. 1,000 concurrent adds from 50 client tasks to one instance.
@@ -82,7 +84,7 @@ async def test_state_survives_restarting_every_worker_and_the_server(tmp_path, w
     server = NatsServer(store)
     await server.start()
     try:
-        workers = [worker_factory(server.url, "tests.agents", WORKER_ENV) for _ in range(2)]
+        workers = [worker_factory(server.url, "core_agents", WORKER_ENV) for _ in range(2)]
         client = await new_client(server.url)
         await asyncio.gather(*(client.call("counter", f"r{i}", {"add": i + 1}) for i in range(200)))
         await asyncio.gather(*(client.call("counter", "r0", {"add": 1}) for _ in range(99)))
@@ -93,7 +95,7 @@ async def test_state_survives_restarting_every_worker_and_the_server(tmp_path, w
 
         server = NatsServer(store, port=server.port)
         await server.start()
-        workers = [worker_factory(server.url, "tests.agents", WORKER_ENV) for _ in range(2)]
+        workers = [worker_factory(server.url, "core_agents", WORKER_ENV) for _ in range(2)]
         client = await new_client(server.url)
         for i in range(1, 200):
             assert await client.state("counter", f"r{i}") == {"value": i + 1}
@@ -107,7 +109,7 @@ async def test_state_survives_restarting_every_worker_and_the_server(tmp_path, w
 
 
 async def test_sigkill_mid_load_loses_no_acknowledged_update(nats_server, worker_factory) -> None:
-    workers = [worker_factory(nats_server.url, "tests.agents", WORKER_ENV) for _ in range(3)]
+    workers = [worker_factory(nats_server.url, "core_agents", WORKER_ENV) for _ in range(3)]
     client = await new_client(nats_server.url)
     instances = [f"k{i}" for i in range(24)]
     acked: dict[str, list[int]] = defaultdict(list)

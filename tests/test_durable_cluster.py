@@ -1,0 +1,105 @@
+"""A three-node nats-server cluster: losing one node loses no acknowledged update; the mesh keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest_asyncio
+from durable_support import APP, backlog, env, eventually, value, wait_log
+from nats.js.api import KeyValueConfig, StorageType
+
+from mesh import bus, subjects
+from mesh.client import MeshClient
+from mesh.errors import MeshError
+from mesh.server import NatsServer, free_port
+
+SENDS = 500
+
+
+@pytest_asyncio.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[list[NatsServer]]:
+    """Three JetStream nodes on 127.0.0.1 routed into one cluster (NOTES 3.6)."""
+    route_ports = [free_port() for _ in range(3)]
+    routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in route_ports)
+    servers = []
+    for i, port in enumerate(route_ports, 1):
+        conf = tmp_path / f"n{i}.conf"
+        conf.write_text(
+            f"server_name: n{i}\ncluster {{\n  name: mesh\n  listen: 127.0.0.1:{port}\n  routes: [{routes}]\n}}\n"
+        )
+        servers.append(NatsServer(tmp_path / f"n{i}", config_file=conf))
+    try:
+        await asyncio.gather(*(s.start() for s in servers))
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+async def test_stopping_one_of_three_nodes_loses_no_acknowledged_update(cluster, worker_factory):
+    url = ",".join(s.url for s in cluster)
+    client = MeshClient(await bus.connect(bus.NatsOptions.from_url(url)), default_timeout=5.0)
+    try:
+        js = client.nc.jetstream(timeout=5.0)
+
+        async def ready() -> bool:
+            try:
+                await js.account_info()
+                return True
+            except Exception:
+                return False
+
+        await eventually(ready, bool, timeout=30)
+        for bucket in (subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET, subjects.WORKERS_BUCKET):
+            await js.create_key_value(KeyValueConfig(
+                bucket=bucket, history=1, storage=StorageType.FILE, direct=True, replicas=3,
+            ))
+        workers = [worker_factory(url, app=APP, env=env(MESH_REPLICAS="3")) for _ in range(2)]
+        for w in workers:
+            wait_log(w, "durable.started")
+        info = await js.stream_info(subjects.DURABLE_STREAM)
+        assert info.config.num_replicas == 3 and len(info.cluster.replicas or []) == 2
+
+        stored = calls_ok = calls_tried = ok_after_stop = 0
+        stopped = asyncio.Event()
+        done = asyncio.Event()
+
+        async def durable_load() -> None:
+            nonlocal stored
+            for i in range(SENDS):
+                await client.send_durable("counter", "ha", {"add": 1}, msg_id=f"ha-{i}")
+                stored += 1
+                if i % 10 == 9:
+                    await asyncio.sleep(0.03)
+
+        async def call_load() -> None:
+            nonlocal calls_ok, calls_tried, ok_after_stop
+            while not done.is_set():
+                calls_tried += 1
+                try:
+                    await client.call("counter", "calls", {"add": 1}, timeout=5)
+                    calls_ok += 1
+                    ok_after_stop += stopped.is_set()
+                except MeshError:
+                    await asyncio.sleep(0.1)
+
+        loads = [asyncio.create_task(durable_load()), asyncio.create_task(call_load())]
+        await eventually(lambda: value(client, "counter", "ha"), lambda v: v >= 100, timeout=30)
+        leader = (await js.stream_info(subjects.DURABLE_STREAM)).cluster.leader
+        victim = next(s for s in cluster if f"server_name: {leader}\n" in Path(s.config_file).read_text())
+        victim.kill()  # the stream leader crashes mid-load
+        stopped.set()
+        await loads[0]
+        assert stored == SENDS
+        await eventually(lambda: value(client, "counter", "ha"), lambda v: v >= SENDS, timeout=60)
+        await eventually(lambda: asyncio.sleep(0.2, ok_after_stop), lambda n: n >= 5, timeout=30)
+        done.set()
+        await loads[1]
+        await eventually(lambda: backlog(client, "counter", "ha"), lambda n: n == 0, timeout=30)
+        assert await value(client, "counter", "ha") == SENDS
+        total = await value(client, "counter", "calls")
+        assert calls_ok <= total <= calls_tried
+    finally:
+        await client.close()
