@@ -65,8 +65,8 @@ APPROVALS_PENDING = Gauge(
     "mesh_approvals_pending", "Tool calls waiting for a human decision, by agent type.", ["type"], registry=REGISTRY,
 )
 DURABLE_BACKLOG = Gauge(
-    "mesh_durable_backlog", "Durable messages stored but not yet processed (read from the stream).",
-    registry=REGISTRY,
+    "mesh_durable_backlog", "Durable messages waiting for delivery, by agent type, as this worker last saw them.",
+    ["type"], registry=REGISTRY,
 )
 DEAD_LETTERS = Counter(
     "mesh_dead_letters", "Durable messages moved to the dead-letter stream, by agent type.", ["type"],

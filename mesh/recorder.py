@@ -14,7 +14,8 @@ Events (subject `events.<type>.<token>.<kind>`, header `traceparent`, JSON body 
 - `call`: on the *caller's* subject, one per call that reached another instance (`to`, `outcome`).
 - `state`: a state write (`revision`, `size`).
 
-Other services record their own kinds (`approval`, `schedule`, `dead_letter`) with `record()`.
+Durable delivery records `schedule` (a schedule fired) and `dead_letter` (a message gave up);
+other services record their own kinds (`approval`) with `record()`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from mesh.tracing import trace_id
 
 log = structlog.get_logger("mesh.recorder")
 
-RECORDER_KINDS = ("turn", "error", "call", "state")
+RECORDER_KINDS = ("turn", "error", "call", "state", "schedule", "dead_letter")
 
 
 @dataclass(frozen=True)
