@@ -106,6 +106,43 @@ async def test_permissions_example_allows_each_role_its_work_and_refuses_the_res
             await session.nc.close()
 
 
+async def test_a_worker_process_runs_with_the_example_worker_permissions(secured_server, worker_factory) -> None:
+    """`mesh worker` as user worker-counter: buckets, flight recorder and durable delivery all work."""
+    url = secured_server.url
+    env = {
+        "MESH_NATS_USER": "worker-counter", "MESH_NATS_PASSWORD": PASSWORDS["MESH_WORKER_PASSWORD"],
+        "MESH_APP": "services.demo:Counter", "PYTHONPATH": str(ROOT),
+    }
+    worker = worker_factory(url, "services.demo:Counter", env)
+    admin = MeshClient(
+        await connect(NatsOptions.from_url(url, user="admin", password=PASSWORDS["MESH_ADMIN_PASSWORD"])),
+        default_timeout=10,
+    )
+    bridge = MeshClient(
+        await connect(NatsOptions.from_url(url, user="bridge", password=PASSWORDS["MESH_BRIDGE_PASSWORD"])),
+        default_timeout=10,
+    )
+    try:
+        for _ in range(100):
+            if "durable.started" in worker.log_text():
+                break
+            await asyncio.sleep(0.1)
+        assert "durable.started" in worker.log_text(), worker.log_text()[-2000:]
+        assert await bridge.call("counter", "w", {"add": 1}) == {"value": 1}
+        await admin.send_durable("counter", "w", {"add": 10})
+        for _ in range(100):
+            if await bridge.state("counter", "w") == {"value": 11}:
+                break
+            await asyncio.sleep(0.1)
+        assert await bridge.state("counter", "w") == {"value": 11}
+        assert worker.terminate() == 0
+        server_log = (secured_server.store_dir / "nats-server.log").read_text()
+        assert "Violation" not in server_log  # the worker never needed more than the example grants
+    finally:
+        await admin.close()
+        await bridge.close()
+
+
 def make_certificates(folder: Path) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, with the openssl CLI."""
     files = {name: folder / name for name in ("ca.pem", "ca.key", "server.pem", "server.key", "client.pem", "client.key")}
