@@ -41,6 +41,7 @@ async def test_schedule_firings_and_dead_letters_are_events_and_metrics(nats_ser
         assert DURABLE_BACKLOG.labels("counter")._value.get() == 0  # everything delivered
         await mesh_client.cancel_schedule("counter", "tick", "every-second")
     finally:
+        await events.unsubscribe()  # unread messages would hold the client's drain
         await delivery.stop(grace=2)
         await runtime.stop(grace=2)
         await recorder.stop()
