@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +31,23 @@ class NatsOptions:
     token: str | None = None
     creds_file: str | None = None
     nkey_seed_file: str | None = None
+    tls_ca_file: str | None = None  # trust this CA (otherwise the system's) for tls:// servers
+    tls_cert_file: str | None = None  # client certificate, for servers that verify clients
+    tls_key_file: str | None = None
+    tls_hostname: str | None = None  # name to check in the server certificate, if not the URL's host
     connect_timeout: float = 2.0
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context these options ask for, or None to let nats-py decide from the URL scheme."""
+        if not (self.tls_ca_file or self.tls_cert_file):
+            return None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.tls_ca_file)
+        if self.tls_cert_file:
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        return context
+
+    def __repr__(self) -> str:  # never show secrets, even in a traceback's locals
+        return f"NatsOptions(servers={redact_servers(self.servers)!r}, name={self.name!r})"
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> NatsOptions:
@@ -57,23 +75,40 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Client:
         kwargs["user_credentials"] = options.creds_file
     if options.nkey_seed_file:
         kwargs["nkeys_seed"] = options.nkey_seed_file
+    if (context := options.ssl_context()) is not None:
+        kwargs["tls"] = context
+    if options.tls_hostname:
+        kwargs["tls_hostname"] = options.tls_hostname
 
     async def _quiet(_: Exception) -> None:
         return None
 
     kwargs["error_cb"] = _quiet
+    where = ", ".join(redact_servers(options.servers))
     try:
         nc = await nats.connect(**kwargs)
     except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
         raise ConnectionFailed(
-            f"cannot connect to NATS at {', '.join(options.servers)}: {exc or type(exc).__name__} "
+            f"cannot connect to NATS at {where}: {_redact(str(exc)) or type(exc).__name__} "
             "(is a nats-server running there? `mesh up` starts one)"
-        ) from exc
+        ) from None
     except Exception as exc:  # nats-py raises a variety of auth and protocol errors here
-        raise ConnectionFailed(f"cannot connect to NATS at {', '.join(options.servers)}: {exc}") from exc
+        raise ConnectionFailed(f"cannot connect to NATS at {where}: {_redact(str(exc))}") from None
     if reconnect:
         nc.options["max_reconnect_attempts"] = -1  # once connected, ride out any outage
     return nc
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def _redact(text: str) -> str:
+    return _USERINFO.sub("***@", text)
+
+
+def redact_servers(servers: tuple[str, ...] | list[str]) -> list[str]:
+    """Server URLs fit for logs and error messages: `nats://user:pw@host` becomes `nats://***@host`."""
+    return [_redact(s) for s in servers]
 
 
 async def request(
@@ -89,15 +124,30 @@ async def request(
         raise ConnectionFailed("NATS connection is closed") from exc
 
 
-async def open_bucket(js: JetStreamContext, bucket: str, *, history: int = 1) -> KeyValue:
-    """Bind a KV bucket, creating it (file storage, direct gets) the first time."""
+async def bind_bucket(js: JetStreamContext, bucket: str) -> KeyValue | None:
+    """Bind an existing KV bucket, or None: readers (the CLI, clients) never create buckets, so
+    none is ever created with another replica count than the workers'."""
+    try:
+        return await js.key_value(bucket)
+    except jse.BucketNotFoundError:
+        return None
+
+
+async def open_bucket(js: JetStreamContext, bucket: str, *, history: int = 1, replicas: int = 1) -> KeyValue:
+    """Bind a KV bucket, creating it (file storage, direct gets, `replicas` copies) the first time.
+
+    An existing bucket is bound as it is: its replica count is fixed when it is first created, so
+    on a cluster the first worker must already run with `replicas=3`.
+    """
     try:
         return await js.key_value(bucket)
     except jse.BucketNotFoundError:
         pass
     except (nats.errors.TimeoutError, jse.ServiceUnavailableError) as exc:
         raise Unavailable(f"KV bucket {bucket} did not answer (JetStream leader election?): {exc}") from exc
-    config = KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE, direct=True)
+    config = KeyValueConfig(
+        bucket=bucket, history=history, storage=StorageType.FILE, direct=True, replicas=replicas
+    )
     try:
         return await js.create_key_value(config)
     except jse.BadRequestError:

@@ -15,13 +15,17 @@ from typing import Any
 
 import orjson
 import structlog
+from nats.aio.client import Client
 
-from mesh import bus, deadletters, subjects
+from mesh import bus, deadletters, metrics, subjects, timeline
 from mesh.agent import Agent
 from mesh.client import MeshClient
 from mesh.delivery import DurableDelivery
 from mesh.errors import BadJson, MeshError
+from mesh.health import open_health_server
 from mesh.logging import configure_logging
+from mesh.observe import Observer
+from mesh.recorder import EventsLimits, FlightRecorder
 from mesh.runtime import Runtime
 from mesh.server import NatsServer
 from mesh.settings import MailSettings, MeshSettings
@@ -53,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--app", help="module listing agent classes (env MESH_APP; default services.demo)")
         p.add_argument("--log-format", choices=["console", "json"], help="env MESH_LOG_FORMAT")
         p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="env MESH_LOG_LEVEL")
+        p.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz here (env MESH_METRICS_PORT)")
 
     up = with_nats(commands.add_parser("up", help="start an embedded nats-server (unless --nats-url) and a worker"))
     with_runtime(up)
@@ -85,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = with_nats(commands.add_parser("ls", help="list agent types and the workers serving them"))
     ls.add_argument("type", nargs="?", help="list this type's stored instances instead")
+
+    tail = with_nats(commands.add_parser("tail", help="follow events live: all, one TYPE, or one TYPE/NAME"))
+    tail.add_argument("address", nargs="?", help="TYPE or TYPE/NAME (default: every instance)")
+    tail.add_argument("--trace", help="only events of this trace id")
+    tail.add_argument("--count", type=int, help="exit after this many events")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    history = with_nats(commands.add_parser("history", help="print the recent timeline of TYPE/NAME"))
+    history.add_argument("address", help="TYPE/NAME")
+    history.add_argument("--limit", type=int, default=100, help="newest events to print (default 100)")
+    history.add_argument("--trace", help="only events of this trace id")
+    history.add_argument("--json", action="store_true", help="one JSON object per line")
     add_durable_commands(commands, with_nats)
 
     approvals = with_nats(commands.add_parser("approvals", help="list the pending approvals of an LLM instance"))
@@ -146,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = MeshSettings()
     overrides = {
         k: v for k, v in vars(args).items()
-        if k in {"nats_url", "nats_port", "store", "app", "log_format", "log_level", "http"} and v is not None
+        if k in {"nats_url", "nats_port", "store", "app", "log_format", "log_level", "http", "metrics_port"}
+        and v is not None
     }
     settings = settings.model_copy(update=overrides)
     try:
@@ -190,42 +208,67 @@ async def _serve(settings: MeshSettings, url: str, *, smtp: str = "off", http: b
     agents = load_agents(settings.app)
     nc = await bus.connect(settings.nats_options(url, "mesh-worker"))
     stop = _stop_on_signals()
-    runtime = Runtime(nc, agents, options=settings.runtime_options())
-    await runtime.start()
+    observers: list[Observer] = [metrics.MetricsObserver()]
+    recorder = None
+    if settings.recorder:
+        limits = EventsLimits(settings.events_max_age, settings.events_max_msgs, settings.events_max_bytes, settings.replicas)
+        recorder = FlightRecorder(nc, limits=limits)
+        await recorder.start()
+        observers.append(recorder)
+    otel = _otel_observer(settings)
+    if otel is not None:
+        observers.append(otel)
+    runtime = Runtime(nc, agents, options=settings.runtime_options(), observers=observers)
     mail = None
-    if smtp != "off":
-        from services.mail import MailConfig, MailService
-
-        mail_settings = MailSettings().model_copy(update={"listen": smtp})
-        config = MailConfig.from_settings(mail_settings, agent_types=tuple(a.type for a in agents))
-        mail = MailService(nc, config)
-        try:
-            await mail.start()
-        except OSError as exc:  # mail is an add-on of `mesh up`: the agents still serve without it
-            structlog.get_logger("mesh.mail").error("mail.unavailable", listen=smtp, error=str(exc))
-            mail = None
-    delivery = DurableDelivery(runtime, settings.durable_options())
     bridge: asyncio.Task[None] | None = None
     try:
-        await delivery.start()
-        bridge = _start_http(settings, url, stop) if http else None
-        await stop.wait()
+        async with open_health_server(
+            settings.metrics_host, settings.metrics_port, ready=runtime.ready,
+            collector=metrics.RuntimeCollector(runtime),
+        ):
+            await runtime.start()
+            if smtp != "off":
+                from services.mail import MailConfig, MailService
+
+                mail_settings = MailSettings().model_copy(update={"listen": smtp})
+                config = MailConfig.from_settings(mail_settings, agent_types=tuple(a.type for a in agents))
+                mail = MailService(nc, config)
+                try:
+                    await mail.start()
+                except OSError as exc:  # mail is an add-on of `mesh up`: the agents still serve without it
+                    structlog.get_logger("mesh.mail").error("mail.unavailable", listen=smtp, error=str(exc))
+                    mail = None
+            delivery = DurableDelivery(runtime, settings.durable_options())
+            try:
+                await delivery.start()
+                bridge = _start_http(settings, url, stop) if http else None
+                await stop.wait()
+            finally:
+                if bridge is not None:
+                    await asyncio.gather(bridge, return_exceptions=True)
+                if mail is not None:
+                    await mail.stop()
+                # Stop pulling first (in-flight deliveries finish and are acked), then stop taking turns.
+                deadline = time.monotonic() + settings.shutdown_grace
+                await delivery.stop(grace=settings.shutdown_grace)
+                await runtime.stop(grace=max(0.5, deadline - time.monotonic()))
     finally:
-        if bridge is not None:
-            await asyncio.gather(bridge, return_exceptions=True)
-        if mail is not None:
-            await mail.stop()
-        # Stop pulling first (in-flight deliveries finish and are acked), then stop taking turns.
-        deadline = time.monotonic() + settings.shutdown_grace
-        await delivery.stop(grace=settings.shutdown_grace)
-        await runtime.stop(grace=max(0.5, deadline - time.monotonic()))
-        try:
-            await nc.drain()
-        except Exception:  # the server went away first; nothing is left to flush
-            await nc.close()
+        if recorder is not None:
+            await recorder.stop()
+        if otel is not None:
+            otel.shutdown()
+        await _close(nc)
     if bridge is not None and not bridge.cancelled() and bridge.exception() is not None:
         raise bridge.exception()  # type: ignore[misc]
     return 0
+
+
+async def _close(nc: Client) -> None:
+    """Flush what is queued, but never let a stuck subscription (or a vanished server) hold the exit."""
+    try:
+        await asyncio.wait_for(nc.drain(), 5)
+    except Exception:
+        await nc.close()
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -282,11 +325,16 @@ async def cmd_smtp(args: argparse.Namespace, settings: MeshSettings) -> int:
         await stop.wait()
     finally:
         await service.stop()
-        try:
-            await nc.drain()
-        except Exception:  # the server went away first
-            await nc.close()
+        await _close(nc)
     return 0
+
+
+def _otel_observer(settings: MeshSettings) -> Any:
+    if not settings.otel:
+        return None
+    from mesh import otel
+
+    return otel.from_environment()
 
 
 async def _client(args: argparse.Namespace, settings: MeshSettings) -> MeshClient:
@@ -323,8 +371,9 @@ async def cmd_ls(args: argparse.Namespace, settings: MeshSettings) -> int:
         if args.type:
             subjects.check_type(args.type)
             js = client.nc.jetstream()
-            bucket = bus.Bucket(await bus.open_bucket(js, subjects.STATE_BUCKET), js, subjects.STATE_BUCKET)
-            for key in sorted(await bucket.keys(f"{args.type}.")):
+            kv = await bus.bind_bucket(js, subjects.STATE_BUCKET)
+            keys = [] if kv is None else await bus.Bucket(kv, js, subjects.STATE_BUCKET).keys(f"{args.type}.")
+            for key in sorted(keys):
                 print(subjects.decode_name(key.split(".", 1)[1]))
             return 0
         services = await client.services()
@@ -339,6 +388,42 @@ async def cmd_ls(args: argparse.Namespace, settings: MeshSettings) -> int:
         workers = sorted(by_type[agent_type])
         print(f"{agent_type:<24} {len(workers):>7}  {' '.join(workers)}")
     return 0
+
+
+async def cmd_tail(args: argparse.Namespace, settings: MeshSettings) -> int:
+    subject = timeline.filter_subject(args.address)
+    seen = 0
+    async with await _client(args, settings) as client:
+        events = timeline.follow(client.nc, subject)
+        print(f"mesh: following {subject} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        async for event in events:
+            if args.trace and event.trace_id != args.trace:
+                continue
+            _print_event(event, args.json)
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                break
+        await events.aclose()
+    return 0
+
+
+async def cmd_history(args: argparse.Namespace, settings: MeshSettings) -> int:
+    subject = timeline.filter_subject(args.address)
+    if "/" not in args.address:
+        subjects.parse_address(args.address)  # a clear name_invalid for a bare TYPE
+    async with await _client(args, settings) as client:
+        events = await timeline.history(client.nc, subject, limit=args.limit)
+    events = [e for e in events if not args.trace or e.trace_id == args.trace]
+    if not events:
+        print(f"mesh: no recorded events for {args.address}", file=sys.stderr)
+        return 1
+    for event in events:
+        _print_event(event, args.json)
+    return 0
+
+
+def _print_event(event: timeline.Event, as_json: bool) -> None:
+    print(orjson.dumps(event.to_json()).decode() if as_json else event.line(), flush=True)
 
 
 def _json_arg(text: str, what: str) -> Any:
@@ -464,7 +549,7 @@ COMMANDS = {
     "up": cmd_up, "worker": cmd_worker, "call": cmd_call, "state": cmd_state, "ls": cmd_ls,
     "send": cmd_send, "schedule": cmd_schedule, "dead-letters": cmd_dead_letters, "smtp": cmd_smtp,
     "approvals": cmd_approvals, "approve": cmd_decide, "reject": cmd_decide, "clear-memory": cmd_clear_memory,
-    "bench": cmd_bench, "http": cmd_http,
+    "bench": cmd_bench, "http": cmd_http, "tail": cmd_tail, "history": cmd_history,
 }
 
 if __name__ == "__main__":

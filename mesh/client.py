@@ -126,8 +126,11 @@ class MeshClient:
     async def state(self, agent_type: str, name: str) -> Any | None:
         """The stored state of an instance as JSON, or None if it has never saved any."""
         js = self.nc.jetstream()
-        bucket = bus.Bucket(await bus.open_bucket(js, subjects.STATE_BUCKET), js, subjects.STATE_BUCKET)
-        found = await bucket.get(subjects.instance_key(agent_type, name))
+        key = subjects.instance_key(agent_type, name)
+        kv = await bus.bind_bucket(js, subjects.STATE_BUCKET)
+        if kv is None:
+            return None  # no worker has started yet
+        found = await bus.Bucket(kv, js, subjects.STATE_BUCKET).get(key)
         return None if found is None else wire.loads(found[0])
 
     async def services(self, *, wait: float = 0.5) -> list[dict[str, Any]]:

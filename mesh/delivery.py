@@ -32,7 +32,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from mesh import bus, deadletters, subjects, wire
 from mesh.durable import DurableOptions, ensure_streams
 from mesh.errors import AgentError, MeshError, MeshTimeout, RequestError, StateError
-from mesh.tracing import child_traceparent
+from mesh.metrics import DEAD_LETTERS, DURABLE_BACKLOG
+from mesh.recorder import FlightRecorder
+from mesh.tracing import child_traceparent, trace_id
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
@@ -63,6 +65,8 @@ class DurableDelivery:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subs: list[Any] = []
         self._stopping = False
+        self._recorders = [o for o in runtime.observers if isinstance(o, FlightRecorder)]
+        self._pending: dict[tuple[str, str], int] = {}  # (type, consumer) -> messages waiting
 
     async def start(self) -> None:
         await ensure_streams(self._js, self.options.replicas)
@@ -138,6 +142,10 @@ class DurableDelivery:
         }
         if method := headers.get(subjects.HEADER_METHOD):
             out[subjects.HEADER_METHOD] = method
+        try:
+            self._observe_delivery(agent_type, token, meta, headers, out)
+        except Exception as exc:  # observing must never stop a delivery
+            self.log.warning("durable.observe_failed", error=repr(exc))
         keepalive = asyncio.get_running_loop().create_task(self._keep_alive(msg))
         try:
             reply = await bus.request(
@@ -172,12 +180,40 @@ class DurableDelivery:
                 return
             await msg.ack()
             self.stats.dead += 1
+            DEAD_LETTERS.labels(agent_type).inc()
+            self._record(agent_type, token, "dead_letter", {
+                "msg_id": msg_id, "error_code": error.code, "error": error.message, "attempts": attempts,
+            }, (msg.headers or {}).get(subjects.HEADER_TRACEPARENT))
             log.warning("durable.dead_lettered", error=error.message)
             return
         delay = self.options.delay(attempts)
         await msg.nak(delay=delay)
         self.stats.retried += 1
         log.info("durable.retrying", error=error.message, delay=delay)
+
+    def _observe_delivery(
+        self, agent_type: str, token: str, meta: Any, headers: dict[str, str], out: dict[str, str]
+    ) -> None:
+        """Backlog gauge (what this worker last saw pending per consumer) and `schedule` events."""
+        self._pending[(agent_type, meta.consumer)] = meta.num_pending or 0
+        DURABLE_BACKLOG.labels(agent_type).set(sum(n for (t, _), n in self._pending.items() if t == agent_type))
+        scheduler = headers.get(subjects.HEADER_NATS_SCHEDULER)
+        if scheduler:
+            traceparent = out[subjects.HEADER_TRACEPARENT]
+            self._record(agent_type, token, "schedule", {
+                "schedule": scheduler, "msg_id": out[subjects.HEADER_MSG_ID], "trace_id": trace_id(traceparent),
+            }, traceparent)
+
+    def _record(self, agent_type: str, token: str, kind: str, data: dict[str, Any], traceparent: str | None) -> None:
+        if not self._recorders:
+            return
+        try:
+            name = subjects.decode_name(token)
+        except MeshError:
+            return
+        body = {"kind": kind, "type": agent_type, "name": name, "at": time.time(), **data}
+        for recorder in self._recorders:
+            recorder.record(agent_type, name, kind, body, traceparent)
 
     async def _keep_alive(self, msg: Msg) -> None:
         """Tell JetStream the message is being worked on, so a long turn is not redelivered meanwhile."""

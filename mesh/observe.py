@@ -22,6 +22,7 @@ class TurnRecord:
     ended_at: float
     outcome: str  # "ok" or the error code
     error: str | None = None
+    caller: str | None = None  # instance key of the turn that called this one, if any
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ from mesh.observe import Observer, TurnRecord
 
 MAX_HOPS = 3
 EVICTION_CHUNK = 256
+SHUTTING_DOWN = "worker is shutting down; retry"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class RuntimeOptions:
     heartbeat: float = 1.0
     max_batch: int = 64
     call_timeout: float = 30.0
+    replicas: int = 1  # copies of each bucket this worker creates; 3 on a three-node cluster
+    handover_linger: float = 0.5  # seconds a stopping worker still answers forwards, see stop()
 
 
 @dataclass
@@ -92,6 +95,8 @@ class Runtime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._services: list[Service] = []
         self._forward_sub: Any = None
+        self._loops: set[asyncio.Task[Any]] = set()
+        self._forwards: set[asyncio.Task[Any]] = set()
         self._accepting = False
         self.directory: Directory
         self.state: bus.Bucket
@@ -106,7 +111,7 @@ class Runtime:
     async def start(self) -> None:
         js = self.nc.jetstream()
         buckets = {
-            name: bus.Bucket(await bus.open_bucket(js, name), js, name)
+            name: bus.Bucket(await bus.open_bucket(js, name, replicas=self.options.replicas), js, name)
             for name in (subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET, subjects.WORKERS_BUCKET)
         }
         self.state = buckets[subjects.STATE_BUCKET]
@@ -116,8 +121,7 @@ class Runtime:
         )
         await self.directory.renew()
         self.log_turns = structlog.get_logger("mesh.runtime").is_enabled_for(logging.DEBUG)
-        self.spawn(self.directory.serve_heartbeat())
-        self.spawn(self._serve_eviction())
+        self._loops = {self.spawn(self.directory.serve_heartbeat()), self.spawn(self._serve_eviction())}
         self._accepting = True
         self._forward_sub = await self.nc.subscribe(subjects.worker_wildcard(self.worker_id), cb=self._on_forwarded)
         for agent_type in self.agents:
@@ -143,21 +147,27 @@ class Runtime:
         return service
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop taking requests, let queued turns finish within `grace`, release every instance."""
+        """Stop taking requests, let queued turns finish within `grace`, release every instance.
+
+        Order matters on a cluster, where a subscription's removal reaches the other servers a
+        moment after it happens here: (1) stop taking requests and drain the agent subscriptions
+        (what was already routed here is answered `unavailable`, never dropped); (2) let queued
+        turns, forwards and replies finish; (3) drop the lease, handing every instance over;
+        (4) keep the forwarding subscription for `handover_linger` seconds, answering `unavailable`
+        there too, so workers still forwarding to us re-route now (the lease being gone, they take
+        the instances over) instead of sending into a subscription that has just disappeared.
+        """
         if not self._accepting:
             return
         self._accepting = False
-        for service in self._services:
-            await service.stop()
-        if self._forward_sub is not None:
-            await self._forward_sub.unsubscribe()
         deadline = time.monotonic() + grace
-        while any(a.running for a in self.activations.values()) and time.monotonic() < deadline:
+        await self._drain_services()
+        while (self._forwards or any(a.running for a in self.activations.values())) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         owned = sum(1 for a in self.activations.values() if a.status is Status.OWNED)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in self._loops:
+            task.cancel()  # the heartbeat must not renew the lease we are about to drop
+        await asyncio.gather(*self._loops, return_exceptions=True)
         try:
             # One delete hands over every instance: a directory entry naming a worker without a
             # lease is taken over by the next worker that needs it.
@@ -165,8 +175,45 @@ class Runtime:
                 await self.directory.retire()
         except Exception as exc:  # NATS gone: our lease simply expires and others take over then
             self.log.warning("worker.retire_failed", error=str(exc) or type(exc).__name__)
+        if owned:
+            await asyncio.sleep(self.options.handover_linger)
+        await self._drain(self._forward_sub)
+        await self._wait_tasks(min(deadline, time.monotonic() + 1.0))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.activations.clear()
         self.log.info("worker.stopped", handed_over=owned)
+
+    async def _wait_tasks(self, deadline: float) -> None:
+        """Wait (until `deadline`) for turns, forwards and replies in flight; not for the loops."""
+        while (busy := self._tasks - self._loops) and time.monotonic() < deadline:
+            await asyncio.wait(busy, timeout=max(0.0, deadline - time.monotonic()))
+
+    async def _drain_services(self) -> None:
+        """Unsubscribe the agent endpoints, but first handle what the server already routed here
+        (answered `unavailable` from now on, so callers retry elsewhere) instead of dropping it,
+        as a plain unsubscribe does with messages still queued in the client."""
+        for service in self._services:
+            for endpoint in service._endpoints:
+                await self._drain(endpoint._subscription)
+            service._endpoints = []  # drained; stop() now only removes the $SRV subscriptions
+            try:
+                await service.stop()
+            except Exception as exc:
+                self.log.warning("worker.drain_failed", error=str(exc) or type(exc).__name__)
+
+    async def _drain(self, sub: Any) -> None:
+        if sub is None:
+            return
+        try:
+            await sub.drain()
+        except Exception as exc:  # NATS is gone: nothing more can arrive anyway
+            self.log.warning("worker.drain_failed", error=str(exc) or type(exc).__name__)
+
+    def ready(self) -> bool:
+        """True while this worker takes requests: started, connected, its lease held."""
+        return self._accepting and self.nc.is_connected and not self.directory.fenced()
 
     def statistics(self) -> dict[str, Any]:
         owned = sum(1 for a in self.activations.values() if a.status is Status.OWNED)
@@ -201,7 +248,7 @@ class Runtime:
                 name = subjects.decode_name(token)
                 raise CallCycle(f"{agent_type}/{name} is already waiting in this call chain: {chain}")
             if not self._accepting:
-                raise Unavailable("worker is shutting down; retry")
+                raise Unavailable(SHUTTING_DOWN)
             envelope = Envelope(msg.data, msg.reply or None, headers, _deadline(headers, msg.reply))
             if cls.state_model is None:
                 self.spawn(self._stateless_turn(cls, subjects.decode_name(token), key, envelope))
@@ -221,7 +268,9 @@ class Runtime:
                 self.spawn(self.reply(Outcome(Envelope(b"", msg.reply, {}, None), None, err)))
 
     def forward(self, activation: Activation, envelope: Envelope) -> None:
-        self.spawn(self._forward(activation, envelope))
+        task = self.spawn(self._forward(activation, envelope))
+        self._forwards.add(task)
+        task.add_done_callback(self._forwards.discard)
 
     async def _forward(self, activation: Activation, envelope: Envelope) -> None:
         owner = activation.owner
@@ -242,15 +291,18 @@ class Runtime:
         try:
             response = await bus.request(self.nc, subject, envelope.data, timeout=left, headers=headers)
         except NoResponders:
-            # The owner is gone. Forget it and route again; once its lease expires we take over.
+            response = None
+        except MeshTimeout:
+            return  # the caller's own request timed out at the same moment
+        if response is None or _leaving(response):
+            # The owner is gone or going (it did not run the turn). Forget it and route again;
+            # once its lease is gone (at once after a graceful stop) we take over.
             if self.activations.get(activation.key) is activation:
                 del self.activations[activation.key]
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2 if response is None else 0.1)
             if envelope.deadline is None or time.monotonic() < envelope.deadline:
                 self._redeliver(activation, envelope)
             return
-        except MeshTimeout:
-            return  # the caller's own request timed out at the same moment
         await self.nc.publish(envelope.reply, response.data, headers=response.headers)
 
     def _redeliver(self, old: Activation, envelope: Envelope) -> None:
@@ -290,6 +342,7 @@ class Runtime:
             record = TurnRecord(
                 turn.agent_type, turn.name, self.worker_id, turn.turn_id, turn.traceparent,
                 started, ended, code, error.message if error else None,
+                turn.chain[-2] if len(turn.chain) > 1 else None,
             )
             for observer in self.observers:
                 observer.on_turn(record)
@@ -322,10 +375,11 @@ class Runtime:
 
     # -- background --------------------------------------------------------------------------
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -354,6 +408,15 @@ def endpoint_schemas(cls: type[Agent[Any]]) -> dict[str, str]:
         except Exception:  # a type pydantic cannot describe: gateways fall back to "any JSON"
             continue
     return found
+
+
+def _leaving(response: Msg) -> bool:
+    """True when the owner answered that it is shutting down (so it ran nothing)."""
+    headers = response.headers or {}
+    return (
+        headers.get(subjects.HEADER_MESH_ERROR) == Unavailable.code
+        and headers.get(subjects.HEADER_ERROR) == SHUTTING_DOWN
+    )
 
 
 def _deadline(headers: dict[str, str], reply: str | None) -> float | None:

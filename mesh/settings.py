@@ -28,6 +28,21 @@ class MeshSettings(BaseSettings):
     nats_token: SecretStr | None = None
     nats_creds: str | None = Field(default=None, description="Path of a .creds file (JWT + NKey).")
     nats_nkey_seed: str | None = Field(default=None, description="Path of an NKey seed file.")
+    nats_tls_ca: str | None = Field(default=None, description="CA file that signed the NATS servers' certificates.")
+    nats_tls_cert: str | None = Field(default=None, description="Client certificate file (servers with `verify: true`).")
+    nats_tls_key: str | None = Field(default=None, description="Private key file of the client certificate.")
+    nats_tls_hostname: str | None = Field(default=None, description="Server name to verify, if not the URL's host.")
+    replicas: int = Field(default=1, ge=1, description="Replicas of the buckets and streams a worker creates (3 on a cluster).")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Port of this process's /metrics, /healthz and /readyz; unset = not served.",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address the metrics port binds (0.0.0.0 in containers).")
+    recorder: bool = Field(default=True, description="Publish turn and state events to the flight recorder.")
+    events_max_age: float = Field(default=7 * 86400, gt=0, description="Seconds the events stream keeps an event.")
+    events_max_msgs: int = Field(default=1_000_000, ge=1, description="Events the events stream keeps at most.")
+    events_max_bytes: int = Field(default=1024**3, ge=1024, description="Bytes the events stream keeps at most.")
+    otel: bool = Field(default=False, description="Export turns as OpenTelemetry spans (needs opentelemetry-sdk).")
     app: str = Field(default="services.demo", description="Module (or module:attribute) listing the agent classes.")
     log_format: str = Field(default="console", pattern="^(console|json)$")
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
@@ -37,7 +52,6 @@ class MeshSettings(BaseSettings):
     lease_ttl: int = Field(default=6, ge=2)
     call_timeout: float = 30.0
     shutdown_grace: float = Field(default=10.0, description="Seconds a stopping worker lets in-flight turns finish.")
-    replicas: int = Field(default=1, ge=1, description="Replicas of the streams a worker creates (3 on a cluster).")
     durable_max_attempts: int = Field(default=5, ge=1, description="Deliveries of a failing message before it is dead-lettered.")
     durable_backoff: str = Field(default="1,2,5,10,30", description="Seconds before each redelivery, comma separated.")
     durable_ack_wait: float = Field(default=10.0, gt=0, description="Seconds before JetStream redelivers a silent delivery.")
@@ -70,6 +84,8 @@ class MeshSettings(BaseSettings):
             password=self.nats_password.get_secret_value() if self.nats_password else None,
             token=self.nats_token.get_secret_value() if self.nats_token else None,
             creds_file=self.nats_creds, nkey_seed_file=self.nats_nkey_seed,
+            tls_ca_file=self.nats_tls_ca, tls_cert_file=self.nats_tls_cert, tls_key_file=self.nats_tls_key,
+            tls_hostname=self.nats_tls_hostname,
         )
 
     def durable_options(self) -> DurableOptions:
@@ -83,6 +99,7 @@ class MeshSettings(BaseSettings):
         return RuntimeOptions(
             max_request_bytes=self.max_request_bytes, max_state_bytes=self.max_state_bytes,
             idle_timeout=self.idle_timeout, lease_ttl=self.lease_ttl, call_timeout=self.call_timeout,
+            replicas=self.replicas,
         )
 
 

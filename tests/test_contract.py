@@ -53,6 +53,12 @@ def test_buckets_agree() -> None:
     }
 
 
+def test_recorder_event_kinds_agree() -> None:
+    from mesh.recorder import RECORDER_KINDS
+
+    assert tuple(ticked(row[0]) for row in table("Flight-recorder events")) == RECORDER_KINDS
+
+
 def test_name_examples_in_the_doc_are_true() -> None:
     for name, token in re.findall(r"`([^`]+)` → `([^`]+)`", DOC):
         assert subjects.encode_name(name) == token

@@ -1,0 +1,197 @@
+"""The flight recorder: every turn, call, error and state write becomes an event on the instance's
+event subjects, kept in the JetStream stream `mesh_events` with age, count and size limits.
+
+The runtime reports turns and state writes to `FlightRecorder` as an observer, synchronously and on
+the turn path; the recorder only appends them to a bounded buffer and a task of its own publishes
+them (core publishes, no acks awaited), so a slow or absent NATS never slows a turn down. When the
+buffer is full the oldest events are dropped and counted (`mesh_recorder_dropped_events`).
+
+Events (subject `events.<type>.<token>.<kind>`, header `traceparent`, JSON body with `trace_id`):
+
+- `turn`: a turn that succeeded; `error`: a turn that failed (`outcome` is its error code).
+  Both carry `worker`, `turn_id`, `started_at`, `ended_at`, `duration_ms` and, when another
+  instance called this one, `caller` (its `TYPE/NAME`).
+- `call`: on the *caller's* subject, one per call that reached another instance (`to`, `outcome`).
+- `state`: a state write (`revision`, `size`).
+
+Durable delivery records `schedule` (a schedule fired) and `dead_letter` (a message gave up);
+other services record their own kinds (`approval`) with `record()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js import errors as jse
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+
+from mesh import subjects, wire
+from mesh.metrics import EVENTS_DROPPED
+from mesh.observe import StateRecord, TurnRecord
+from mesh.tracing import trace_id
+
+log = structlog.get_logger("mesh.recorder")
+
+RECORDER_KINDS = ("turn", "error", "call", "state", "schedule", "dead_letter")
+
+
+@dataclass(frozen=True)
+class EventsLimits:
+    """How much history the events stream keeps; the oldest events go first."""
+
+    max_age: float = 7 * 86400.0
+    max_msgs: int = 1_000_000
+    max_bytes: int = 1024**3
+    replicas: int = 1
+
+
+def events_stream_config(limits: EventsLimits) -> StreamConfig:
+    return StreamConfig(
+        name=subjects.EVENTS_STREAM, subjects=["events.>"], storage=StorageType.FILE,
+        max_age=limits.max_age, max_msgs=limits.max_msgs, max_bytes=limits.max_bytes,
+        discard=DiscardPolicy.OLD, num_replicas=limits.replicas,
+        description="agent-mesh flight recorder: turns, calls, state writes and agent events",
+    )
+
+
+async def ensure_events_stream(js: JetStreamContext, limits: EventsLimits) -> str | None:
+    """The name of the stream that keeps `events.>`, created with `limits` if there is none."""
+    try:
+        return await js.find_stream_name_by_subject("events.>")
+    except jse.NotFoundError:
+        pass
+    try:
+        await js.add_stream(events_stream_config(limits))
+        return subjects.EVENTS_STREAM
+    except jse.BadRequestError:
+        try:  # another process created it first
+            return await js.find_stream_name_by_subject("events.>")
+        except jse.NotFoundError:
+            log.warning("recorder.stream_unavailable")
+            return None
+
+
+def address(key: str) -> str:
+    """`TYPE/NAME` of an instance key (`type.token`)."""
+    agent_type, _, token = key.partition(".")
+    try:
+        return f"{agent_type}/{subjects.decode_name(token)}"
+    except Exception:
+        return key
+
+
+class FlightRecorder:
+    """An `Observer` that turns runtime records into events; `start()` it before the runtime."""
+
+    def __init__(self, nc: Client, *, limits: EventsLimits | None = None, buffer: int = 10_000) -> None:
+        self.nc = nc
+        self.limits = limits or EventsLimits()
+        self._buffer: deque[tuple[str, bytes, dict[str, str]]] = deque()
+        self._max = buffer
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+        self.dropped = 0
+
+    async def start(self, *, create_stream: bool = True) -> None:
+        if create_stream:
+            await ensure_events_stream(self.nc.jetstream(), self.limits)
+        self._task = asyncio.get_running_loop().create_task(self._serve_publish())
+
+    async def stop(self, flush_timeout: float = 2.0) -> None:
+        """Publish what is buffered (within `flush_timeout`), then stop."""
+        if self._task is None:
+            return
+        deadline = time.monotonic() + flush_timeout
+        while self._buffer and time.monotonic() < deadline and not self._task.done():
+            self._wake.set()
+            await asyncio.sleep(0.01)
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+        try:
+            await self.nc.flush(timeout=1)
+        except Exception:
+            pass
+
+    # -- the observer side: called on the turn path, must not block -----------------------------
+
+    def record(
+        self, agent_type: str, name: str, kind: str, data: dict[str, Any], traceparent: str | None = None
+    ) -> None:
+        """Queue an event of instance `(agent_type, name)`; for services recording their own kinds."""
+        try:
+            subject = subjects.event_subject(agent_type, name, kind)
+        except Exception:
+            return
+        self._enqueue(subject, data, traceparent)
+
+    def on_turn(self, record: TurnRecord) -> None:
+        tid = trace_id(record.traceparent)
+        body: dict[str, Any] = {
+            "kind": "turn" if record.outcome == "ok" else "error",
+            "type": record.agent_type, "name": record.name, "worker": record.worker,
+            "turn_id": record.turn_id, "trace_id": tid, "outcome": record.outcome,
+            "started_at": record.started_at, "ended_at": record.ended_at,
+            "duration_ms": round((record.ended_at - record.started_at) * 1000, 3),
+        }
+        if record.error:
+            body["error"] = record.error
+        if record.caller:
+            body["caller"] = address(record.caller)
+        self.record(record.agent_type, record.name, body["kind"], body, record.traceparent)
+        if record.caller:
+            caller_type, _, caller_token = record.caller.partition(".")
+            call = {
+                "kind": "call", "type": caller_type, "name": address(record.caller).partition("/")[2],
+                "to": f"{record.agent_type}/{record.name}", "trace_id": tid, "outcome": record.outcome,
+                "at": record.started_at, "duration_ms": body["duration_ms"],
+            }
+            self._enqueue(f"events.{caller_type}.{caller_token}.call", call, record.traceparent)
+
+    def on_state_saved(self, record: StateRecord) -> None:
+        body = {
+            "kind": "state", "type": record.agent_type, "name": record.name, "worker": record.worker,
+            "revision": record.revision, "size": record.size, "at": time.time(),
+        }
+        self.record(record.agent_type, record.name, "state", body)
+
+    def _enqueue(self, subject: str, body: dict[str, Any], traceparent: str | None) -> None:
+        if len(self._buffer) >= self._max:
+            self._buffer.popleft()
+            self.dropped += 1
+            EVENTS_DROPPED.inc()
+        headers = {subjects.HEADER_TRACEPARENT: traceparent} if traceparent else {}
+        self._buffer.append((subject, wire.dumps(body), headers))
+        self._wake.set()
+
+    # -- the publishing task ------------------------------------------------------------------
+
+    async def _serve_publish(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._buffer:
+                subject, data, headers = self._buffer.popleft()
+                try:
+                    await self.nc.publish(subject, data, headers=headers or None)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # closed or over max_payload: drop it, keep recording
+                    self.dropped += 1
+                    EVENTS_DROPPED.inc()
+                    log.warning("recorder.publish_failed", subject=subject, error=str(exc) or type(exc).__name__)
+                else:
+                    self.published += 1
+                    if self.published % 100 == 0:
+                        await asyncio.sleep(0)  # a burst must not hold the loop the turns run on
