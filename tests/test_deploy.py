@@ -13,17 +13,12 @@ import yaml
 
 from mesh.cli import build_parser
 from mesh.server import find_binary
-from mesh.settings import MeshSettings
+from mesh.settings import MailSettings, MeshSettings
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
 PASSWORDS = {f"MESH_{role}_PASSWORD": "x" for role in ("ADMIN", "BRIDGE", "WORKER", "MAIL")}
 
-# Subcommands referenced by deploy/ that arrive with other branches (HTTP bridge, SMTP service).
-# The lead removes each one from this list when its branch merges; the test then checks it for real.
-PENDING_COMMANDS = {"http", "smtp"}
-# Settings of those services (prefixes of their environment variables).
-PENDING_SETTINGS = ("MESH_HTTP", "MESH_SMTP_")
 
 
 def cli_commands() -> set[str]:
@@ -34,16 +29,19 @@ def cli_commands() -> set[str]:
 
 def check_command(argv: list[str], known: set[str]) -> None:
     assert argv[0] == "mesh", argv
-    assert argv[1] in known | PENDING_COMMANDS, f"`mesh {argv[1]}` is not a mesh command"
-    if argv[1] in known:
-        build_parser().parse_args(argv[1:])  # exits (SystemExit) on an unknown flag or missing argument
+    assert argv[1] in known, f"`mesh {argv[1]}` is not a mesh command"
+    build_parser().parse_args(argv[1:])  # exits (SystemExit) on an unknown flag or missing argument
 
 
 def check_environment(names: set[str]) -> None:
-    fields = {f"MESH_{name.upper()}" for name in MeshSettings.model_fields} | {"NATS_URL"}
+    fields = (
+        {f"MESH_{name.upper()}" for name in MeshSettings.model_fields}
+        | {f"MESH_SMTP_{name.upper()}" for name in MailSettings.model_fields}
+        | {"NATS_URL"}
+    )
     for name in names:
         if name.startswith("MESH_") and not name.endswith("_PASSWORD") or name == "NATS_URL":
-            assert name in fields or name.startswith(PENDING_SETTINGS), f"{name} is not a mesh setting"
+            assert name in fields, f"{name} is not a mesh setting"
 
 
 @pytest.mark.parametrize("conf", sorted(DEPLOY.rglob("*.conf")), ids=lambda p: p.name)
