@@ -14,7 +14,7 @@ import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
 from mesh.errors import ConnectionFailed, MeshTimeout, NoResponders, StateConflict, Unavailable
@@ -152,6 +152,20 @@ async def open_bucket(js: JetStreamContext, bucket: str, *, history: int = 1, re
         return await js.create_key_value(config)
     except jse.BadRequestError:
         return await js.key_value(bucket)  # another process created it with the same name first
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create a stream if it is missing; an existing one (maybe configured by an operator) is kept."""
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+        return
+    except jse.NotFoundError:
+        pass
+    try:
+        await js.add_stream(config)
+    except jse.BadRequestError:
+        await js.stream_info(config.name)  # another process created it first
 
 
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"

@@ -24,7 +24,7 @@ import nats.js.errors as jse
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig, SubjectTransform
 
-from mesh import subjects, wire
+from mesh import bus, subjects, wire
 from mesh.errors import MeshError, NameInvalid, PayloadTooLarge, RequestError, Unavailable
 
 DEAD_MAX_AGE = 30 * 24 * 3600.0
@@ -83,16 +83,7 @@ def dead_stream_config(replicas: int = 1) -> StreamConfig:
 async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
     """Create MESH_DURABLE and MESH_DEAD if missing; existing streams are left as they are."""
     for config in (durable_stream_config(replicas), dead_stream_config(replicas)):
-        assert config.name is not None
-        try:
-            await js.stream_info(config.name)
-            continue
-        except jse.NotFoundError:
-            pass
-        try:
-            await js.add_stream(config)
-        except jse.BadRequestError:
-            await js.stream_info(config.name)  # created concurrently by another process
+        await bus.ensure_stream(js, config)
 
 
 def new_msg_id() -> str:

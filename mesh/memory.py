@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
-from mesh import subjects
+from mesh import bus, subjects
 from mesh.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -35,15 +35,7 @@ async def open_memory_stream(js: JetStreamContext) -> None:
         name=subjects.MEMORY_STREAM, subjects=[f"{subjects.MEMORY_STREAM}.>"], storage=StorageType.FILE,
         allow_direct=True, discard=DiscardPolicy.OLD, description="agent-mesh conversation memory",
     )
-    try:
-        await js.stream_info(subjects.MEMORY_STREAM)
-        return
-    except jse.NotFoundError:
-        pass
-    try:
-        await js.add_stream(config)
-    except jse.BadRequestError:
-        await js.stream_info(subjects.MEMORY_STREAM)  # another process created it first
+    await bus.ensure_stream(js, config)
 
 
 class MemorySession:

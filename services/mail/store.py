@@ -36,7 +36,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from mesh import subjects
+from mesh import bus, subjects
 
 log = structlog.get_logger("mesh.mail")
 
@@ -89,7 +89,7 @@ class MailStore:
         store = cls(js, stream_limit=stream_limit, timeout=timeout)
         for name, subject in ((subjects.MAIL_INBOUND_STREAM, subjects.MAIL_INBOUND_SUBJECT),
                               (subjects.MAIL_OUTBOX_STREAM, subjects.MAIL_OUTBOX_SUBJECT)):
-            await _ensure_stream(js, StreamConfig(
+            await bus.ensure_stream(js, StreamConfig(
                 name=name, subjects=[subject], retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
                 discard=DiscardPolicy.NEW, duplicate_window=120.0, description="agent-mesh mail",
             ))
@@ -188,14 +188,3 @@ async def pull_subscription(js: JetStreamContext, subject: str, stream: str, dur
             delay = min(delay * 2, 5.0)
 
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    assert config.name is not None
-    try:
-        await js.stream_info(config.name)
-        return
-    except jse.NotFoundError:
-        pass
-    try:
-        await js.add_stream(config)
-    except jse.BadRequestError:
-        await js.stream_info(config.name)  # created meanwhile by another process
