@@ -68,10 +68,14 @@ BENCH_TYPES = ("bench-echo", "bench-turn", "bench-act", "bench-slow")
 
 
 async def _clean_up(nc: Any) -> None:
-    """On a server that outlives the run: drop the raw bucket and the bench agents' KV entries."""
+    """On a server that outlives the run: drop the raw bucket and stream, and the bench agents' KV entries."""
     js = nc.jetstream()
     try:
         await js.delete_key_value(subjects.BENCH_RAW_BUCKET)
+    except Exception:
+        pass
+    try:
+        await js.delete_stream(subjects.BENCH_RAW_MAIL_STREAM)
     except Exception:
         pass
     for bucket in (subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET):
