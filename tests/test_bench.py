@@ -43,7 +43,8 @@ def test_quick_json_runs_every_scenario_and_reports_each_ratio() -> None:
                 assert 0 < measure["p50_ms"] <= measure["p99_ms"]
                 assert measure["caller_cpu_us_per_op"] >= 0 and measure["responder_cpu_us_per_op"] >= 0
                 assert measure["server_cpu_us_per_op"] >= 0
-            assert isinstance(row["met"], bool) and row["target"]
+            assert row["target"]
+            assert isinstance(row["met"], bool) if name != "mail" else row["met"] is None  # mail has no target
     hot = by_scenario["hot"][0]
     assert hot["notes"]["mesh_state_n"] == hot["notes"]["expected_n"] == hot["mesh"]["ops"]
     activation = by_scenario["activation"][0]["notes"]

@@ -182,7 +182,7 @@ def render_table(report: dict[str, Any]) -> str:
         lines.append(
             f"{r['scenario']:<11} {r['case']:<28} {raw['ops_per_s']:>10,.0f} {mesh['ops_per_s']:>11,.0f} "
             f"{r['ratio']:>6.2f}  {raw['p50_ms']:>7.2f}/{raw['p99_ms']:<7.2f} {mesh['p50_ms']:>7.2f}/{mesh['p99_ms']:<8.2f}"
-            f"  {r['target']} ({verdict})"
+            f"  {r['target']}" + (f" ({verdict})" if verdict else "")
         )
         extras = {**r.get("notes", {}), **_extras(raw, "raw"), **_extras(mesh, "mesh")}
         extras.update({f"{side}_errors": r[side]["errors"] for side in ("raw", "mesh") if r[side]["errors"]})

@@ -128,6 +128,12 @@ class Bench:
         self.recorders.append(recorder)
         return recorder
 
+    def unwatch(self, recorder: Any) -> None:
+        """Stop one recorder from `watch` (a process that ends before the run does)."""
+        if recorder is not None:
+            recorder.stop()
+            self.recorders.remove(recorder)
+
     def stop_recorders(self) -> None:
         while self.recorders:
             self.recorders.pop().stop()
@@ -204,9 +210,7 @@ async def activation(b: Bench) -> list[Result]:
         rss_idle, _ = worker.memory_mb()
         worker.check_alive()
     finally:
-        if recorder is not None:
-            recorder.stop()
-            b.recorders.remove(recorder)
+        b.unwatch(recorder)
         worker.stop()
     notes = {
         "worker_rss_start_mb": round(rss_start, 1), "worker_rss_end_mb": round(rss_end, 1),
@@ -262,6 +266,7 @@ async def http(b: Bench) -> list[Result]:
     base = procs.Child(["mesh.bench.raw_fronts", "http", b.url, str(raw_port)], b.workdir / "http-raw.log")
     raw_pool, mesh_pool = HttpPool("127.0.0.1", raw_port, concurrency), HttpPool("127.0.0.1", mesh_port, concurrency)
     path = "/agents/bench-echo/b"
+    recorders = [b.watch(bridge, "http-bridge"), b.watch(base, "http-raw")]
     try:
         await base.wait_for_log("ready")
         raw_op = lambda i: raw_pool.post(path, ECHO)  # noqa: E731
@@ -274,6 +279,8 @@ async def http(b: Bench) -> list[Result]:
         base.check_alive()
         bridge.check_alive()
     finally:
+        for recorder in recorders:
+            b.unwatch(recorder)
         await asyncio.gather(raw_pool.close(), mesh_pool.close())
         bridge.stop()
         base.stop()
@@ -295,6 +302,7 @@ async def mail(b: Bench) -> list[Result]:
     message, ids = mail_message(b.run_id), itertools.count()  # a new Message-ID for every mail
     sender, rcpt = f"bench-{b.run_id}@bench.invalid", "bench-echo+b@localhost"
     js = b.nc.jetstream()
+    recorders = [b.watch(service, "smtp-mesh"), b.watch(base, "smtp-raw")]
     try:
         await asyncio.gather(base.wait_for_log("ready"), service.wait_for_log("mail.started"))
         raw_op = lambda i: raw_pool.send(sender, rcpt, message(next(ids)))  # noqa: E731
@@ -311,13 +319,14 @@ async def mail(b: Bench) -> list[Result]:
         if b.server_pid is None:  # a server that outlives the run: take the bench's mails back out
             await _delete_bench_mail(js, first_seq, info.state.last_seq, sender)
     finally:
+        for recorder in recorders:
+            b.unwatch(recorder)
         await asyncio.gather(raw_pool.close(), mesh_pool.close())
         service.stop()
         base.stop()
-    met = mesh.ops_per_s >= 0.7 * raw.ops_per_s
     notes = {"mesh_stored": stored, "expected_stored": mesh.ops + 20, "processing": "off", "sessions": sessions}
-    target = "mails/s >= 0.7 x raw (no target in the issue)"
-    return [Result("mail", f"{sessions} SMTP sessions", "mails accepted", raw, mesh, target, met, notes=notes)]
+    target = "none in the issue: ratio reported"
+    return [Result("mail", f"{sessions} SMTP sessions", "mails accepted", raw, mesh, target, None, notes=notes)]
 
 
 async def _until_serving(op: Op, child: procs.Child, timeout: float = 30.0) -> bytes:
