@@ -49,7 +49,7 @@ def test_buckets_agree() -> None:
         subjects.DURABLE_STREAM, subjects.DEAD_STREAM,
         subjects.MAIL_INBOUND_STREAM, subjects.MAIL_OUTBOX_STREAM, subjects.MAIL_BUCKET, subjects.MAIL_OBJECTS,
         subjects.MEMORY_STREAM, subjects.RUNS_BUCKET,
-        subjects.BENCH_RAW_BUCKET,
+        subjects.BENCH_RAW_BUCKET, subjects.BENCH_RAW_MAIL_STREAM,
     }
 
 

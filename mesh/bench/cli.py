@@ -32,7 +32,17 @@ Scenarios (run in this order; --only picks some):
               waiting on the model. raw: a responder that spawns a task per request. A peer that
               handles one request at a time per process (nats-py micro endpoints) would need
               serial_peer_wall_s = 1,000 s.
-  http, mail  reported as skipped until the HTTP bridge and the mail service exist.
+  http        POST /agents/bench-echo/b through the HTTP bridge (a `mesh http` process), 64
+              concurrent keep-alive HTTP/1.1 clients, to the main worker's stateless echo agent;
+              raw: a minimal Starlette route on uvicorn (another process, served the same way)
+              that makes the same NATS request (nc.request) and returns the reply. Target: the
+              bridge >= 0.7 x the minimal route. "responder" CPU is the bridge's or the route's.
+  mail        the same ~1 KB mail (each with its own Message-ID) over 8 persistent SMTP
+              sessions to `mesh smtp` with MESH_SMTP_PROCESS=false (acceptance only: parse,
+              route, durable store in mesh_mail_in, then 250; nothing is processed) and agent
+              types bench-echo; raw: a bare aiosmtpd handler that only publishes each mail to
+              the JetStream stream mesh_bench_raw_mail before answering 250. Reports mails/s
+              accepted and p50/p99 time from MAIL FROM to the 250 after DATA.
 
 How to read the figures:
   ratio = mesh ops/s / raw ops/s of the same case in the same run; > 1 means the mesh is faster.
@@ -47,8 +57,10 @@ How to read the figures:
   "CPU us/op caller/responder/server" is the CPU time (from /proc, 10 ms ticks) each process
   spent per operation: other load on the machine disturbs it much less than ops/s, so it is the
   figure to compare across runs; it is coarse on --quick counts.
-  --nats-url: the bench creates the bucket mesh_bench_raw and bench-* agent state on that server
-  and removes both at the end; use a scratch server, since the load disturbs anything else on it.
+  --nats-url: the bench creates the bucket mesh_bench_raw, the stream mesh_bench_raw_mail and
+  bench-* agent state on that server and removes them at the end (and the mails it left in
+  mesh_mail_in; the mail service's streams stay); use a scratch server, since the load disturbs
+  anything else on it.
   Noise: run to run, ops/s move by 10 % (request/reply) to 40 % (KV) on a shared 2-core VM;
   other load on the machine (see the load average in the header) lowers everything. Compare
   ratios within one run, repeat a run before trusting a change below 20 %, and treat --quick

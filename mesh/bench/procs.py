@@ -65,6 +65,11 @@ class Child:
         self._log.close()
 
 
+def service_env(url: str) -> dict[str, str]:
+    """The environment of a mesh service process (`mesh http`, `mesh smtp`) on the bench's server."""
+    return {"NATS_URL": url, "MESH_LOG_FORMAT": "json", "MESH_LOG_LEVEL": "info"}
+
+
 async def start_worker(url: str, app: str, log_path: Path, env: dict[str, str] | None = None) -> Child:
     """A `mesh worker` process; returns once it serves its agent types."""
     worker = Child(

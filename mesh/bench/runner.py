@@ -68,10 +68,14 @@ BENCH_TYPES = ("bench-echo", "bench-turn", "bench-act", "bench-slow")
 
 
 async def _clean_up(nc: Any) -> None:
-    """On a server that outlives the run: drop the raw bucket and the bench agents' KV entries."""
+    """On a server that outlives the run: drop the raw bucket and stream, and the bench agents' KV entries."""
     js = nc.jetstream()
     try:
         await js.delete_key_value(subjects.BENCH_RAW_BUCKET)
+    except Exception:
+        pass
+    try:
+        await js.delete_stream(subjects.BENCH_RAW_MAIL_STREAM)
     except Exception:
         pass
     for bucket in (subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET):
@@ -178,7 +182,7 @@ def render_table(report: dict[str, Any]) -> str:
         lines.append(
             f"{r['scenario']:<11} {r['case']:<28} {raw['ops_per_s']:>10,.0f} {mesh['ops_per_s']:>11,.0f} "
             f"{r['ratio']:>6.2f}  {raw['p50_ms']:>7.2f}/{raw['p99_ms']:<7.2f} {mesh['p50_ms']:>7.2f}/{mesh['p99_ms']:<8.2f}"
-            f"  {r['target']} ({verdict})"
+            f"  {r['target']}" + (f" ({verdict})" if verdict else "")
         )
         extras = {**r.get("notes", {}), **_extras(raw, "raw"), **_extras(mesh, "mesh")}
         extras.update({f"{side}_errors": r[side]["errors"] for side in ("raw", "mesh") if r[side]["errors"]})

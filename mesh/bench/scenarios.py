@@ -8,6 +8,7 @@ baseline and service processes like `activation` does, and register it under its
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -17,11 +18,14 @@ from typing import Any
 import orjson
 from nats.aio.client import Client
 
+from mesh import subjects
 from mesh.bench import procs
+from mesh.bench.clients import HttpPool, ProtocolError, SmtpPool, mail_message
 from mesh.bench.load import Measure, Op, Progress, drive, process_cpu
 from mesh.bench.raw import SUBJECT_PREFIX
 from mesh.bench.stub_model import StubModel
 from mesh.client import MeshClient
+from mesh.server import free_port
 
 
 @dataclass(frozen=True)
@@ -37,19 +41,22 @@ class Sizes:
     slow_instances: int
     slow_delay: float
     idle_timeout: float
+    http_ops: int
+    mail_ops: int
 
 
 # The activation worker's idle timeout outlasts its run, so that eviction does not compete with
 # the first touches being measured; the scenario then waits for it.
-FULL = Sizes(3_000, 30_000, 10_000, 30_000, 10_000, 100_000, 1_000, 1.0, 60.0)
-QUICK = Sizes(200, 1_000, 200, 1_000, 300, 500, 50, 1.0, 1.0)
+FULL = Sizes(3_000, 30_000, 10_000, 30_000, 10_000, 100_000, 1_000, 1.0, 60.0, 10_000, 3_000)
+QUICK = Sizes(200, 1_000, 200, 1_000, 300, 500, 50, 1.0, 1.0, 300, 100)
 
 
 def scaled(sizes: Sizes, factor: float) -> Sizes:
     """`sizes` with every count multiplied by `factor` (at least 1); delays unchanged."""
     counts = {
         f: max(1, round(getattr(sizes, f) * factor))
-        for f in ("invoke_c1", "invoke_c64", "turn_instances", "turn_ops", "hot_ops", "activations", "slow_instances")
+        for f in ("invoke_c1", "invoke_c64", "turn_instances", "turn_ops", "hot_ops", "activations", "slow_instances",
+                  "http_ops", "mail_ops")
     }
     return replace(sizes, **counts)
 
@@ -120,6 +127,12 @@ class Bench:
         recorder = Recorder(child.pid, self.profile_dir / f"{name}.txt")
         self.recorders.append(recorder)
         return recorder
+
+    def unwatch(self, recorder: Any) -> None:
+        """Stop one recorder from `watch` (a process that ends before the run does)."""
+        if recorder is not None:
+            recorder.stop()
+            self.recorders.remove(recorder)
 
     def stop_recorders(self) -> None:
         while self.recorders:
@@ -197,9 +210,7 @@ async def activation(b: Bench) -> list[Result]:
         rss_idle, _ = worker.memory_mb()
         worker.check_alive()
     finally:
-        if recorder is not None:
-            recorder.stop()
-            b.recorders.remove(recorder)
+        b.unwatch(recorder)
         worker.stop()
     notes = {
         "worker_rss_start_mb": round(rss_start, 1), "worker_rss_end_mb": round(rss_end, 1),
@@ -246,20 +257,103 @@ async def slow(b: Bench) -> list[Result]:
     return [Result("slow", f"{n} instances, one worker", "turns", raw, mesh, target, met, notes=notes)]
 
 
-@dataclass(frozen=True)
-class Skipped:
-    scenario: str
-    reason: str
+async def http(b: Bench) -> list[Result]:
+    """The HTTP bridge (`mesh http`) against a minimal Starlette route making the same NATS request."""
+    n, concurrency = b.sizes.http_ops, 64
+    mesh_port, raw_port = free_port(), free_port()
+    bridge = procs.Child(["mesh", "http", "--http", f"127.0.0.1:{mesh_port}"], b.workdir / "http-bridge.log",
+                         env=procs.service_env(b.url))
+    base = procs.Child(["mesh.bench.raw_fronts", "http", b.url, str(raw_port)], b.workdir / "http-raw.log")
+    raw_pool, mesh_pool = HttpPool("127.0.0.1", raw_port, concurrency), HttpPool("127.0.0.1", mesh_port, concurrency)
+    path = "/agents/bench-echo/b"
+    recorders = [b.watch(bridge, "http-bridge"), b.watch(base, "http-raw")]
+    try:
+        await base.wait_for_log("ready")
+        raw_op = lambda i: raw_pool.post(path, ECHO)  # noqa: E731
+        mesh_op = lambda i: mesh_pool.post(path, ECHO)  # noqa: E731
+        same = orjson.loads(await _until_serving(raw_op, base)) == orjson.loads(await _until_serving(mesh_op, bridge))
+        await drive(raw_op, 100, 8, b.progress, "http warm-up raw")
+        await drive(mesh_op, 100, 8, b.progress, "http warm-up mesh")
+        raw = await b.drive(raw_op, n, concurrency, f"http c={concurrency} raw", base.pid)
+        mesh = await b.drive(mesh_op, n, concurrency, f"http c={concurrency} mesh", bridge.pid)
+        base.check_alive()
+        bridge.check_alive()
+    finally:
+        for recorder in recorders:
+            b.unwatch(recorder)
+        await asyncio.gather(raw_pool.close(), mesh_pool.close())
+        bridge.stop()
+        base.stop()
+    met = mesh.ops_per_s >= 0.7 * raw.ops_per_s
+    notes = {"same_reply": same, "agent": "bench-echo/b"}
+    return [Result("http", f"POST c={concurrency}", "requests", raw, mesh, "ops/s >= 0.7 x raw", met, notes=notes)]
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "skipped": self.reason}
+
+async def mail(b: Bench) -> list[Result]:
+    """Mail accepted by `mesh smtp` (processing off) against a bare aiosmtpd handler that only stores it."""
+    n, sessions = b.sizes.mail_ops, 8
+    mesh_port, raw_port = free_port(), free_port()
+    service = procs.Child(
+        ["mesh", "smtp", "--listen", f"127.0.0.1:{mesh_port}"], b.workdir / "smtp-mesh.log",
+        env={**procs.service_env(b.url), "MESH_SMTP_PROCESS": "false", "MESH_SMTP_AGENT_TYPES": "bench-echo"},
+    )
+    base = procs.Child(["mesh.bench.raw_fronts", "smtp", b.url, str(raw_port)], b.workdir / "smtp-raw.log")
+    raw_pool, mesh_pool = SmtpPool("127.0.0.1", raw_port, sessions), SmtpPool("127.0.0.1", mesh_port, sessions)
+    message, ids = mail_message(b.run_id), itertools.count()  # a new Message-ID for every mail
+    sender, rcpt = f"bench-{b.run_id}@bench.invalid", "bench-echo+b@localhost"
+    js = b.nc.jetstream()
+    recorders = [b.watch(service, "smtp-mesh"), b.watch(base, "smtp-raw")]
+    try:
+        await asyncio.gather(base.wait_for_log("ready"), service.wait_for_log("mail.started"))
+        raw_op = lambda i: raw_pool.send(sender, rcpt, message(next(ids)))  # noqa: E731
+        mesh_op = lambda i: mesh_pool.send(sender, rcpt, message(next(ids)))  # noqa: E731
+        await drive(raw_op, 20, sessions, b.progress, "mail warm-up raw")
+        first_seq = (await js.stream_info(subjects.MAIL_INBOUND_STREAM)).state.last_seq + 1
+        await drive(mesh_op, 20, sessions, b.progress, "mail warm-up mesh")
+        raw = await b.drive(raw_op, n, sessions, f"mail {sessions} sessions raw", base.pid)
+        mesh = await b.drive(mesh_op, n, sessions, f"mail {sessions} sessions mesh", service.pid)
+        info = await js.stream_info(subjects.MAIL_INBOUND_STREAM)
+        stored = info.state.last_seq - first_seq + 1
+        base.check_alive()
+        service.check_alive()
+        if b.server_pid is None:  # a server that outlives the run: take the bench's mails back out
+            await _delete_bench_mail(js, first_seq, info.state.last_seq, sender)
+    finally:
+        for recorder in recorders:
+            b.unwatch(recorder)
+        await asyncio.gather(raw_pool.close(), mesh_pool.close())
+        service.stop()
+        base.stop()
+    notes = {"mesh_stored": stored, "expected_stored": mesh.ops + 20, "processing": "off", "sessions": sessions}
+    target = "none in the issue: ratio reported"
+    return [Result("mail", f"{sessions} SMTP sessions", "mails accepted", raw, mesh, target, None, notes=notes)]
 
 
-def not_built(service: str, module: str) -> Callable[[Bench], Awaitable[list[Any]]]:
-    async def skipped(b: Bench) -> list[Any]:
-        return [Skipped(service, f"no {module} on this branch yet; add a scenario in mesh/bench/scenarios.py")]
+async def _until_serving(op: Op, child: procs.Child, timeout: float = 30.0) -> bytes:
+    """Retry `op(0)` until the child answers it (a port that is not yet listening refuses)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        child.check_alive()
+        try:
+            result: bytes = await op(0)
+            return result
+        except (OSError, ProtocolError):
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
 
-    return skipped
+
+async def _delete_bench_mail(js: Any, first: int, last: int, sender: str) -> None:
+    """Delete the mails this run left in `mesh_mail_in` (processing was off), and only those."""
+    marker = f'"mail_from":"{sender}"'
+    for seq in range(first, last + 1):
+        try:
+            msg = await js.get_msg(subjects.MAIL_INBOUND_STREAM, seq=seq)
+            if marker in (msg.headers or {}).get(subjects.HEADER_MAIL_ENVELOPE, ""):
+                await js.delete_msg(subjects.MAIL_INBOUND_STREAM, seq)
+        except Exception:
+            pass
 
 
 SCENARIOS: dict[str, Callable[[Bench], Awaitable[list[Any]]]] = {
@@ -268,8 +362,8 @@ SCENARIOS: dict[str, Callable[[Bench], Awaitable[list[Any]]]] = {
     "hot": hot,
     "activation": activation,
     "slow": slow,
-    "http": not_built("http", "HTTP bridge (services/http)"),
-    "mail": not_built("mail", "mail service (services/mail)"),
+    "http": http,
+    "mail": mail,
 }
 
 MAIN_APP = "mesh.bench.agents"  # its AGENTS; `activation` starts a worker of its own
