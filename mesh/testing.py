@@ -9,6 +9,7 @@ Enable them in a `conftest.py` with `pytest_plugins = ["mesh.testing"]`, then:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,6 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+import orjson
 import pytest
 import pytest_asyncio
 
@@ -59,6 +62,7 @@ async def mesh_factory(nats_server: NatsServer) -> AsyncIterator[RuntimeFactory]
         runtime = Runtime(nc, agents, options=options)
         await runtime.start()
         started.append(runtime)
+        await wait_serving(nats_server.url, [a.type for a in agents], runtime.worker_id)
         return runtime
 
     try:
@@ -67,6 +71,34 @@ async def mesh_factory(nats_server: NatsServer) -> AsyncIterator[RuntimeFactory]
         for runtime in reversed(started):
             await runtime.stop(grace=2.0)
             await runtime.nc.close()
+
+
+async def wait_serving(url: str, agent_types: Sequence[str], worker_id: str, timeout: float = 10.0) -> None:
+    """Return once another connection sees `worker_id` answer `$SRV.PING.<type>` for every type,
+    so a test's first request never races the worker's subscriptions."""
+    probe = await bus.connect(bus.NatsOptions.from_url(url, name="mesh-test-probe"))
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        for agent_type in agent_types:
+            while True:
+                inbox = probe.new_inbox()
+                sub = await probe.subscribe(inbox)
+                await probe.publish(f"$SRV.PING.{agent_type}", b"", reply=inbox)
+                seen = False
+                try:
+                    while not seen:
+                        msg = await sub.next_msg(timeout=0.2)
+                        seen = orjson.loads(msg.data).get("metadata", {}).get("mesh.worker") == worker_id
+                except nats.errors.TimeoutError:
+                    pass
+                finally:
+                    await sub.unsubscribe()
+                if seen:
+                    break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"worker {worker_id} does not answer $SRV.PING.{agent_type}")
+    finally:
+        await probe.close()
 
 
 class WorkerProcess:
