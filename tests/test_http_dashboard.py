@@ -11,6 +11,7 @@ from http_agents import Mailer
 from playwright.async_api import Browser, async_playwright, expect
 
 from services.demo import Counter
+from services.triage import Clerk
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -90,6 +91,37 @@ async def test_dashboard_shows_live_state_sends_messages_and_approves(
         await page.reload()
         await expect(page.locator("#instances li", has_text="web")).to_be_visible()
         await expect(page.locator("#state")).to_contain_text('"value": 5')
+        assert errors == []
+    finally:
+        await page.close()
+
+
+async def test_dashboard_approves_a_real_llm_agents_tool_call(browser, mesh_factory, http_factory) -> None:
+    """The approvals feature of the OpenAI agents (offline demo model): pause, approve in the page, resume."""
+    await mesh_factory([Counter, Clerk])
+    bridge = await http_factory()
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        await page.goto(f"{bridge.url}/#/clerk/desk")
+        await expect(page.locator("#title")).to_have_text("clerk/desk")
+        await expect(page.locator("#conn")).to_have_text("live")
+        await page.fill("#message", '"add 5 to counter demo"')
+        await page.click("#send")
+        row = page.locator("#approvals li").first
+        await expect(row).to_contain_text("add_to_counter")
+        async with httpx.AsyncClient(base_url=bridge.url) as other:
+            assert (await other.get("/agents/counter/demo/state")).status_code == 404  # the tool has not run
+        await row.get_by_role("button", name="Approve").click()
+        await expect(page.locator("#approvals")).to_contain_text("none")
+        async with httpx.AsyncClient(base_url=bridge.url) as other:
+            for _ in range(100):
+                response = await other.get("/agents/counter/demo/state")
+                if response.status_code == 200:
+                    break
+                await page.wait_for_timeout(100)
+            assert response.json()["state"] == {"value": 5}  # the approved tool ran, once
         assert errors == []
     finally:
         await page.close()
