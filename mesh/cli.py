@@ -298,12 +298,13 @@ async def cmd_http(args: argparse.Namespace, settings: MeshSettings) -> int:
     configure_logging(settings.log_format, settings.log_level)
     stop = _stop_on_signals()
     url = settings.nats_url or DEFAULT_URL
-    bridge = _start_http(settings, url, stop)
-    if bridge is None:
-        print("mesh http: --http off leaves nothing to serve", file=sys.stderr)
-        return 2
-    await stop.wait()
-    await bridge
+    async with open_health_server(settings.metrics_host, settings.metrics_port):
+        bridge = _start_http(settings, url, stop)
+        if bridge is None:
+            print("mesh http: --http off leaves nothing to serve", file=sys.stderr)
+            return 2
+        await stop.wait()
+        await bridge
     return 0
 
 
@@ -315,16 +316,16 @@ async def cmd_smtp(args: argparse.Namespace, settings: MeshSettings) -> int:
     if args.listen:
         mail_settings = mail_settings.model_copy(update={"listen": args.listen})
     nc = await bus.connect(settings.nats_options(settings.nats_url or DEFAULT_URL, "mesh-smtp"))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     service = MailService(nc, MailConfig.from_settings(mail_settings))
-    await service.start()
     try:
-        await stop.wait()
+        async with open_health_server(settings.metrics_host, settings.metrics_port, ready=lambda: nc.is_connected):
+            await service.start()
+            try:
+                await stop.wait()
+            finally:
+                await service.stop()
     finally:
-        await service.stop()
         await _close(nc)
     return 0
 

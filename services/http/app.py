@@ -22,6 +22,7 @@ from services.http import problems, routes, streams
 from services.http.auth import Auth, AuthMiddleware
 from services.http.bridge import Bridge
 from services.http.config import BridgeConfig
+from services.http.metrics import MetricsMiddleware
 from services.http.openapi import build_openapi
 
 STATIC = Path(__file__).parent / "static"
@@ -59,7 +60,7 @@ def create_app(config: BridgeConfig, *, nats: bus.NatsOptions | None = None, nc:
                 await conn.drain()
 
     auth = Auth(config.tokens, config.ticket_ttl)
-    middleware = []
+    middleware = [Middleware(MetricsMiddleware)]
     if config.cors_origins:
         middleware.append(Middleware(
             CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mesh.metrics import MAIL_MESSAGES
 from services.mail.config import MailConfig
 from services.mail.parse import Unparseable, parse_message
 from services.mail.routing import Resolver
@@ -46,15 +47,18 @@ class IngestHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            MAIL_MESSAGES.labels("rejected", "too_many_recipients").inc()
             return "452 4.5.3 Too many recipients"
         route = self.resolver(address)
         try:
             allowed = route is not None and await self.type_allowed(route.agent_type)
         except Exception as exc:
             log.warning("mail.rcpt_deferred", rcpt=address, error=str(exc) or type(exc).__name__)
+            MAIL_MESSAGES.labels("deferred", "discovery_unavailable").inc()
             return "451 4.3.0 Cannot check the recipient now; try again later"
         if not allowed:
             log.info("mail.rejected", stage="rcpt", rcpt=address[:200], peer=_peer(session))
+            MAIL_MESSAGES.labels("rejected", "no_such_agent").inc()
             return f"550 5.1.1 <{address[:200]}>: no such agent here"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Recipient OK"
@@ -76,9 +80,11 @@ class IngestHandler:
                                      trusted_authserv=self.config.trusted_authserv)
         except Unparseable as exc:
             log.info("mail.rejected", stage="data", reason=str(exc), peer=_peer(session))
+            MAIL_MESSAGES.labels("rejected", "unparseable").inc()
             return f"554 5.6.0 Message refused: {exc}"
         except Exception as exc:  # never let a parser bug end the session
             log.error("mail.parse_failed", exc_info=exc, peer=_peer(session))
+            MAIL_MESSAGES.labels("rejected", "parser_error").inc()
             return "554 5.6.0 Message refused: it could not be parsed"
         dedupe_id = short_hash(message_key(mail.message_id, raw), *sorted(r.lower() for r in recipients))
         mail_id = dedupe_id[:32]
@@ -88,8 +94,10 @@ class IngestHandler:
             duplicate = await self.store.accept(raw, stored, dedupe_id)
         except StoreUnavailable as exc:
             log.warning("mail.deferred", stage="data", mail_id=mail_id, error=str(exc)[:300])
+            MAIL_MESSAGES.labels("deferred", "storage_unavailable").inc()
             return "451 4.3.0 Mail storage is unavailable; try again later"
         self.accepted += 1
+        MAIL_MESSAGES.labels("accepted", "duplicate" if duplicate else "stored").inc()
         log.info("mail.accepted", mail_id=mail_id, sender=sender, rcpts=recipients, size=len(raw),
                  message_id=mail.message_id, duplicate=duplicate, automatic=mail.automatic)
         return f"250 2.0.0 Queued as {mail_id}"
