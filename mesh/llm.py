@@ -42,6 +42,7 @@ from mesh.approvals import (
 from mesh.context import current_turn
 from mesh.errors import AgentError, ApprovalDecided, ApprovalNotFound, ApprovalPending, MeshError
 from mesh.memory import DEFAULT_MAX_ITEMS, MemorySession, open_memory_stream
+from mesh.metrics import APPROVALS_PENDING
 from mesh.tools import current_client
 from mesh.tracing import trace_id
 
@@ -144,6 +145,7 @@ class LLMAgent(Agent[LLMState]):
         self._runs: RunStore | None = None
         self._timer: asyncio.Task[None] | None = None
         self._usage_seen: dict[str, Usage] = {}
+        self._pending_counted = 0
 
     @property
     def sdk_agent(self) -> agents.Agent[Any]:
@@ -167,11 +169,21 @@ class LLMAgent(Agent[LLMState]):
         model = model_label(self.sdk_agent.model)
         self.log.info("llm.activated", model=model, offline=model == OFFLINE_LABEL, pending=len(self.state.pending))
         self._arm_timer()
+        self._count_pending()
+
+    async def on_state_changed(self, previous: LLMState) -> None:
+        self._count_pending()
 
     async def on_deactivate(self) -> None:
         # The expiry timer outlives the activation on purpose: an instance evicted for idling
         # still has its approvals expire, since the timer's message activates it again.
-        return None
+        self._count_pending(owned=False)
+
+    def _count_pending(self, *, owned: bool = True) -> None:
+        """Keep `mesh_approvals_pending` equal to the open approvals of the instances this worker owns."""
+        now = sum(1 for p in self.state.pending if p.decision is None) if owned else 0
+        APPROVALS_PENDING.labels(self.type).inc(now - self._pending_counted)
+        self._pending_counted = now
 
     async def on_request(self, request: LLMRequest) -> Any:
         token = current_client.set(self.mesh)

@@ -33,3 +33,16 @@ async def test_mail_service_counts_accepted_and_rejected_mail(mail_factory) -> N
     assert (await send(service.port, compose(to="x@y"), rcpts=["nobody+x@localhost"]))[0] == 550
     assert sample("mesh_mail_messages_total", outcome="accepted", reason="stored") == stored + 1
     assert sample("mesh_mail_messages_total", outcome="rejected", reason="no_such_agent") == refused + 1
+
+
+async def test_pending_approvals_gauge_follows_an_llm_run(mesh_factory, mesh_client) -> None:
+    from services.triage import Clerk
+
+    await mesh_factory([Counter, Clerk])
+    before = sample("mesh_approvals_pending", type="clerk")
+    reply = await mesh_client.call("clerk", "g", "add 5 to counter demo", timeout=30)
+    assert reply["status"] == "awaiting_approval"
+    assert sample("mesh_approvals_pending", type="clerk") == before + 1
+    decided = await mesh_client.call("clerk", "g", {"op": "approve", "id": reply["approvals"][0]["id"], "by": "t"}, timeout=30)
+    assert decided["status"] == "completed"
+    assert sample("mesh_approvals_pending", type="clerk") == before
