@@ -34,6 +34,7 @@ from mesh.durable import DurableOptions, ensure_streams
 from mesh.errors import AgentError, MeshError, MeshTimeout, RequestError, StateError
 from mesh.metrics import DEAD_LETTERS, DURABLE_BACKLOG
 from mesh.recorder import FlightRecorder
+from mesh.tasks import TaskSet
 from mesh.tracing import child_traceparent, trace_id
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class DurableDelivery:
         self.stats = DeliveryStats()
         self.log = runtime.log.bind(component="durable")
         self._js: JetStreamContext = runtime.nc.jetstream(timeout=5.0)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(self.log, "durable.loop_failed")
         self._subs: list[Any] = []
         self._stopping = False
         self._recorders = [o for o in runtime.observers if isinstance(o, FlightRecorder)]
@@ -81,9 +82,7 @@ class DurableDelivery:
                 ))
                 sub = await self._js.pull_subscribe_bind(durable=name, stream=subjects.DURABLE_STREAM)
                 self._subs.append(sub)
-                task = asyncio.get_running_loop().create_task(self._serve(sub, agent_type))
-                self._tasks.add(task)
-                task.add_done_callback(self._task_done)
+                self._tasks.spawn(self._serve(sub, agent_type))
         self.log.info("durable.started", consumers=len(self._subs))
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -105,10 +104,6 @@ class DurableDelivery:
     def statistics(self) -> dict[str, int]:
         return {"delivered": self.stats.delivered, "retried": self.stats.retried, "dead": self.stats.dead}
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            self.log.error("durable.loop_failed", exc_info=exc)
 
     async def _serve(self, sub: Any, agent_type: str) -> None:
         while not self._stopping:

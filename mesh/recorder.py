@@ -52,24 +52,29 @@ class EventsLimits:
     replicas: int = 1
 
 
-def events_stream_config(limits: EventsLimits) -> StreamConfig:
+def events_stream_config(limits: EventsLimits, name: str = subjects.EVENTS_STREAM) -> StreamConfig:
     return StreamConfig(
-        name=subjects.EVENTS_STREAM, subjects=["events.>"], storage=StorageType.FILE,
+        name=name, subjects=["events.>"], storage=StorageType.FILE,
         max_age=limits.max_age, max_msgs=limits.max_msgs, max_bytes=limits.max_bytes,
         discard=DiscardPolicy.OLD, num_replicas=limits.replicas,
-        description="agent-mesh flight recorder: turns, calls, state writes and agent events",
+        description="agent-mesh events: the flight recorder, and what live views resume from",
     )
 
 
-async def ensure_events_stream(js: JetStreamContext, limits: EventsLimits) -> str | None:
-    """The name of the stream that keeps `events.>`, created with `limits` if there is none."""
+async def ensure_events_stream(
+    js: JetStreamContext, limits: EventsLimits, name: str = subjects.EVENTS_STREAM
+) -> str | None:
+    """The name of the stream that keeps `events.>`, created with `limits` if there is none.
+
+    The flight recorder and the HTTP bridge both call this; whichever starts first sets the limits.
+    """
     try:
         return await js.find_stream_name_by_subject("events.>")
     except jse.NotFoundError:
         pass
     try:
-        await js.add_stream(events_stream_config(limits))
-        return subjects.EVENTS_STREAM
+        await js.add_stream(events_stream_config(limits, name))
+        return name
     except jse.BadRequestError:
         try:  # another process created it first
             return await js.find_stream_name_by_subject("events.>")

@@ -38,6 +38,7 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.observe import Observer, TurnRecord
+from mesh.tasks import TaskSet
 
 MAX_HOPS = 3
 EVICTION_CHUNK = 256
@@ -92,7 +93,7 @@ class Runtime:
         self.observers = list(observers)
         self.activations: dict[str, Activation] = {}
         self.stats = {t: TypeStats() for t in self.agents}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(self.log)
         self._services: list[Service] = []
         self._forward_sub: Any = None
         self._loops: set[asyncio.Task[Any]] = set()
@@ -179,9 +180,7 @@ class Runtime:
             await asyncio.sleep(self.options.handover_linger)
         await self._drain(self._forward_sub)
         await self._wait_tasks(min(deadline, time.monotonic() + 1.0))
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
         self.activations.clear()
         self.log.info("worker.stopped", handed_over=owned)
 
@@ -376,15 +375,7 @@ class Runtime:
     # -- background --------------------------------------------------------------------------
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            self.log.error("task.failed", exc_info=exc)
+        return self._tasks.spawn(coro)
 
     async def _serve_eviction(self) -> None:
         period = max(0.05, min(self.options.idle_timeout / 4, 30.0))

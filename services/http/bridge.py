@@ -17,12 +17,14 @@ import nats.js.errors as jse
 import orjson
 import structlog
 from nats.aio.client import Client
-from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from mesh import bus, subjects
 from mesh.client import MeshClient
 from mesh.errors import BadReply, Unavailable
+from mesh.recorder import EventsLimits, ensure_events_stream
+from mesh.tasks import TaskSet
 from services.http.config import BridgeConfig
 
 log = structlog.get_logger("services.http")
@@ -53,7 +55,7 @@ class Bridge:
         self._types: list[AgentType] = []
         self._types_at = 0.0
         self._types_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log)
 
     async def start(self) -> None:
         js = self.nc.jetstream()
@@ -64,9 +66,7 @@ class Bridge:
         log.info("bridge.started", events_stream=self.events_stream, auth=self.config.auth_enabled)
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
 
     @property
     def max_body(self) -> int:
@@ -106,39 +106,18 @@ class Bridge:
     # -- background work ---------------------------------------------------------------------
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("task.failed", exc_info=exc)
+        self._tasks.spawn(coro)
 
     async def _ensure_events_stream(self) -> str | None:
         """The stream that keeps `events.>` (so live views resume without gaps), created if missing."""
         js = self.nc.jetstream()
-        try:
-            return await js.find_stream_name_by_subject("events.>")
-        except jse.NotFoundError:
-            pass
-        if not self.config.events_stream:
-            return None
-        config = StreamConfig(
-            name=self.config.events_stream, subjects=["events.>"], storage=StorageType.FILE,
-            max_age=float(self.config.events_max_age), max_bytes=256 * 1024 * 1024,
-            discard=DiscardPolicy.OLD, description="agent-mesh events, kept for live views to resume",
-        )
-        try:
-            await js.add_stream(config)
-        except jse.BadRequestError:
-            try:  # another replica created it first, or a stream overlaps part of events.>
+        if not self.config.events_stream:  # configured not to create one: use one if it exists
+            try:
                 return await js.find_stream_name_by_subject("events.>")
             except jse.NotFoundError:
-                log.warning("bridge.events_stream_unavailable")
                 return None
-        return self.config.events_stream
-
+        limits = EventsLimits(max_age=float(self.config.events_max_age), max_bytes=256 * 1024 * 1024)
+        return await ensure_events_stream(js, limits, name=self.config.events_stream)
 
 def _admits_op(schema: Any, op: str) -> bool:
     """Whether any object in `schema` (including its `$defs`) has an `op` property of constant `op`."""

@@ -10,6 +10,7 @@ import structlog
 from nats.aio.client import Client
 
 from mesh.client import MeshClient
+from mesh.tasks import TaskSet
 from services.mail.config import MailConfig
 from services.mail.outbox import Outbox
 from services.mail.processor import Processor
@@ -50,7 +51,7 @@ class MailService:
         self.client = MeshClient(nc, default_timeout=config.call_timeout)
         self.server: asyncio.Server | None = None
         self.handler: IngestHandler
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "mail.task_failed")
 
     @property
     def port(self) -> int:
@@ -85,25 +86,10 @@ class MailService:
         if self.server is not None:
             self.server.close()
             self.server = None
-        # Cancel until done: on Python 3.11 a cancellation can be swallowed by `asyncio.wait_for`
-        # inside nats-py's fetch when its timeout fires at the same moment, so cancel again.
-        pending = set(self._tasks)
-        deadline = asyncio.get_running_loop().time() + 5.0
-        while pending and asyncio.get_running_loop().time() < deadline:
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=0.2)
-        for task in pending:
+        for task in await self._tasks.cancel_all():
             log.warning("mail.stop_slow", task=repr(task)[:300],
                         frames=" | ".join(repr(f) for f in task.get_stack(limit=8)))
         log.info("mail.stopped")
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("mail.task_failed", exc_info=exc)
+        self._tasks.spawn(coro)

@@ -1,0 +1,48 @@
+"""Background tasks that are kept referenced until they finish, and whose failures are logged.
+
+asyncio keeps only a weak reference to a task, and an exception nobody awaits is lost; every
+long-lived object of the mesh (runtime, durable delivery, HTTP bridge, mail service) spawns its
+background work through one of these instead of a bare `create_task`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+
+
+class TaskSet(set[asyncio.Task[Any]]):
+    """A set of running tasks: `spawn` adds one, it removes itself when done."""
+
+    def __init__(self, log: structlog.typing.FilteringBoundLogger, event: str = "task.failed") -> None:
+        super().__init__()
+        self._log = log
+        self._event = event
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._log.error(self._event, exc_info=exc)
+
+    async def cancel_all(self, timeout: float = 5.0) -> set[asyncio.Task[Any]]:
+        """Cancel every task and wait; returns those still running after `timeout`.
+
+        Cancels again until done: on Python 3.11 a cancellation can be swallowed by an
+        `asyncio.wait_for` inside nats-py whose own timeout fires at the same moment.
+        """
+        pending = set(self)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while pending and asyncio.get_running_loop().time() < deadline:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.2)
+        return pending
