@@ -10,10 +10,10 @@ overwrite newer state: its write fails with a conflict and its callers get an er
 from __future__ import annotations
 
 import enum
-import os
 import time
 from collections import deque
 from dataclasses import dataclass
+from random import getrandbits
 from typing import TYPE_CHECKING, Any
 
 import pydantic
@@ -94,7 +94,7 @@ def _summarize(exc: pydantic.ValidationError) -> str:
 
 
 def new_turn_id() -> str:
-    return os.urandom(6).hex()
+    return f"{getrandbits(48):012x}"  # unique, not secret: no syscall per turn
 
 
 class Activation:
@@ -252,7 +252,7 @@ class Activation:
                 self.saved = self.current
                 if self.runtime.observers:
                     saved = StateRecord(
-                        self.agent_cls.type, self.name, self.runtime.worker_id, self.state_revision, len(self.saved)
+                        self.agent_cls.type, self.name, self.runtime.worker_id, self.state_revision, len(self.saved), self.key
                     )
                     for observer in self.runtime.observers:
                         observer.on_state_saved(saved)

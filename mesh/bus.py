@@ -18,6 +18,7 @@ from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
 from mesh.errors import ConnectionFailed, MeshTimeout, NoResponders, StateConflict, Unavailable
+from mesh.inbox import NoReply, inbox_of
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,8 @@ async def request(
     nc: Client, subject: str, data: bytes, *, timeout: float, headers: dict[str, str] | None = None
 ) -> Msg:
     try:
-        return await nc.request(subject, data, timeout=timeout, headers=headers)
-    except nats.errors.NoRespondersError as exc:
+        return await inbox_of(nc).request(subject, data, timeout=timeout, headers=headers)
+    except NoReply as exc:
         raise NoResponders(f"no worker serves {subject}") from exc
     except (TimeoutError, nats.errors.TimeoutError) as exc:
         raise MeshTimeout(f"no reply on {subject} within {timeout:.3g}s") from exc
@@ -216,10 +217,10 @@ class Bucket:
     async def _publish_expecting(self, subject: str, value: bytes, last: int, headers: dict[str, str] | None) -> int:
         expected = {_EXPECTED_LAST: str(last)}
         try:
-            msg = await self._js._nc.request(
+            msg = await inbox_of(self._js._nc).request(
                 subject, value, timeout=self._timeout, headers={**headers, **expected} if headers else expected
             )
-        except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+        except (TimeoutError, NoReply) as exc:
             raise Unavailable(f"KV {self.name} did not confirm the write: {exc or type(exc).__name__}") from exc
         ack = orjson.loads(msg.data)
         error = ack.get("error")

@@ -12,7 +12,7 @@ become labels (they are unbounded and may be personal data).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -92,15 +92,35 @@ def render() -> bytes:
 
 
 class MetricsObserver:
-    """Counts turns and state writes as the runtime reports them (no I/O: a few dict lookups)."""
+    """Counts turns and state writes as the runtime reports them (no I/O: a few dict lookups).
+
+    `labels()` costs more than the increment itself, so each labelled child is looked up once.
+    """
+
+    def __init__(self) -> None:
+        self._turns: dict[tuple[str, str], Any] = {}
+        self._turn_seconds: dict[str, Any] = {}
+        self._writes: dict[str, tuple[Any, Any]] = {}
 
     def on_turn(self, record: TurnRecord) -> None:
-        TURNS.labels(record.agent_type, record.outcome).inc()
-        TURN_SECONDS.labels(record.agent_type).observe(max(0.0, record.ended_at - record.started_at))
+        key = (record.agent_type, record.outcome)
+        counter = self._turns.get(key)
+        if counter is None:
+            counter = self._turns[key] = TURNS.labels(*key)
+        counter.inc()
+        seconds = self._turn_seconds.get(record.agent_type)
+        if seconds is None:
+            seconds = self._turn_seconds[record.agent_type] = TURN_SECONDS.labels(record.agent_type)
+        seconds.observe(max(0.0, record.ended_at - record.started_at))
 
     def on_state_saved(self, record: StateRecord) -> None:
-        STATE_WRITES.labels(record.agent_type).inc()
-        STATE_BYTES.labels(record.agent_type).observe(record.size)
+        children = self._writes.get(record.agent_type)
+        if children is None:
+            children = self._writes[record.agent_type] = (
+                STATE_WRITES.labels(record.agent_type), STATE_BYTES.labels(record.agent_type),
+            )
+        children[0].inc()
+        children[1].observe(record.size)
 
 
 class RuntimeCollector(Collector):

@@ -23,6 +23,7 @@ class TurnRecord:
     outcome: str  # "ok" or the error code
     error: str | None = None
     caller: str | None = None  # instance key of the turn that called this one, if any
+    key: str = ""  # this instance's key (`type.token`), so observers need not encode the name again
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class StateRecord:
     worker: str
     revision: int
     size: int
+    key: str = ""
 
 
 class Observer(Protocol):

@@ -141,6 +141,14 @@ class FlightRecorder:
             return
         self._enqueue(subject, data, traceparent)
 
+    def _record(
+        self, agent_type: str, name: str, key: str, kind: str, data: dict[str, Any], traceparent: str | None = None
+    ) -> None:
+        if key:
+            self._enqueue(f"events.{key}.{kind}", data, traceparent)
+        else:
+            self.record(agent_type, name, kind, data, traceparent)
+
     def on_turn(self, record: TurnRecord) -> None:
         tid = trace_id(record.traceparent)
         body: dict[str, Any] = {
@@ -154,7 +162,7 @@ class FlightRecorder:
             body["error"] = record.error
         if record.caller:
             body["caller"] = address(record.caller)
-        self.record(record.agent_type, record.name, body["kind"], body, record.traceparent)
+        self._record(record.agent_type, record.name, record.key, body["kind"], body, record.traceparent)
         if record.caller:
             caller_type, _, caller_token = record.caller.partition(".")
             call = {
@@ -169,7 +177,7 @@ class FlightRecorder:
             "kind": "state", "type": record.agent_type, "name": record.name, "worker": record.worker,
             "revision": record.revision, "size": record.size, "at": time.time(),
         }
-        self.record(record.agent_type, record.name, "state", body)
+        self._record(record.agent_type, record.name, record.key, "state", body)
 
     def _enqueue(self, subject: str, body: dict[str, Any], traceparent: str | None) -> None:
         if len(self._buffer) >= self._max:

@@ -341,7 +341,7 @@ class Runtime:
             record = TurnRecord(
                 turn.agent_type, turn.name, self.worker_id, turn.turn_id, turn.traceparent,
                 started, ended, code, error.message if error else None,
-                turn.chain[-2] if len(turn.chain) > 1 else None,
+                turn.chain[-2] if len(turn.chain) > 1 else None, turn.key,
             )
             for observer in self.observers:
                 observer.on_turn(record)

@@ -1,0 +1,84 @@
+"""Request/reply over one reply inbox per connection, for the requests on the hot path.
+
+nats-py's `Client.request` already multiplexes replies over one wildcard inbox, but every call
+also pays for `asyncio.wait_for`, a random token read from the OS and a done-callback. Every call
+between agents, every forward and every state write is such a request, so the mesh keeps its own
+table of waiting futures with a plain timer instead: same protocol, same subjects, less Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import weakref
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+NO_RESPONDERS = "503"
+
+
+class NoReply(Exception):
+    """Nobody is subscribed to the subject (the server answered 503 at once)."""
+
+
+class ReplyInbox:
+    """The futures of one connection's requests, resolved by one subscription on `<inbox>.*`."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self._prefix = ""
+        self._futures: dict[str, asyncio.Future[Msg]] = {}
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+        self._sub: Any = None
+
+    async def request(
+        self, subject: str, data: bytes, *, timeout: float, headers: dict[str, str] | None = None
+    ) -> Msg:
+        """The reply to `data` sent on `subject`; raises `TimeoutError` or `NoReply`."""
+        if self._sub is None:
+            await self._subscribe()
+        token = f"{next(self._ids):x}"
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._futures[token] = future
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            await self.nc.publish(subject, data, reply=self._prefix + token, headers=headers)
+            msg = await future
+        finally:
+            timer.cancel()
+            self._futures.pop(token, None)
+        if not msg.data and msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+            raise NoReply(subject)
+        return msg
+
+    async def _subscribe(self) -> None:
+        async with self._lock:
+            if self._sub is None:
+                prefix = self.nc.new_inbox() + "."
+                self._sub = await self.nc.subscribe(prefix + "*", cb=self._on_reply)
+                self._prefix = prefix
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._futures.pop(msg.subject[len(self._prefix) :], None)
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+
+def _expire(future: asyncio.Future[Msg]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
+_inboxes: weakref.WeakKeyDictionary[Client, ReplyInbox] = weakref.WeakKeyDictionary()
+
+
+def inbox_of(nc: Client) -> ReplyInbox:
+    """The connection's reply inbox, created on first use."""
+    inbox = _inboxes.get(nc)
+    if inbox is None:
+        inbox = _inboxes[nc] = ReplyInbox(nc)
+    return inbox
