@@ -139,7 +139,7 @@ class Activation:
         self.queue.append(envelope)
         if not self.running:
             self.running = True
-            self.runtime.spawn(self._drain())
+            self.runtime.start_now(self._drain())
 
     def idle_since(self, now: float) -> float:
         return 0.0 if self.running or self.queue else now - self.last_used

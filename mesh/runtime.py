@@ -250,7 +250,7 @@ class Runtime:
                 raise Unavailable(SHUTTING_DOWN)
             envelope = Envelope(msg.data, msg.reply or None, headers, _deadline(headers, msg.reply))
             if cls.state_model is None:
-                self.spawn(self._stateless_turn(cls, subjects.decode_name(token), key, envelope))
+                self._tasks.start(self._stateless_turn(cls, subjects.decode_name(token), key, envelope))
                 return
             activation = self.activations.get(key)
             if activation is None:
@@ -376,6 +376,10 @@ class Runtime:
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro)
+
+    def start_now(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
+        """Run `coro` now up to its first wait, then as a task (`TaskSet.start`)."""
+        return self._tasks.start(coro)
 
     async def _serve_eviction(self) -> None:
         period = max(0.05, min(self.options.idle_timeout / 4, 30.0))

@@ -8,7 +8,9 @@ background work through one of these instead of a bare `create_task`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import contextvars
+import types
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 import structlog
@@ -24,6 +26,27 @@ class TaskSet(set[asyncio.Task[Any]]):
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
+        self.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def start(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
+        """Run `coro` at once, up to its first real wait, and make it a task only then.
+
+        A stateless turn seldom waits on anything (publishing its reply only buffers it), so it
+        finishes right here: no task, no extra trip around the event loop before the turn starts.
+        Python 3.12's eager tasks do the same; this also works on 3.11. The coroutine runs in a
+        context of its own from its first step, as it would in a task. Returns None if it finished.
+        """
+        context = contextvars.copy_context()
+        try:
+            waiting = context.run(coro.send, None)
+        except StopIteration:
+            return None
+        except Exception as exc:
+            self._log.error(self._event, exc_info=exc)
+            return None
+        task = asyncio.get_running_loop().create_task(_finish(coro, waiting), context=context)
         self.add(task)
         task.add_done_callback(self._done)
         return task
@@ -46,3 +69,22 @@ class TaskSet(set[asyncio.Task[Any]]):
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.2)
         return pending
+
+
+async def _finish(coro: Coroutine[Any, Any, Any], waiting: Any) -> Any:
+    return await _resume(coro, waiting)
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], waiting: Any) -> Generator[Any, None, Any]:
+    """Hand what a started coroutine waits on to the task driving us, then let it go on."""
+    while True:
+        try:
+            yield waiting
+        except BaseException as exc:  # a cancellation (or any error) thrown in by the task
+            try:
+                waiting = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+            continue
+        return (yield from coro)
