@@ -26,13 +26,37 @@ class Measure:
     p99_ms: float
     first_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list, repr=False)  # sorted, seconds
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         extra = data.pop("extra")
+        del data["latencies"]
         if data["first_error"] is None:
             del data["first_error"]
         return {**data, **extra}
+
+
+def merge(parts: list[Measure]) -> Measure:
+    """One measure of several rounds of the same case: ops and time add up, latencies pool,
+    CPU per op is weighted by each round's ops."""
+    if len(parts) == 1:
+        return parts[0]
+    ops = sum(p.ops for p in parts)
+    wall = sum(p.wall_s for p in parts)
+    latencies = sorted(x for p in parts for x in p.latencies)
+    total = sum(p.ops + p.errors for p in parts)
+    extra: dict[str, Any] = {}
+    for key in parts[0].extra:
+        if key.endswith("_cpu_us_per_op"):
+            weighted = sum(p.extra.get(key, 0.0) * (p.ops + p.errors) for p in parts)
+            extra[key] = round(weighted / total, 1) if total else 0.0
+    return Measure(
+        ops=ops, errors=sum(p.errors for p in parts), wall_s=round(wall, 4),
+        ops_per_s=round(ops / wall, 1) if wall > 0 else 0.0,
+        p50_ms=round(percentile(latencies, 0.50) * 1000, 3), p99_ms=round(percentile(latencies, 0.99) * 1000, 3),
+        first_error=next((p.first_error for p in parts if p.first_error), None), extra=extra, latencies=latencies,
+    )
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -107,15 +131,15 @@ CpuProbes = dict[str, Callable[[], float]]
 
 
 async def drive(
-    op: Op, total: int, concurrency: int, progress: Progress, label: str, *, cpu: CpuProbes | None = None
+    op: Op, total: int, concurrency: int, progress: Progress, label: str, *, cpu: CpuProbes | None = None,
+    offset: int = 0,
 ) -> Measure:
-    """Run `op(0) .. op(total - 1)` from `concurrency` loops; time each call.
+    """Run `op(offset) .. op(offset + total - 1)` from `concurrency` loops; time each call.
 
     `cpu` maps a role ("caller", "responder", "server") to a CPU-seconds probe: the measure then
     says how many CPU microseconds each process spent per operation, a figure that other load on
     the machine disturbs far less than ops/s.
     """
-    offset = 0
     latencies: list[float] = []
     errors = 0
     first_error: str | None = None
@@ -152,5 +176,5 @@ async def drive(
         ops=len(latencies), errors=errors, wall_s=round(wall, 4),
         ops_per_s=round(len(latencies) / wall, 1) if wall > 0 else 0.0,
         p50_ms=round(percentile(latencies, 0.50) * 1000, 3), p99_ms=round(percentile(latencies, 0.99) * 1000, 3),
-        first_error=first_error, extra=extra,
+        first_error=first_error, extra=extra, latencies=latencies,
     )

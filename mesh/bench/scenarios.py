@@ -21,7 +21,7 @@ from nats.aio.client import Client
 from mesh import subjects
 from mesh.bench import procs
 from mesh.bench.clients import HttpPool, ProtocolError, SmtpPool, mail_message
-from mesh.bench.load import Measure, Op, Progress, drive, process_cpu
+from mesh.bench.load import Measure, Op, Progress, drive, merge, process_cpu
 from mesh.bench.raw import SUBJECT_PREFIX
 from mesh.bench.stub_model import StubModel
 from mesh.client import MeshClient
@@ -44,6 +44,8 @@ class Sizes:
     http_ops: int
     mail_ops: int
 
+
+ROUNDS = 3  # alternating rounds per case, see Bench.pair
 
 # The activation worker's idle timeout outlasts its run, so that eviction does not compete with
 # the first touches being measured; the scenario then waits for it.
@@ -103,20 +105,37 @@ class Bench:
     profile_dir: Path | None = None
     recorders: list[Any] = field(default_factory=list)
 
-    async def drive(self, op: Op, total: int, concurrency: int, label: str, responder: int) -> Measure:
+    async def drive(
+        self, op: Op, total: int, concurrency: int, label: str, responder: int, offset: int = 0
+    ) -> Measure:
         """`load.drive` with CPU probes on the caller (this process), `responder` and nats-server."""
         cpu = {"caller": time.process_time, "responder": lambda: process_cpu(responder)}
         if self.server_pid is not None:
             server = self.server_pid
             cpu["server"] = lambda: process_cpu(server)
-        return await drive(op, total, concurrency, self.progress, label, cpu=cpu)
+        return await drive(op, total, concurrency, self.progress, label, cpu=cpu, offset=offset)
 
     async def pair(self, raw_op: Op, mesh_op: Op, total: int, concurrency: int, label: str,
                    worker: int | None = None) -> tuple[Measure, Measure]:
-        """The raw side, then the mesh side, of one case."""
-        raw = await self.drive(raw_op, total, concurrency, f"{label} raw", self.raw_pid)
-        mesh = await self.drive(mesh_op, total, concurrency, f"{label} mesh", worker or self.worker_pid)
-        return raw, mesh
+        """Both sides of one case, in `ROUNDS` alternating rounds (raw, mesh, raw, mesh, ...).
+
+        A shared VM's speed drifts by tens of percent over seconds; alternating puts both sides
+        under the same drift, so their ratio holds still where one long run of each would not.
+        Each round uses its own operation indices, so a first touch stays a first touch.
+        """
+        rounds = max(1, min(ROUNDS, total // 100))
+        raws: list[Measure] = []
+        meshes: list[Measure] = []
+        start = 0
+        for r in range(rounds):
+            count = total // rounds + (1 if r < total % rounds else 0)
+            tag = f" ({r + 1}/{rounds})" if rounds > 1 else ""
+            raws.append(await self.drive(raw_op, count, concurrency, f"{label} raw{tag}", self.raw_pid, start))
+            meshes.append(await self.drive(
+                mesh_op, count, concurrency, f"{label} mesh{tag}", worker or self.worker_pid, start
+            ))
+            start += count
+        return merge(raws), merge(meshes)
 
     def watch(self, child: procs.Child, name: str) -> Any:
         """Profile `child` with py-spy when `--profile` asked for it; returns the recorder or None."""
