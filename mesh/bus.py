@@ -160,7 +160,8 @@ async def publish_many(nc: Client, messages: Sequence[tuple[str, bytes, dict[str
         raise nats.errors.OutboundBufferLimitError
     nc.stats["out_msgs"] += sent
     await nc._send_command(command)
-    await nc._flush_pending()
+    if nc._flush_queue is not None and nc._flush_queue.empty():
+        await nc._flush_pending()  # as publish does: wake the flusher unless it is already due
     return sent
 
 

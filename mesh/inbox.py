@@ -1,9 +1,11 @@
 """Request/reply over one reply inbox per connection, for the requests on the hot path.
 
 nats-py's `Client.request` already multiplexes replies over one wildcard inbox, but every call
-also pays for `asyncio.wait_for`, a random token read from the OS and a done-callback. Every call
-between agents, every forward and every state write is such a request, so the mesh keeps its own
-table of waiting futures with a plain timer instead: same protocol, same subjects, less Python.
+also pays for `asyncio.wait_for` (a timer in the loop's heap, created and cancelled), a random
+token read from the OS and a done-callback. Every call between agents, every forward and every
+state write is such a request, so the mesh keeps its own table of waiting futures: same protocol,
+same subjects, less Python. Long timeouts (the usual 5-30 s) share one sweep every `SWEEP` seconds
+instead of a timer each, so they fire up to `SWEEP` late; short ones keep a timer of their own.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 NO_RESPONDERS = "503"
+SWEEP = 0.1  # seconds between checks for expired requests
+OWN_TIMER_BELOW = 1.0  # timeouts shorter than this get a precise timer of their own
 
 
 class NoReply(Exception):
@@ -29,10 +33,11 @@ class ReplyInbox:
     def __init__(self, nc: Client) -> None:
         self.nc = nc
         self._prefix = ""
-        self._futures: dict[str, asyncio.Future[Msg]] = {}
+        self._waiting: dict[str, tuple[asyncio.Future[Msg], float]] = {}
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
         self._sub: Any = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def request(
         self, subject: str, data: bytes, *, timeout: float, headers: dict[str, str] | None = None
@@ -43,17 +48,32 @@ class ReplyInbox:
         token = f"{next(self._ids):x}"
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
-        self._futures[token] = future
-        timer = loop.call_later(timeout, _expire, future)
+        timer = None
+        if timeout < OWN_TIMER_BELOW:
+            timer = loop.call_later(timeout, _expire, future)
+            self._waiting[token] = (future, float("inf"))
+        else:
+            self._waiting[token] = (future, loop.time() + timeout)
+            if self._sweeper is None:
+                self._sweeper = loop.call_later(SWEEP, self._sweep)
         try:
             await self.nc.publish(subject, data, reply=self._prefix + token, headers=headers)
             msg = await future
         finally:
-            timer.cancel()
-            self._futures.pop(token, None)
+            if timer is not None:
+                timer.cancel()
+            self._waiting.pop(token, None)
         if not msg.data and msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
             raise NoReply(subject)
         return msg
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for future, deadline in list(self._waiting.values()):
+            if deadline <= now:
+                _expire(future)
+        self._sweeper = loop.call_later(SWEEP, self._sweep) if self._waiting else None
 
     async def _subscribe(self) -> None:
         async with self._lock:
@@ -63,9 +83,9 @@ class ReplyInbox:
                 self._prefix = prefix
 
     async def _on_reply(self, msg: Msg) -> None:
-        future = self._futures.pop(msg.subject[len(self._prefix) :], None)
-        if future is not None and not future.done():
-            future.set_result(msg)
+        waiting = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_result(msg)
 
 
 def _expire(future: asyncio.Future[Msg]) -> None:

@@ -1,0 +1,65 @@
+"""The hot-path NATS plumbing: the shared reply inbox and batched publishing, against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats
+import pytest
+
+from mesh import bus
+from mesh.errors import MeshTimeout, NoResponders
+from mesh.inbox import SWEEP, inbox_of
+from mesh.server import NatsServer
+
+
+async def test_concurrent_requests_get_their_own_replies_and_timeouts_fire(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        async def echo(msg: nats.aio.msg.Msg) -> None:
+            if msg.data != b"silent":
+                await msg.respond(msg.data + b"!" + (msg.headers or {}).get("X-Tag", "").encode())
+
+        await nc.subscribe("svc.echo", cb=echo)
+        replies = await asyncio.gather(*(
+            bus.request(nc, "svc.echo", str(i).encode(), timeout=5, headers={"X-Tag": f"t{i}"}) for i in range(200)
+        ))
+        assert [r.data for r in replies] == [f"{i}!t{i}".encode() for i in range(200)]
+
+        with pytest.raises(NoResponders):
+            await bus.request(nc, "svc.nobody", b"", timeout=5)
+        for timeout in (0.2, 1.0):  # a timer of its own, then the shared sweep
+            started = time.monotonic()
+            with pytest.raises(MeshTimeout):
+                await bus.request(nc, "svc.echo", b"silent", timeout=timeout)
+            assert time.monotonic() - started >= timeout
+        await asyncio.sleep(SWEEP * 3)
+        assert inbox_of(nc)._waiting == {}  # nothing left behind, and the sweep has stopped
+        assert inbox_of(nc)._sweeper is None
+    finally:
+        await nc.close()
+
+
+async def test_publish_many_sends_every_message_in_order_with_headers(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        sub = await nc.subscribe("ev.>")
+        await nc.flush()
+        big = b"x" * (nc.max_payload + 1)
+        messages = [
+            ("ev.a", b"1", {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}),
+            ("ev.b", b"", None),
+            ("ev.big", big, None),  # over max_payload: skipped, not fatal
+            ("ev.c", b'{"k":3}', {"A": "x", "B": "y z"}),
+        ]
+        assert await bus.publish_many(nc, messages) == 3
+        got = [await sub.next_msg(timeout=2) for _ in range(3)]
+        assert [(m.subject, m.data) for m in got] == [("ev.a", b"1"), ("ev.b", b""), ("ev.c", b'{"k":3}')]
+        assert got[0].headers == {"traceparent": messages[0][2]["traceparent"]}  # type: ignore[index]
+        assert got[2].headers == {"A": "x", "B": "y z"}
+        assert not got[1].headers
+    finally:
+        await nc.close()
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        await bus.publish_many(nc, [("ev.a", b"1", None)])
