@@ -56,6 +56,9 @@ class Outcome:
     envelope: Envelope
     body: bytes | None
     error: MeshError | None
+    turn: TurnContext | None = None  # the turn that ran, reported to observers once replied
+    started: float = 0.0  # wall clock of the handler's start and end
+    ended: float = 0.0
 
 
 class Status(enum.Enum):
@@ -237,6 +240,7 @@ class Activation:
 
     async def _run_batch(self, batch: list[Envelope]) -> None:
         outcomes = [await self._turn(envelope) for envelope in batch]
+        saved: StateRecord | None = None
         if self.current != self.saved or (self.applied is not None and self.applied.dirty):
             try:
                 if self.runtime.directory.fenced():
@@ -254,8 +258,6 @@ class Activation:
                     saved = StateRecord(
                         self.agent_cls.type, self.name, self.runtime.worker_id, self.state_revision, len(self.saved), self.key
                     )
-                    for observer in self.runtime.observers:
-                        observer.on_state_saved(saved)
             except MeshError as err:
                 self.log.warning("state.save_failed", code=err.code, error=err.message)
                 for outcome in outcomes:
@@ -266,6 +268,15 @@ class Activation:
                 self.status = Status.PENDING  # reload state and re-check ownership before the next turn
         for outcome in outcomes:
             await self.runtime.reply(outcome)
+        # Observers (metrics, the flight recorder) hear of the turns only now, so they never delay
+        # a reply; a turn whose state could not be saved is reported with that error.
+        if self.runtime.log_turns or self.runtime.observers:
+            for outcome in outcomes:
+                if outcome.turn is not None:
+                    self.runtime.turn_finished(outcome.turn, outcome.started, outcome.error, outcome.ended)
+        if saved is not None:
+            for observer in self.runtime.observers:
+                observer.on_state_saved(saved)
 
     async def _turn(self, envelope: Envelope) -> Outcome:
         agent = self.agent
@@ -294,15 +305,13 @@ class Activation:
                 if self.applied is None:
                     self.applied = AppliedIds()
                 self.applied.add(msg_id)
-            outcome = Outcome(envelope, body, None)
+            outcome = Outcome(envelope, body, None, turn, started, time.time())
             self.runtime.stats[self.agent_cls.type].turns += 1
         except Exception as exc:
-            outcome = Outcome(envelope, None, self.runtime.as_mesh_error(exc, turn))
+            outcome = Outcome(envelope, None, self.runtime.as_mesh_error(exc, turn), turn, started, time.time())
             self._rollback(before)
         finally:
             current_turn.reset(token)
-        if self.runtime.log_turns or self.runtime.observers:
-            self.runtime.turn_finished(turn, started, outcome.error)
         return outcome
 
     async def _accept_state(self, agent: Agent[Any], before: bytes, after: bytes) -> bytes:

@@ -91,9 +91,10 @@ class MeshClient:
         from mesh.durable import publish_durable
 
         _, headers = self._outgoing(None)
+        traceparent = headers.get(subjects.HEADER_TRACEPARENT) or child_traceparent(None)
         ack = await publish_durable(
             self.nc.jetstream(), agent_type, name, payload, msg_id=msg_id, method=method,
-            headers={subjects.HEADER_TRACEPARENT: headers[subjects.HEADER_TRACEPARENT]},
+            headers={subjects.HEADER_TRACEPARENT: traceparent},
         )
         return ack.seq
 
@@ -157,9 +158,7 @@ class MeshClient:
         turn = current_turn.get()
         timeout = self.default_timeout if timeout is None else timeout
         headers: dict[str, str] = {}
-        if turn is None:
-            headers[subjects.HEADER_TRACEPARENT] = child_traceparent(None)
-        else:
+        if turn is not None:  # outside a turn there is no trace to continue: the callee starts one
             headers[subjects.HEADER_TRACEPARENT] = child_traceparent(turn.traceparent)
             headers[subjects.HEADER_CHAIN] = ",".join(turn.chain)
             left = turn.remaining()

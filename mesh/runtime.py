@@ -331,9 +331,11 @@ class Runtime:
     ) -> TurnContext:
         return make_turn_context(agent_type, name, key, envelope, log)
 
-    def turn_finished(self, turn: TurnContext, started: float, error: MeshError | None) -> None:
+    def turn_finished(
+        self, turn: TurnContext, started: float, error: MeshError | None, ended: float | None = None
+    ) -> None:
         """Log the turn (at debug) and tell the observers; only called when either wants it."""
-        ended = time.time()
+        ended = ended or time.time()
         code = error.code if error else "ok"
         if self.log_turns:
             turn.log.debug("turn.finished", started_at=started, ended_at=ended, outcome=code)
@@ -368,9 +370,10 @@ class Runtime:
             outcome = Outcome(envelope, None, self.as_mesh_error(exc, turn))
         finally:
             current_turn.reset(token)
+        ended = time.time()
+        await self.reply(outcome)  # first: observers must not delay the caller
         if self.log_turns or self.observers:
-            self.turn_finished(turn, started, outcome.error)
-        await self.reply(outcome)
+            self.turn_finished(turn, started, outcome.error, ended)
 
     # -- background --------------------------------------------------------------------------
 
