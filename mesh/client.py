@@ -17,7 +17,7 @@ from mesh.tracing import child_traceparent
 if TYPE_CHECKING:
     from mesh.schedules import ScheduleInfo
 
-DEFAULT_TIMEOUT = 30.0
+DEFAULT_TIMEOUT = subjects.DEFAULT_TIMEOUT_MS / 1000
 
 
 class MeshClient:
@@ -166,5 +166,7 @@ class MeshClient:
                 if left <= 0:
                     raise MeshTimeout("the current turn's deadline has already passed")
                 timeout = min(timeout, left)
-        headers[subjects.HEADER_TIMEOUT] = str(max(1, int(timeout * 1000)))
+        millis = max(1, int(timeout * 1000))
+        if turn is not None or millis != subjects.DEFAULT_TIMEOUT_MS:  # the default goes without saying
+            headers[subjects.HEADER_TIMEOUT] = str(millis)
         return timeout, headers

@@ -418,12 +418,15 @@ def _leaving(response: Msg) -> bool:
 
 
 def _deadline(headers: dict[str, str], reply: str | None) -> float | None:
+    """When the caller stops waiting: `Mesh-Timeout-Ms` from now, the default if it is absent or
+    malformed, never for a message nobody waits for."""
     if not reply:
         return None
     value = headers.get(subjects.HEADER_TIMEOUT)
-    if not value:
-        return None
-    try:
-        return time.monotonic() + int(value) / 1000
-    except ValueError:
-        return None
+    millis = subjects.DEFAULT_TIMEOUT_MS
+    if value:
+        try:
+            millis = int(value)
+        except ValueError:
+            pass
+    return time.monotonic() + millis / 1000

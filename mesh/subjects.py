@@ -56,6 +56,7 @@ HEADER_ERROR: Final = "Nats-Service-Error"
 HEADER_MESH_ERROR: Final = "Mesh-Error-Code"
 HEADER_TRACEPARENT: Final = "traceparent"
 HEADER_TIMEOUT: Final = "Mesh-Timeout-Ms"
+DEFAULT_TIMEOUT_MS: Final = 30_000  # what a request without Mesh-Timeout-Ms is given
 HEADER_CHAIN: Final = "Mesh-Call-Chain"
 HEADER_HOPS: Final = "Mesh-Hops"
 HEADER_MSG_ID: Final = "Mesh-Msg-Id"
