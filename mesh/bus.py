@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,43 +126,37 @@ async def request(
         raise ConnectionFailed("NATS connection is closed") from exc
 
 
-async def publish_many(nc: Client, messages: Sequence[tuple[str, bytes, dict[str, str] | None]]) -> int:
-    """Publish `(subject, payload, headers)` messages in one write; returns how many were sent.
+def _command(subject: str, payload: bytes, headers: dict[str, str] | None) -> bytes:
+    """The NATS protocol bytes of one PUB or HPUB (no reply subject)."""
+    if headers:
+        block = b"NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() + b"\r\n"
+        return b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), len(block), len(block) + len(payload), block, payload)
+    return b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
 
-    For bursts of small messages the mesh makes itself (flight-recorder events): nats-py's
-    `publish` spends several microseconds of Python on each one (validation, header encoding, a
-    flush per call), which at one event per turn was the largest cost a turn added. Subjects and
-    header names here are the mesh's own, so they are not validated again. A payload over the
-    server's max_payload is skipped (not counted).
+
+def publish_now(nc: Client, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> bool:
+    """Put a message in the connection's outgoing buffer without awaiting anything; False if the
+    connection cannot take it (closed, draining, reconnecting with a full buffer, over max_payload).
+
+    For the messages the mesh makes itself on every turn (flight-recorder events): nats-py's
+    `publish` costs several microseconds of Python each (validation, header encoding) and, from a
+    task of its own, an extra socket write. Appended right after a turn's reply, an event leaves
+    in the same write as the reply. Subjects and header names here are the mesh's own, so they are
+    not validated again; header values must not contain line breaks.
     """
-    if nc.is_closed:
-        raise nats.errors.ConnectionClosedError
-    if nc.is_draining_pubs:
-        raise nats.errors.ConnectionDrainingError
-    limit = nc.max_payload
-    chunks: list[bytes] = []
-    sent = 0
-    for subject, payload, headers in messages:
-        if len(payload) > limit:
-            continue
-        if headers:
-            block = b"NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() + b"\r\n"
-            chunks.append(b"HPUB %s %d %d\r\n%s%s\r\n" % (
-                subject.encode(), len(block), len(block) + len(payload), block, payload,
-            ))
-        else:
-            chunks.append(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload))
-        sent += 1
-    if not chunks:
-        return 0
-    command = b"".join(chunks)
-    if not nc.is_connected and nc._pending_data_size + len(command) > nc._max_pending_size:
-        raise nats.errors.OutboundBufferLimitError
-    nc.stats["out_msgs"] += sent
-    await nc._send_command(command)
-    if nc._flush_queue is not None and nc._flush_queue.empty():
-        await nc._flush_pending()  # as publish does: wake the flusher unless it is already due
-    return sent
+    if nc.is_closed or nc.is_draining_pubs or len(payload) > nc.max_payload:
+        return False
+    command = _command(subject, payload, headers)
+    connected = nc.is_connected
+    if not connected and nc._pending_data_size + len(command) > nc._max_pending_size:
+        return False
+    nc._pending.append(command)
+    nc._pending_data_size += len(command)
+    nc.stats["out_msgs"] += 1
+    flushes = nc._flush_queue
+    if connected and flushes is not None and flushes.empty():
+        flushes.put_nowait(asyncio.get_running_loop().create_future())  # wake the flusher, as publish does
+    return True
 
 
 async def bind_bucket(js: JetStreamContext, bucket: str) -> KeyValue | None:

@@ -79,13 +79,47 @@ class ReplyInbox:
         async with self._lock:
             if self._sub is None:
                 prefix = self.nc.new_inbox() + "."
-                self._sub = await self.nc.subscribe(prefix + "*", cb=self._on_reply)
+                sub = await self.nc.subscribe(prefix + "*", cb=self._on_reply)
+                if hasattr(sub, "_pending_queue") and hasattr(sub, "_pending_size"):
+                    sub._pending_queue = _Handoff(self, sub)  # type: ignore[assignment]
                 self._prefix = prefix
+                self._sub = sub
 
     async def _on_reply(self, msg: Msg) -> None:
+        self._resolve(msg)
+
+    def _resolve(self, msg: Msg) -> None:
         waiting = self._waiting.pop(msg.subject[len(self._prefix) :], None)
         if waiting is not None and not waiting[0].done():
             waiting[0].set_result(msg)
+
+
+class _Handoff:
+    """Stands in for the reply subscription's message queue in nats-py.
+
+    nats-py's read loop puts each message into a subscription's queue, and a task of the
+    subscription takes it out and calls the callback: one more trip around the event loop per
+    reply, on every request. A reply only has to wake the request waiting for it, so this
+    "queue" does that at once. (Should nats-py stop using `_pending_queue`, the subscription
+    simply keeps its ordinary queue and `ReplyInbox._on_reply` callback.)
+    """
+
+    def __init__(self, inbox: ReplyInbox, sub: Any) -> None:
+        self.inbox = inbox
+        self.sub = sub
+
+    def put_nowait(self, msg: Msg) -> None:
+        self.sub._pending_size -= len(msg.data)  # nats-py counted it in; nothing stays pending
+        self.inbox._resolve(msg)
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    async def join(self) -> None:
+        return None
 
 
 def _expire(future: asyncio.Future[Msg]) -> None:

@@ -1,10 +1,12 @@
 """The flight recorder: every turn, call, error and state write becomes an event on the instance's
 event subjects, kept in the JetStream stream `mesh_events` with age, count and size limits.
 
-The runtime reports turns and state writes to `FlightRecorder` as an observer, synchronously and on
-the turn path; the recorder only appends them to a bounded buffer and a task of its own publishes
-them (core publishes, no acks awaited), so a slow or absent NATS never slows a turn down. When the
-buffer is full the oldest events are dropped and counted (`mesh_recorder_dropped_events`).
+The runtime reports turns and state writes to `FlightRecorder` as an observer, synchronously and
+right after a turn's replies; the recorder appends each event to the connection's outgoing buffer
+(a core publish, no ack awaited), so it leaves in the same socket write as the replies and a slow
+or absent NATS never slows a turn down. Events the connection cannot take (reconnecting with a full
+buffer) wait in a bounded buffer of the recorder's own, which a task publishes in order later; when
+that is full the oldest events are dropped and counted (`mesh_recorder_dropped_events`).
 
 Events (subject `events.<type>.<token>.<kind>`, header `traceparent`, JSON body with `trace_id`):
 
@@ -39,7 +41,7 @@ from mesh.tracing import trace_id
 
 log = structlog.get_logger("mesh.recorder")
 
-PUBLISH_BATCH = 256  # events per write to NATS
+RETRY = 0.1  # seconds between attempts while the connection cannot take events
 
 RECORDER_KINDS = ("turn", "error", "call", "state", "schedule", "dead_letter")
 
@@ -183,31 +185,36 @@ class FlightRecorder:
         self._record(record.agent_type, record.name, record.key, "state", body)
 
     def _enqueue(self, subject: str, body: dict[str, Any], traceparent: str | None) -> None:
+        headers: dict[str, str] = {}
+        if traceparent and "\n" not in traceparent and "\r" not in traceparent:
+            headers[subjects.HEADER_TRACEPARENT] = traceparent
+        data = wire.dumps(body)
+        if self._task is not None and not self._buffer and bus.publish_now(self.nc, subject, data, headers):
+            self.published += 1  # the usual case: out with the next write, in order, nothing to wait for
+            return
         if len(self._buffer) >= self._max:
             self._buffer.popleft()
             self.dropped += 1
             EVENTS_DROPPED.inc()
-        headers = {subjects.HEADER_TRACEPARENT: traceparent} if traceparent else {}
-        self._buffer.append((subject, wire.dumps(body), headers))
+        self._buffer.append((subject, data, headers))
         self._wake.set()
 
     # -- the publishing task ------------------------------------------------------------------
 
     async def _serve_publish(self) -> None:
+        """Publish what had to wait (NATS was away, or the recorder not started yet), in order."""
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._buffer:
-                batch = [self._buffer.popleft() for _ in range(min(PUBLISH_BATCH, len(self._buffer)))]
-                try:
-                    sent = await bus.publish_many(self.nc, batch)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # closed or reconnecting with a full buffer: drop, keep recording
-                    sent = 0
-                    log.warning("recorder.publish_failed", events=len(batch), error=str(exc) or type(exc).__name__)
-                self.published += sent
-                if sent < len(batch):
-                    self.dropped += len(batch) - sent
-                    EVENTS_DROPPED.inc(len(batch) - sent)
-                await asyncio.sleep(0)  # a burst must not hold the loop the turns run on
+                subject, data, headers = self._buffer[0]
+                if not bus.publish_now(self.nc, subject, data, headers):
+                    if self.nc.is_closed or len(data) > self.nc.max_payload:
+                        self._buffer.popleft()  # it will never go out: drop it, keep recording
+                        self.dropped += 1
+                        EVENTS_DROPPED.inc()
+                        continue
+                    await asyncio.sleep(RETRY)  # reconnecting with a full buffer: wait, keep the order
+                    continue
+                self._buffer.popleft()
+                self.published += 1
