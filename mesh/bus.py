@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import ssl
 from dataclasses import dataclass
@@ -124,39 +123,6 @@ async def request(
         raise MeshTimeout(f"no reply on {subject} within {timeout:.3g}s") from exc
     except nats.errors.ConnectionClosedError as exc:
         raise ConnectionFailed("NATS connection is closed") from exc
-
-
-def _command(subject: str, payload: bytes, headers: dict[str, str] | None) -> bytes:
-    """The NATS protocol bytes of one PUB or HPUB (no reply subject)."""
-    if headers:
-        block = b"NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() + b"\r\n"
-        return b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), len(block), len(block) + len(payload), block, payload)
-    return b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
-
-
-def publish_now(nc: Client, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> bool:
-    """Put a message in the connection's outgoing buffer without awaiting anything; False if the
-    connection cannot take it (closed, draining, reconnecting with a full buffer, over max_payload).
-
-    For the messages the mesh makes itself on every turn (flight-recorder events): nats-py's
-    `publish` costs several microseconds of Python each (validation, header encoding) and, from a
-    task of its own, an extra socket write. Appended right after a turn's reply, an event leaves
-    in the same write as the reply. Subjects and header names here are the mesh's own, so they are
-    not validated again; header values must not contain line breaks.
-    """
-    if nc.is_closed or nc.is_draining_pubs or len(payload) > nc.max_payload:
-        return False
-    command = _command(subject, payload, headers)
-    connected = nc.is_connected
-    if not connected and nc._pending_data_size + len(command) > nc._max_pending_size:
-        return False
-    nc._pending.append(command)
-    nc._pending_data_size += len(command)
-    nc.stats["out_msgs"] += 1
-    flushes = nc._flush_queue
-    if connected and flushes is not None and flushes.empty():
-        flushes.put_nowait(asyncio.get_running_loop().create_future())  # wake the flusher, as publish does
-    return True
 
 
 async def bind_bucket(js: JetStreamContext, bucket: str) -> KeyValue | None:

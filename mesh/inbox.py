@@ -18,6 +18,8 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from mesh.outbox import publish_now
+
 NO_RESPONDERS = "503"
 SWEEP = 0.1  # seconds between checks for expired requests
 OWN_TIMER_BELOW = 1.0  # timeouts shorter than this get a precise timer of their own
@@ -57,7 +59,7 @@ class ReplyInbox:
             if self._sweeper is None:
                 self._sweeper = loop.call_later(SWEEP, self._sweep)
         try:
-            await self.nc.publish(subject, data, reply=self._prefix + token, headers=headers)
+            publish_now(self.nc, subject, data, headers, self._prefix + token)
             msg = await future
         finally:
             if timer is not None:

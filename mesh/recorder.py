@@ -28,15 +28,17 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js import errors as jse
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
-from mesh import bus, subjects, wire
+from mesh import subjects, wire
 from mesh.metrics import EVENTS_DROPPED
 from mesh.observe import StateRecord, TurnRecord
+from mesh.outbox import publish_now
 from mesh.tracing import trace_id
 
 log = structlog.get_logger("mesh.recorder")
@@ -189,9 +191,14 @@ class FlightRecorder:
         if traceparent and "\n" not in traceparent and "\r" not in traceparent:
             headers[subjects.HEADER_TRACEPARENT] = traceparent
         data = wire.dumps(body)
-        if self._task is not None and not self._buffer and bus.publish_now(self.nc, subject, data, headers):
-            self.published += 1  # the usual case: out with the next write, in order, nothing to wait for
-            return
+        if self._task is not None and not self._buffer:
+            try:
+                publish_now(self.nc, subject, data, headers)
+            except nats.errors.Error:
+                pass  # kept below and published later, or dropped
+            else:
+                self.published += 1  # the usual case: out with the next write, in order, nothing to wait for
+                return
         if len(self._buffer) >= self._max:
             self._buffer.popleft()
             self.dropped += 1
@@ -208,13 +215,16 @@ class FlightRecorder:
             self._wake.clear()
             while self._buffer:
                 subject, data, headers = self._buffer[0]
-                if not bus.publish_now(self.nc, subject, data, headers):
-                    if self.nc.is_closed or len(data) > self.nc.max_payload:
-                        self._buffer.popleft()  # it will never go out: drop it, keep recording
-                        self.dropped += 1
-                        EVENTS_DROPPED.inc()
-                        continue
+                try:
+                    publish_now(self.nc, subject, data, headers)
+                except nats.errors.OutboundBufferLimitError:
                     await asyncio.sleep(RETRY)  # reconnecting with a full buffer: wait, keep the order
+                    continue
+                except nats.errors.Error as exc:  # closed, oversized: it will never go out
+                    self._buffer.popleft()
+                    self.dropped += 1
+                    EVENTS_DROPPED.inc()
+                    log.warning("recorder.publish_failed", subject=subject, error=str(exc) or type(exc).__name__)
                     continue
                 self._buffer.popleft()
                 self.published += 1

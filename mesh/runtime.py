@@ -17,6 +17,7 @@ from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -41,6 +42,7 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.observe import Observer, TurnRecord
+from mesh.outbox import publish_now
 from mesh.tasks import TaskSet
 
 MAX_HOPS = 3
@@ -319,10 +321,14 @@ class Runtime:
         reply = outcome.envelope.reply
         if not reply:
             return
-        if outcome.error is not None:
-            await self.nc.publish(reply, wire.error_body(outcome.error), headers=wire.error_headers(outcome.error))
-        else:
-            await self.nc.publish(reply, outcome.body or b"null")
+        try:
+            if outcome.error is not None:
+                publish_now(self.nc, reply, wire.error_body(outcome.error), wire.error_headers(outcome.error))
+            else:
+                publish_now(self.nc, reply, outcome.body or b"null")
+        except nats.errors.MaxPayloadError:
+            err = PayloadTooLarge("the reply is over NATS max_payload")
+            publish_now(self.nc, reply, wire.error_body(err), wire.error_headers(err))
 
     def forget(self, activation: Activation) -> None:
         if self.activations.get(activation.key) is activation:

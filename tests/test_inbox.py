@@ -11,6 +11,7 @@ import pytest
 from mesh import bus
 from mesh.errors import MeshTimeout, NoResponders
 from mesh.inbox import SWEEP, inbox_of
+from mesh.outbox import publish_now
 from mesh.server import NatsServer
 
 
@@ -47,15 +48,22 @@ async def test_publish_now_sends_every_message_in_order_with_headers(nats_server
         sub = await nc.subscribe("ev.>")
         await nc.flush()
         traceparent = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
-        assert bus.publish_now(nc, "ev.a", b"1", {"traceparent": traceparent})
-        assert bus.publish_now(nc, "ev.b", b"")
-        assert not bus.publish_now(nc, "ev.big", b"x" * (nc.max_payload + 1))  # refused, not fatal
-        assert bus.publish_now(nc, "ev.c", b'{"k":3}', {"A": "x", "B": "y z"})
+        publish_now(nc, "ev.a", b"1", {"traceparent": traceparent})
+        publish_now(nc, "ev.b", b"", reply="ev.back")
+        with pytest.raises(nats.errors.MaxPayloadError):
+            publish_now(nc, "ev.big", b"x" * (nc.max_payload + 1))
+        for bad in ({"Bad Name": "x"}, {"A:B": "x"}, {"A": "x\r\nPUB ev.injected 1"}):
+            with pytest.raises(nats.errors.BadHeaderError):
+                publish_now(nc, "ev.bad", b"", bad)
+        publish_now(nc, "ev.c", b'{"k":3}', {"A": "x", "B": "y z"})
         got = [await sub.next_msg(timeout=2) for _ in range(3)]  # no flush needed: the flusher was woken
         assert [(m.subject, m.data) for m in got] == [("ev.a", b"1"), ("ev.b", b""), ("ev.c", b'{"k":3}')]
         assert got[0].headers == {"traceparent": traceparent}
+        assert got[1].reply == "ev.back" and not got[1].headers
         assert got[2].headers == {"A": "x", "B": "y z"}
-        assert not got[1].headers
+        with pytest.raises(nats.errors.TimeoutError):
+            await sub.next_msg(timeout=0.3)  # nothing refused went out
     finally:
         await nc.close()
-    assert not bus.publish_now(nc, "ev.a", b"1")  # closed
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        publish_now(nc, "ev.a", b"1")
