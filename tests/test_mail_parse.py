@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -9,7 +11,7 @@ from mail_support import compose
 
 from mesh.mail import SenderAuth
 from services.mail.html import html_to_text
-from services.mail.parse import Unparseable, auth_verdict, parse_message, strip_quoted
+from services.mail.parse import MAX_PARTS, Unparseable, accept_check, auth_verdict, parse_message, strip_quoted
 from services.mail.routing import Route, address_resolver, agent_address, sign_token, verify_token
 
 
@@ -110,8 +112,33 @@ def test_signed_tokens_verify_only_for_their_instance() -> None:
 ))
 def test_any_bytes_parse_or_are_refused_cleanly(raw: bytes) -> None:
     try:
+        accepted_id = accept_check(raw)
+    except Unparseable:
+        accepted_id = "refused"
+    try:
         mail = parse_message(raw, mail_id="m", sender="s@x.test", recipients=["notes+a@localhost"])
     except Unparseable:
+        assert accepted_id == "refused"  # refused during the SMTP session, never accepted then dropped
         return
+    assert accepted_id != "refused"
     assert isinstance(mail.text, str)
     mail.model_dump_json()  # what goes on the wire always serializes
+
+
+def test_acceptance_refuses_what_processing_would_and_reads_the_same_message_id() -> None:
+    many = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\npart %d\r\n" % i for i in range(MAX_PARTS + 5))
+    head = b"From: a@x.test\r\nMessage-ID: <many@x.test>\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+    raw = head + many + b"--b--\r\n"
+    with pytest.raises(Unparseable, match="MIME parts"):
+        parse_message(raw, mail_id="m", sender="", recipients=[])
+    with pytest.raises(Unparseable, match="MIME parts"):
+        accept_check(raw)
+    for path in sorted((Path(__file__).parent / "mail_corpus").glob("*.eml")):
+        data = path.read_bytes()
+        try:
+            expected = parse_message(data, mail_id="m", sender="", recipients=[]).message_id
+        except Unparseable:
+            with pytest.raises(Unparseable):
+                accept_check(data)
+            continue
+        assert accept_check(data) == expected, path.name

@@ -20,7 +20,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mesh.metrics import MAIL_MESSAGES
 from services.mail.config import MailConfig
-from services.mail.parse import Unparseable, parse_message
+from services.mail.parse import Unparseable, accept_check
 from services.mail.routing import Resolver
 from services.mail.store import MailEnvelope, MailStore, StoreUnavailable, message_key, short_hash
 
@@ -73,11 +73,9 @@ class IngestHandler:
         recipients = list(envelope.rcpt_tos)
         try:
             if len(raw) > INLINE_PARSE_LIMIT:  # keep the event loop (and NATS heartbeats) responsive
-                mail = await asyncio.to_thread(parse_message, raw, mail_id="-", sender=sender, recipients=recipients,
-                                               trusted_authserv=self.config.trusted_authserv)
+                message_id = await asyncio.to_thread(accept_check, raw)
             else:
-                mail = parse_message(raw, mail_id="-", sender=sender, recipients=recipients,
-                                     trusted_authserv=self.config.trusted_authserv)
+                message_id = accept_check(raw)
         except Unparseable as exc:
             log.info("mail.rejected", stage="data", reason=str(exc), peer=_peer(session))
             MAIL_MESSAGES.labels("rejected", "unparseable").inc()
@@ -86,7 +84,7 @@ class IngestHandler:
             log.error("mail.parse_failed", exc_info=exc, peer=_peer(session))
             MAIL_MESSAGES.labels("rejected", "parser_error").inc()
             return "554 5.6.0 Message refused: it could not be parsed"
-        dedupe_id = short_hash(message_key(mail.message_id, raw), *sorted(r.lower() for r in recipients))
+        dedupe_id = short_hash(message_key(message_id, raw), *sorted(r.lower() for r in recipients))
         mail_id = dedupe_id[:32]
         stored = MailEnvelope(mail_id=mail_id, mail_from=sender, rcpt_tos=recipients, peer=_peer(session),
                               received=time.time())
@@ -99,7 +97,7 @@ class IngestHandler:
         self.accepted += 1
         MAIL_MESSAGES.labels("accepted", "duplicate" if duplicate else "stored").inc()
         log.info("mail.accepted", mail_id=mail_id, sender=sender, rcpts=recipients, size=len(raw),
-                 message_id=mail.message_id, duplicate=duplicate, automatic=mail.automatic)
+                 message_id=message_id, duplicate=duplicate)
         return f"250 2.0.0 Queued as {mail_id}"
 
 
