@@ -43,7 +43,7 @@ class TaskSet(set[asyncio.Task[Any]]):
             waiting = context.run(coro.send, None)
         except StopIteration:
             return None
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:  # as a task's would be: logged, not raised here
             self._log.error(self._event, exc_info=exc)
             return None
         task = asyncio.get_running_loop().create_task(_finish(coro, waiting), context=context)
