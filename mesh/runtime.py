@@ -405,6 +405,7 @@ class Runtime:
                 await asyncio.gather(*(a.release() for a in idle[start : start + EVICTION_CHUNK]))
             if len(idle) >= RETURN_MEMORY_AFTER:
                 del idle
+                self.activations = dict(self.activations)  # a dict never shrinks as entries go
                 return_memory()
 
 
