@@ -167,6 +167,26 @@ async def test_idle_instances_are_released_and_come_back_with_their_state(mesh_f
     assert reply["value"] == 2 and reply["activations"] == 2
 
 
+async def test_a_large_eviction_hands_memory_back_and_loses_nothing(mesh_factory, mesh_client, monkeypatch) -> None:
+    import mesh.runtime
+
+    trims: list[int] = []
+    monkeypatch.setattr(mesh.runtime, "RETURN_MEMORY_AFTER", 5)
+    monkeypatch.setattr(mesh.runtime, "return_memory", lambda: trims.append(1))
+    # All 100 are created well within the idle timeout, so they go in one or two sweeps of 0.5 s.
+    runtime = await mesh_factory(AGENTS, RuntimeOptions(idle_timeout=2.0))
+    await asyncio.gather(*(mesh_client.call("counter", f"bulk{i}", {"add": i}) for i in range(100)))
+    before = runtime.activations
+    for _ in range(300):
+        if not runtime.activations and trims:
+            break
+        await asyncio.sleep(0.05)
+    assert not runtime.activations and trims
+    assert runtime.activations is not before  # rebuilt: the dict that held 100 entries is gone
+    replies = await asyncio.gather(*(mesh_client.call("counter", f"bulk{i}", {"add": 1}) for i in range(100)))
+    assert [r["value"] for r in replies] == [i + 1 for i in range(100)]
+
+
 async def test_turns_of_one_instance_are_serial_and_of_different_instances_parallel(mesh_factory, mesh_client) -> None:
     await mesh_factory(AGENTS)
     replies = await asyncio.gather(*(mesh_client.call("counter", "hot", {"add": 1}) for _ in range(300)))
