@@ -62,9 +62,9 @@ How to read the figures:
   mesh_mail_in; the mail service's streams stay); use a scratch server, since the load disturbs
   anything else on it.
   Noise: run to run, ops/s move by 10 % (request/reply) to 40 % (KV) on a shared 2-core VM;
-  other load on the machine (see the load average in the header) lowers everything. Each case
-  runs in three alternating rounds (raw, mesh, raw, mesh, ...) that are pooled, so both sides
-  see the same drift; still, compare ratios within one run, repeat a run before trusting a
+  other load on the machine (see the load average in the header) lowers everything. Every case
+  but slow (one burst) runs in three alternating rounds (raw, mesh, raw, mesh, ...) that are
+  pooled, so both sides see the same drift; still, compare ratios within one run, repeat a run before trusting a
   change below 20 %, and treat --quick figures (small counts, no steady state) as a smoke test.
 """
 

@@ -115,13 +115,14 @@ class Bench:
             cpu["server"] = lambda: process_cpu(server)
         return await drive(op, total, concurrency, self.progress, label, cpu=cpu, offset=offset)
 
-    async def pair(self, raw_op: Op, mesh_op: Op, total: int, concurrency: int, label: str,
-                   worker: int | None = None) -> tuple[Measure, Measure]:
+    async def pair(self, raw_op: Op, mesh_op: Op, total: int, concurrency: int, label: str, *,
+                   raw_pid: int | None = None, mesh_pid: int | None = None) -> tuple[Measure, Measure]:
         """Both sides of one case, in `ROUNDS` alternating rounds (raw, mesh, raw, mesh, ...).
 
         A shared VM's speed drifts by tens of percent over seconds; alternating puts both sides
         under the same drift, so their ratio holds still where one long run of each would not.
-        Each round uses its own operation indices, so a first touch stays a first touch.
+        Each round uses its own operation indices, so a first touch stays a first touch. The CPU
+        probes watch the raw responder and the main worker unless `raw_pid` / `mesh_pid` say otherwise.
         """
         rounds = max(1, min(ROUNDS, total // 100))
         raws: list[Measure] = []
@@ -130,9 +131,9 @@ class Bench:
         for r in range(rounds):
             count = total // rounds + (1 if r < total % rounds else 0)
             tag = f" ({r + 1}/{rounds})" if rounds > 1 else ""
-            raws.append(await self.drive(raw_op, count, concurrency, f"{label} raw{tag}", self.raw_pid, start))
+            raws.append(await self.drive(raw_op, count, concurrency, f"{label} raw{tag}", raw_pid or self.raw_pid, start))
             meshes.append(await self.drive(
-                mesh_op, count, concurrency, f"{label} mesh{tag}", worker or self.worker_pid, start
+                mesh_op, count, concurrency, f"{label} mesh{tag}", mesh_pid or self.worker_pid, start
             ))
             start += count
         return merge(raws), merge(meshes)
@@ -222,7 +223,7 @@ async def activation(b: Bench) -> list[Result]:
         rss_start, _ = worker.memory_mb()
         raw, mesh = await b.pair(
             lambda i: b.raw(f"turn.a{b.run_id}-{i}", BUMP), lambda i: b.mesh("bench-act", f"a{b.run_id}-{i}", BUMP),
-            n, 64, f"activation {n}", worker=worker.pid,
+            n, 64, f"activation {n}", mesh_pid=worker.pid,
         )
         rss_end, rss_peak = worker.memory_mb()
         evicted = await _wait_evicted(b, "bench-act", timeout=b.sizes.idle_timeout * 2 + 30)
@@ -293,8 +294,8 @@ async def http(b: Bench) -> list[Result]:
         same = orjson.loads(await _until_serving(raw_op, base)) == orjson.loads(await _until_serving(mesh_op, bridge))
         await drive(raw_op, 100, 8, b.progress, "http warm-up raw")
         await drive(mesh_op, 100, 8, b.progress, "http warm-up mesh")
-        raw = await b.drive(raw_op, n, concurrency, f"http c={concurrency} raw", base.pid)
-        mesh = await b.drive(mesh_op, n, concurrency, f"http c={concurrency} mesh", bridge.pid)
+        raw, mesh = await b.pair(raw_op, mesh_op, n, concurrency, f"http c={concurrency}",
+                                 raw_pid=base.pid, mesh_pid=bridge.pid)
         base.check_alive()
         bridge.check_alive()
     finally:
@@ -329,8 +330,8 @@ async def mail(b: Bench) -> list[Result]:
         await drive(raw_op, 20, sessions, b.progress, "mail warm-up raw")
         first_seq = (await js.stream_info(subjects.MAIL_INBOUND_STREAM)).state.last_seq + 1
         await drive(mesh_op, 20, sessions, b.progress, "mail warm-up mesh")
-        raw = await b.drive(raw_op, n, sessions, f"mail {sessions} sessions raw", base.pid)
-        mesh = await b.drive(mesh_op, n, sessions, f"mail {sessions} sessions mesh", service.pid)
+        raw, mesh = await b.pair(raw_op, mesh_op, n, sessions, f"mail {sessions} sessions",
+                                 raw_pid=base.pid, mesh_pid=service.pid)
         info = await js.stream_info(subjects.MAIL_INBOUND_STREAM)
         stored = info.state.last_seq - first_seq + 1
         base.check_alive()
