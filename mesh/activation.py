@@ -273,7 +273,7 @@ class Activation:
         if self.runtime.log_turns or self.runtime.observers:
             for outcome in outcomes:
                 if outcome.turn is not None:
-                    self.runtime.turn_finished(outcome.turn, outcome.started, outcome.error, outcome.ended)
+                    self.runtime.turn_finished(outcome.turn, outcome.started, outcome.ended, outcome.error)
         if saved is not None:
             for observer in self.runtime.observers:
                 observer.on_state_saved(saved)

@@ -119,7 +119,7 @@ async def request(
         return await inbox_of(nc).request(subject, data, timeout=timeout, headers=headers)
     except NoReply as exc:
         raise NoResponders(f"no worker serves {subject}") from exc
-    except (TimeoutError, nats.errors.TimeoutError) as exc:
+    except TimeoutError as exc:
         raise MeshTimeout(f"no reply on {subject} within {timeout:.3g}s") from exc
     except nats.errors.ConnectionClosedError as exc:
         raise ConnectionFailed("NATS connection is closed") from exc

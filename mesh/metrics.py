@@ -12,6 +12,7 @@ become labels (they are unbounded and may be personal data).
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -111,10 +112,10 @@ class TurnMetrics(Collector):
     several microseconds on a path that takes tens."""
 
     def __init__(self) -> None:
-        self.turns: dict[tuple[str, str], int] = {}
-        self.turn_seconds: dict[str, _Histogram] = {}
-        self.writes: dict[str, int] = {}
-        self.state_bytes: dict[str, _Histogram] = {}
+        self.turns: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.turn_seconds: defaultdict[str, _Histogram] = defaultdict(lambda: _Histogram(TURN_BUCKETS))
+        self.writes: defaultdict[str, int] = defaultdict(int)
+        self.state_bytes: defaultdict[str, _Histogram] = defaultdict(lambda: _Histogram(SIZE_BUCKETS))
 
     def collect(self) -> Iterator[Metric]:
         turns = CounterMetricFamily(
@@ -154,21 +155,12 @@ class MetricsObserver:
         self.metrics = metrics
 
     def on_turn(self, record: TurnRecord) -> None:
-        m = self.metrics
-        key = (record.agent_type, record.outcome)
-        m.turns[key] = m.turns.get(key, 0) + 1
-        seconds = m.turn_seconds.get(record.agent_type)
-        if seconds is None:
-            seconds = m.turn_seconds[record.agent_type] = _Histogram(TURN_BUCKETS)
-        seconds.observe(max(0.0, record.ended_at - record.started_at))
+        self.metrics.turns[record.agent_type, record.outcome] += 1
+        self.metrics.turn_seconds[record.agent_type].observe(max(0.0, record.ended_at - record.started_at))
 
     def on_state_saved(self, record: StateRecord) -> None:
-        m = self.metrics
-        m.writes[record.agent_type] = m.writes.get(record.agent_type, 0) + 1
-        size = m.state_bytes.get(record.agent_type)
-        if size is None:
-            size = m.state_bytes[record.agent_type] = _Histogram(SIZE_BUCKETS)
-        size.observe(record.size)
+        self.metrics.writes[record.agent_type] += 1
+        self.metrics.state_bytes[record.agent_type].observe(record.size)
 
 
 class RuntimeCollector(Collector):

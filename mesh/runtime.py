@@ -256,7 +256,7 @@ class Runtime:
                 raise Unavailable(SHUTTING_DOWN)
             envelope = Envelope(msg.data, msg.reply or None, headers, _deadline(headers, msg.reply))
             if cls.state_model is None:
-                self._tasks.start(self._stateless_turn(cls, subjects.decode_name(token), key, envelope))
+                self.start_now(self._stateless_turn(cls, subjects.decode_name(token), key, envelope))
                 return
             activation = self.activations.get(key)
             if activation is None:
@@ -341,11 +341,8 @@ class Runtime:
     ) -> TurnContext:
         return make_turn_context(agent_type, name, key, envelope, log)
 
-    def turn_finished(
-        self, turn: TurnContext, started: float, error: MeshError | None, ended: float | None = None
-    ) -> None:
+    def turn_finished(self, turn: TurnContext, started: float, ended: float, error: MeshError | None) -> None:
         """Log the turn (at debug) and tell the observers; only called when either wants it."""
-        ended = ended or time.time()
         code = error.code if error else "ok"
         if self.log_turns:
             turn.log.debug("turn.finished", started_at=started, ended_at=ended, outcome=code)
@@ -383,7 +380,7 @@ class Runtime:
         ended = time.time()
         await self.reply(outcome)  # first: observers must not delay the caller
         if self.log_turns or self.observers:
-            self.turn_finished(turn, started, outcome.error, ended)
+            self.turn_finished(turn, started, ended, outcome.error)
 
     # -- background --------------------------------------------------------------------------
 
