@@ -102,8 +102,23 @@ def new_turn_id() -> str:
 
 class Activation:
     __slots__ = (
-        "runtime", "agent_cls", "name", "key", "status", "owner", "dir_revision", "state_revision",
-        "agent", "saved", "current", "queue", "running", "last_used", "epoch", "applied", "applied_saved",
+        "runtime",
+        "agent_cls",
+        "name",
+        "key",
+        "status",
+        "owner",
+        "dir_revision",
+        "state_revision",
+        "agent",
+        "saved",
+        "current",
+        "queue",
+        "running",
+        "last_used",
+        "epoch",
+        "applied",
+        "applied_saved",
     )
 
     def __init__(self, runtime: Runtime, agent_cls: type[Agent[Any]], name: str, key: str) -> None:
@@ -127,9 +142,7 @@ class Activation:
 
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:
-        log: structlog.typing.FilteringBoundLogger = self.runtime.log.bind(
-            agent_type=self.agent_cls.type, agent_name=self.name
-        )
+        log: structlog.typing.FilteringBoundLogger = self.runtime.log.bind(agent_type=self.agent_cls.type, agent_name=self.name)
         return log
 
     def deliver(self, envelope: Envelope) -> None:
@@ -348,7 +361,12 @@ def make_turn_context(
     incoming = envelope.headers.get(subjects.HEADER_CHAIN)
     chain = (*incoming.split(","), key) if incoming else (key,)
     return TurnContext(
-        agent_type=agent_type, name=name, key=key, turn_id=new_turn_id(),
+        agent_type=agent_type,
+        name=name,
+        key=key,
+        turn_id=new_turn_id(),
         traceparent=child_traceparent(envelope.headers.get(subjects.HEADER_TRACEPARENT)),
-        chain=chain, deadline=envelope.deadline, base_log=log,
+        chain=chain,
+        deadline=envelope.deadline,
+        base_log=log,
     )

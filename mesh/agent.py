@@ -124,8 +124,15 @@ class Agent(Generic[S]):
         return await self.mesh.send_durable(agent_type, name, payload, msg_id=msg_id, method=method)
 
     async def schedule(
-        self, schedule_id: str, payload: Any = None, *, at: datetime | None = None, delay: float | None = None,
-        every: float | str | None = None, cron: str | None = None, method: str | None = None,
+        self,
+        schedule_id: str,
+        payload: Any = None,
+        *,
+        at: datetime | None = None,
+        delay: float | None = None,
+        every: float | str | None = None,
+        cron: str | None = None,
+        method: str | None = None,
     ) -> int:
         """Deliver `payload` to this instance at `at`, after `delay` s, `every` interval or on `cron`.
 

@@ -112,9 +112,7 @@ def redact_servers(servers: tuple[str, ...] | list[str]) -> list[str]:
     return [_redact(s) for s in servers]
 
 
-async def request(
-    nc: Client, subject: str, data: bytes, *, timeout: float, headers: dict[str, str] | None = None
-) -> Msg:
+async def request(nc: Client, subject: str, data: bytes, *, timeout: float, headers: dict[str, str] | None = None) -> Msg:
     try:
         return await inbox_of(nc).request(subject, data, timeout=timeout, headers=headers)
     except NoReply as exc:
@@ -146,9 +144,7 @@ async def open_bucket(js: JetStreamContext, bucket: str, *, history: int = 1, re
         pass
     except (nats.errors.TimeoutError, jse.ServiceUnavailableError) as exc:
         raise Unavailable(f"KV bucket {bucket} did not answer (JetStream leader election?): {exc}") from exc
-    config = KeyValueConfig(
-        bucket=bucket, history=history, storage=StorageType.FILE, direct=True, replicas=replicas
-    )
+    config = KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE, direct=True, replicas=replicas)
     try:
         return await js.create_key_value(config)
     except jse.BadRequestError:

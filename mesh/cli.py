@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nats-port", type=int, help="embedded server port (env MESH_NATS_PORT; default 4222)")
     up.add_argument("--store", help="embedded server store directory (env MESH_STORE; default .mesh)")
     up.add_argument("--http", help="HOST:PORT of the HTTP bridge, or off (env MESH_HTTP; default 127.0.0.1:8080)")
-    up.add_argument("--smtp", help="HOST:PORT for the SMTP ingestion service, or `off` (env MESH_SMTP_LISTEN; "
-                                   "default 127.0.0.1:2525)")
+    up.add_argument(
+        "--smtp", help="HOST:PORT for the SMTP ingestion service, or `off` (env MESH_SMTP_LISTEN; default 127.0.0.1:2525)"
+    )
 
     smtp = with_nats(commands.add_parser("smtp", help="run the SMTP ingestion service alone (agents reachable by mail)"))
     smtp.add_argument("--listen", help="HOST:PORT to accept mail on (env MESH_SMTP_LISTEN; default 127.0.0.1:2525)")
@@ -162,9 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = MeshSettings()
     overrides = {
-        k: v for k, v in vars(args).items()
-        if k in {"nats_url", "nats_port", "store", "app", "log_format", "log_level", "http", "metrics_port"}
-        and v is not None
+        k: v
+        for k, v in vars(args).items()
+        if k in {"nats_url", "nats_port", "store", "app", "log_format", "log_level", "http", "metrics_port"} and v is not None
     }
     settings = settings.model_copy(update=overrides)
     try:
@@ -187,7 +188,8 @@ async def cmd_up(args: argparse.Namespace, settings: MeshSettings) -> int:
             f"mesh is up: nats-server at {server.url} (store {settings.store}); "
             f"try: mesh call counter/demo '{{\"add\": 1}}' "
             f"or mesh call triage/alice '\"What is the capital of France?\"'",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
         return await _serve(settings, server.url, smtp=_smtp_listen(args), http=True)
     finally:
@@ -223,7 +225,9 @@ async def _serve(settings: MeshSettings, url: str, *, smtp: str = "off", http: b
     bridge: asyncio.Task[None] | None = None
     try:
         async with open_health_server(
-            settings.metrics_host, settings.metrics_port, ready=runtime.ready,
+            settings.metrics_host,
+            settings.metrics_port,
+            ready=runtime.ready,
             collector=metrics.RuntimeCollector(runtime),
         ):
             await runtime.start()
@@ -455,7 +459,14 @@ async def cmd_schedule(args: argparse.Namespace, settings: MeshSettings) -> int:
                     raise BadJson(f"--at {args.at!r} is not an RFC 3339 time") from exc
             payload = _json_arg(args.payload, "--payload")
             await client.schedule(
-                agent_type, name, args.id, payload, at=at, delay=args.delay, every=args.every, cron=args.cron,
+                agent_type,
+                name,
+                args.id,
+                payload,
+                at=at,
+                delay=args.delay,
+                every=args.every,
+                cron=args.cron,
                 method=args.method,
             )
             print(f"schedule {args.id} of {agent_type}/{name} registered", file=sys.stderr)
@@ -540,6 +551,8 @@ def _login() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
 async def cmd_bench(args: argparse.Namespace, settings: MeshSettings) -> int:
     from mesh.bench.cli import cmd_bench as run
 
@@ -547,10 +560,23 @@ async def cmd_bench(args: argparse.Namespace, settings: MeshSettings) -> int:
 
 
 COMMANDS = {
-    "up": cmd_up, "worker": cmd_worker, "call": cmd_call, "state": cmd_state, "ls": cmd_ls,
-    "send": cmd_send, "schedule": cmd_schedule, "dead-letters": cmd_dead_letters, "smtp": cmd_smtp,
-    "approvals": cmd_approvals, "approve": cmd_decide, "reject": cmd_decide, "clear-memory": cmd_clear_memory,
-    "bench": cmd_bench, "http": cmd_http, "tail": cmd_tail, "history": cmd_history,
+    "up": cmd_up,
+    "worker": cmd_worker,
+    "call": cmd_call,
+    "state": cmd_state,
+    "ls": cmd_ls,
+    "send": cmd_send,
+    "schedule": cmd_schedule,
+    "dead-letters": cmd_dead_letters,
+    "smtp": cmd_smtp,
+    "approvals": cmd_approvals,
+    "approve": cmd_decide,
+    "reject": cmd_decide,
+    "clear-memory": cmd_clear_memory,
+    "bench": cmd_bench,
+    "http": cmd_http,
+    "tail": cmd_tail,
+    "history": cmd_history,
 }
 
 if __name__ == "__main__":

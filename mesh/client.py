@@ -45,9 +45,7 @@ class MeshClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def call(
-        self, agent_type: str, name: str, payload: Any = None, *, timeout: float | None = None
-    ) -> Any:
+    async def call(self, agent_type: str, name: str, payload: Any = None, *, timeout: float | None = None) -> Any:
         """Send a request to `(agent_type, name)` and return its decoded JSON reply.
 
         Raises the callee's error as its typed `MeshError` subclass.
@@ -93,14 +91,27 @@ class MeshClient:
         _, headers = self._outgoing(None)
         traceparent = headers.get(subjects.HEADER_TRACEPARENT) or child_traceparent(None)
         ack = await publish_durable(
-            self.nc.jetstream(), agent_type, name, payload, msg_id=msg_id, method=method,
+            self.nc.jetstream(),
+            agent_type,
+            name,
+            payload,
+            msg_id=msg_id,
+            method=method,
             headers={subjects.HEADER_TRACEPARENT: traceparent},
         )
         return ack.seq
 
     async def schedule(
-        self, agent_type: str, name: str, schedule_id: str, payload: Any = None, *, at: datetime | None = None,
-        delay: float | None = None, every: float | str | None = None, cron: str | None = None,
+        self,
+        agent_type: str,
+        name: str,
+        schedule_id: str,
+        payload: Any = None,
+        *,
+        at: datetime | None = None,
+        delay: float | None = None,
+        every: float | str | None = None,
+        cron: str | None = None,
         method: str | None = None,
     ) -> int:
         """Register (or replace, same id) a schedule delivering `payload` to the instance."""

@@ -28,7 +28,9 @@ class TurnContext:
         """A logger bound to this turn's agent, name, turn id and trace id (bound on first use)."""
         if self._log is None:
             self._log = self.base_log.bind(
-                agent_type=self.agent_type, agent_name=self.name, turn_id=self.turn_id,
+                agent_type=self.agent_type,
+                agent_name=self.name,
+                turn_id=self.turn_id,
                 trace_id=self.traceparent[3:35],
             )
         return self._log
@@ -40,6 +42,4 @@ class TurnContext:
         return self.deadline - time.monotonic()
 
 
-current_turn: contextvars.ContextVar[TurnContext | None] = contextvars.ContextVar(
-    "mesh_current_turn", default=None
-)
+current_turn: contextvars.ContextVar[TurnContext | None] = contextvars.ContextVar("mesh_current_turn", default=None)

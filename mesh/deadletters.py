@@ -44,7 +44,13 @@ def _carried(headers: dict[str, str] | None) -> dict[str, str]:
 
 
 async def bury(
-    js: JetStreamContext, msg: Msg, agent_type: str, token: str, msg_id: str, error: MeshError, attempts: int,
+    js: JetStreamContext,
+    msg: Msg,
+    agent_type: str,
+    token: str,
+    msg_id: str,
+    error: MeshError,
+    attempts: int,
     replicas: int = 1,
 ) -> PubAck:
     """Store a failed durable message in MESH_DEAD (the caller acks the original afterwards)."""
@@ -75,11 +81,16 @@ def _letter(seq: int, subject: str, headers: dict[str, str], data: bytes, time: 
     _, agent_type, token = subject.split(".", 2)
     err = wire.error_of(headers, b"")
     return DeadLetter(
-        seq=seq, agent_type=agent_type, name=subjects.decode_name(token),
+        seq=seq,
+        agent_type=agent_type,
+        name=subjects.decode_name(token),
         error_code=headers.get(subjects.HEADER_MESH_ERROR, "mesh_error"),
-        error=err.message if err else "", attempts=int(headers.get(subjects.HEADER_ATTEMPTS, "0") or 0),
-        msg_id=headers.get(subjects.HEADER_MSG_ID, ""), method=headers.get(subjects.HEADER_METHOD),
-        payload=data.decode(errors="replace"), time=time,
+        error=err.message if err else "",
+        attempts=int(headers.get(subjects.HEADER_ATTEMPTS, "0") or 0),
+        msg_id=headers.get(subjects.HEADER_MSG_ID, ""),
+        method=headers.get(subjects.HEADER_METHOD),
+        payload=data.decode(errors="replace"),
+        time=time,
     )
 
 
@@ -90,9 +101,16 @@ async def redrive(js: JetStreamContext, seq: int, *, replicas: int = 1) -> PubAc
     except jse.NotFoundError as exc:
         raise MeshError(f"there is no dead letter {seq}") from exc
     headers = {
-        k: v for k, v in _carried(raw.headers).items()
-        if k not in (subjects.HEADER_ERROR, subjects.HEADER_ERROR_CODE, subjects.HEADER_MESH_ERROR,
-                     subjects.HEADER_ATTEMPTS, subjects.HEADER_MSG_ID)
+        k: v
+        for k, v in _carried(raw.headers).items()
+        if k
+        not in (
+            subjects.HEADER_ERROR,
+            subjects.HEADER_ERROR_CODE,
+            subjects.HEADER_MESH_ERROR,
+            subjects.HEADER_ATTEMPTS,
+            subjects.HEADER_MSG_ID,
+        )
     }
     original = (raw.headers or {}).get(subjects.HEADER_MSG_ID, "")
     headers[subjects.HEADER_NATS_MSG_ID] = f"redrive:{seq}:{original}"[:256]

@@ -74,12 +74,19 @@ class DurableDelivery:
         for agent_type in self.runtime.agents:
             for partition in self.options.partitions:
                 name = consumer_name(agent_type, partition)
-                await self._js.add_consumer(subjects.DURABLE_STREAM, ConsumerConfig(
-                    durable_name=name, filter_subject=subjects.durable_partition_filter(agent_type, partition),
-                    ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, max_ack_pending=1,
-                    ack_wait=self.options.ack_wait, max_deliver=-1,
-                    description=f"agent-mesh durable delivery to {agent_type}, partition {partition}",
-                ))
+                await self._js.add_consumer(
+                    subjects.DURABLE_STREAM,
+                    ConsumerConfig(
+                        durable_name=name,
+                        filter_subject=subjects.durable_partition_filter(agent_type, partition),
+                        ack_policy=AckPolicy.EXPLICIT,
+                        deliver_policy=DeliverPolicy.ALL,
+                        max_ack_pending=1,
+                        ack_wait=self.options.ack_wait,
+                        max_deliver=-1,
+                        description=f"agent-mesh durable delivery to {agent_type}, partition {partition}",
+                    ),
+                )
                 sub = await self._js.pull_subscribe_bind(durable=name, stream=subjects.DURABLE_STREAM)
                 self._subs.append(sub)
                 self._tasks.spawn(self._serve(sub, agent_type))
@@ -103,7 +110,6 @@ class DurableDelivery:
 
     def statistics(self) -> dict[str, int]:
         return {"delivered": self.stats.delivered, "retried": self.stats.retried, "dead": self.stats.dead}
-
 
     async def _serve(self, sub: Any, agent_type: str) -> None:
         while not self._stopping:
@@ -144,7 +150,10 @@ class DurableDelivery:
         keepalive = asyncio.get_running_loop().create_task(self._keep_alive(msg))
         try:
             reply = await bus.request(
-                self.runtime.nc, f"agents.{agent_type}.{token}", msg.data, timeout=self.options.turn_timeout,
+                self.runtime.nc,
+                f"agents.{agent_type}.{token}",
+                msg.data,
+                timeout=self.options.turn_timeout,
                 headers=out,
             )
             error = wire.error_of(reply.headers, reply.data)
@@ -166,9 +175,7 @@ class DurableDelivery:
         turn_failed = isinstance(error, (AgentError, StateError, MeshTimeout)) or type(error) is MeshError
         if isinstance(error, RequestError) or (turn_failed and attempts >= self.options.max_attempts):
             try:
-                await deadletters.bury(
-                    self._js, msg, agent_type, token, msg_id, error, attempts, replicas=self.options.replicas
-                )
+                await deadletters.bury(self._js, msg, agent_type, token, msg_id, error, attempts, replicas=self.options.replicas)
             except MeshError as exc:
                 log.warning("durable.bury_failed", error=exc.message)
                 await msg.nak(delay=self.options.delay(attempts))
@@ -176,9 +183,18 @@ class DurableDelivery:
             await msg.ack()
             self.stats.dead += 1
             DEAD_LETTERS.labels(agent_type).inc()
-            self._record(agent_type, token, "dead_letter", {
-                "msg_id": msg_id, "error_code": error.code, "error": error.message, "attempts": attempts,
-            }, (msg.headers or {}).get(subjects.HEADER_TRACEPARENT))
+            self._record(
+                agent_type,
+                token,
+                "dead_letter",
+                {
+                    "msg_id": msg_id,
+                    "error_code": error.code,
+                    "error": error.message,
+                    "attempts": attempts,
+                },
+                (msg.headers or {}).get(subjects.HEADER_TRACEPARENT),
+            )
             log.warning("durable.dead_lettered", error=error.message)
             return
         delay = self.options.delay(attempts)
@@ -186,18 +202,24 @@ class DurableDelivery:
         self.stats.retried += 1
         log.info("durable.retrying", error=error.message, delay=delay)
 
-    def _observe_delivery(
-        self, agent_type: str, token: str, meta: Any, headers: dict[str, str], out: dict[str, str]
-    ) -> None:
+    def _observe_delivery(self, agent_type: str, token: str, meta: Any, headers: dict[str, str], out: dict[str, str]) -> None:
         """Backlog gauge (what this worker last saw pending per consumer) and `schedule` events."""
         self._pending[(agent_type, meta.consumer)] = meta.num_pending or 0
         DURABLE_BACKLOG.labels(agent_type).set(sum(n for (t, _), n in self._pending.items() if t == agent_type))
         scheduler = headers.get(subjects.HEADER_NATS_SCHEDULER)
         if scheduler:
             traceparent = out[subjects.HEADER_TRACEPARENT]
-            self._record(agent_type, token, "schedule", {
-                "schedule": scheduler, "msg_id": out[subjects.HEADER_MSG_ID], "trace_id": trace_id(traceparent),
-            }, traceparent)
+            self._record(
+                agent_type,
+                token,
+                "schedule",
+                {
+                    "schedule": scheduler,
+                    "msg_id": out[subjects.HEADER_MSG_ID],
+                    "trace_id": trace_id(traceparent),
+                },
+                traceparent,
+            )
 
     def _record(self, agent_type: str, token: str, kind: str, data: dict[str, Any], traceparent: str | None) -> None:
         if not self._recorders:

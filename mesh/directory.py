@@ -41,9 +41,7 @@ def new_worker_id() -> str:
 
 
 class Directory:
-    def __init__(
-        self, entries: Bucket, workers: Bucket, worker_id: str, *, lease_ttl: int = 6, heartbeat: float = 1.0
-    ) -> None:
+    def __init__(self, entries: Bucket, workers: Bucket, worker_id: str, *, lease_ttl: int = 6, heartbeat: float = 1.0) -> None:
         if lease_ttl < 2:
             raise ValueError("lease_ttl must be at least 2 seconds (the server's TTL is whole seconds)")
         self.entries = entries

@@ -120,7 +120,12 @@ async def publish_durable(
 
 
 async def publish_retrying(
-    js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str], *, replicas: int = 1,
+    js: JetStreamContext,
+    subject: str,
+    data: bytes,
+    headers: dict[str, str],
+    *,
+    replicas: int = 1,
     retry_for: float = 15.0,
 ) -> PubAck:
     """JetStream publish that creates the streams on first use and rides out leader elections."""

@@ -41,9 +41,7 @@ class ReplyInbox:
         self._sub: Any = None
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def request(
-        self, subject: str, data: bytes, *, timeout: float, headers: dict[str, str] | None = None
-    ) -> Msg:
+    async def request(self, subject: str, data: bytes, *, timeout: float, headers: dict[str, str] | None = None) -> Msg:
         """The reply to `data` sent on `subject`; raises `TimeoutError` or `NoReply`."""
         if self._sub is None:
             await self._subscribe()

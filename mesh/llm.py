@@ -218,8 +218,7 @@ class LLMAgent(Agent[LLMState]):
             )
         await self._expire_overdue()
         run_id = new_run_id()
-        self.state.record_run(RunRecord(run_id=run_id, status="running", agent=self.sdk_agent.name,
-                                        started_at=now()))
+        self.state.record_run(RunRecord(run_id=run_id, status="running", agent=self.sdk_agent.name, started_at=now()))
         return await self._run(user_input, run_id)
 
     async def _run(self, run_input: str | list[Any] | RunState[Any], run_id: str) -> LLMReply:
@@ -232,7 +231,8 @@ class LLMAgent(Agent[LLMState]):
         turn = current_turn.get()
         mesh_trace = trace_id(turn.traceparent) if turn else None
         config = RunConfig(
-            workflow_name=f"{self.type}/{self.name}", group_id=self.key,
+            workflow_name=f"{self.type}/{self.name}",
+            group_id=self.key,
             trace_id=f"trace_{mesh_trace}" if mesh_trace else None,
             trace_metadata={"instance": self.key, "run_id": run_id},
         )
@@ -247,9 +247,7 @@ class LLMAgent(Agent[LLMState]):
                     await self._publish_progress(run_id, event)
                 result: agents.RunResultBase = streamed
             else:
-                result = await Runner.run(
-                    self.sdk_agent, run_input, session=session, run_config=config, max_turns=self.max_turns
-                )
+                result = await Runner.run(self.sdk_agent, run_input, session=session, run_config=config, max_turns=self.max_turns)
         except MeshError:
             raise
         except Exception as exc:
@@ -265,26 +263,42 @@ class LLMAgent(Agent[LLMState]):
             return await self._pause(run_id, result, record, usage, model)
         output = result.final_output
         text = output if isinstance(output, str) else wire.dumps(output).decode()
-        self.state.record_run(record.model_copy(update={
-            "status": "completed", "agent": last.name, "output": text[:MAX_STORED_OUTPUT], "finished_at": now(),
-        }))
+        self.state.record_run(
+            record.model_copy(
+                update={
+                    "status": "completed",
+                    "agent": last.name,
+                    "output": text[:MAX_STORED_OUTPUT],
+                    "finished_at": now(),
+                }
+            )
+        )
         if resumed and self._runs is not None:
             await self._runs.delete(self.key, run_id)
         await self.emit("run_completed", {"run_id": run_id, "agent": last.name, "model": model, "output": output})
-        self.log.info("llm.run_completed", run_id=run_id, agent=last.name, model=model,
-                      offline=model == OFFLINE_LABEL, requests=usage.requests)
+        self.log.info(
+            "llm.run_completed",
+            run_id=run_id,
+            agent=last.name,
+            model=model,
+            offline=model == OFFLINE_LABEL,
+            requests=usage.requests,
+        )
         return LLMReply(status="completed", run_id=run_id, output=output, agent=last.name, model=model, usage=usage)
 
-    async def _pause(
-        self, run_id: str, result: agents.RunResultBase, record: RunRecord, usage: Usage, model: str
-    ) -> LLMReply:
+    async def _pause(self, run_id: str, result: agents.RunResultBase, record: RunRecord, usage: Usage, model: str) -> LLMReply:
         assert self._runs is not None
         await self._runs.save(self.key, run_id, result.to_state().to_string())
         at = now()
         new = [
             PendingApproval(
-                id=new_approval_id(), run_id=run_id, tool=item.name or "?", arguments=item.arguments or "",
-                call_id=_call_id(item), agent=item.agent.name, requested_at=at,
+                id=new_approval_id(),
+                run_id=run_id,
+                tool=item.name or "?",
+                arguments=item.arguments or "",
+                call_id=_call_id(item),
+                agent=item.agent.name,
+                requested_at=at,
                 expires_at=expiry_after(self.approval_ttl, at),
             )
             for item in result.interruptions
@@ -295,14 +309,19 @@ class LLMAgent(Agent[LLMState]):
             await self.emit("approval_requested", approval.model_dump(mode="json"))
             self.log.info("approval.requested", approval_id=approval.id, run_id=run_id, tool=approval.tool)
         return LLMReply(
-            status="awaiting_approval", run_id=run_id, agent=result.last_agent.name, model=model, usage=usage,
+            status="awaiting_approval",
+            run_id=run_id,
+            agent=result.last_agent.name,
+            model=model,
+            usage=usage,
             approvals=new,
         )
 
     def _account(self, run_id: str, result: agents.RunResultBase) -> Usage:
         sdk = result.context_wrapper.usage
-        usage = Usage(requests=sdk.requests, input_tokens=sdk.input_tokens, output_tokens=sdk.output_tokens,
-                      total_tokens=sdk.total_tokens)
+        usage = Usage(
+            requests=sdk.requests, input_tokens=sdk.input_tokens, output_tokens=sdk.output_tokens, total_tokens=sdk.total_tokens
+        )
         # A resumed run's usage includes what it used before the pause; count only the new part.
         before = self._usage_seen.pop(run_id, Usage())
         self.state.requests += usage.requests - before.requests
@@ -321,22 +340,22 @@ class LLMAgent(Agent[LLMState]):
                 raw = item.raw_item
                 name = raw.get("name") if isinstance(raw, dict) else getattr(raw, "name", None)
                 arguments = raw.get("arguments") if isinstance(raw, dict) else getattr(raw, "arguments", None)
-                await self.emit("tool_called", {"run_id": run_id, "agent": item.agent.name, "tool": name,
-                                                "arguments": arguments})
+                await self.emit("tool_called", {"run_id": run_id, "agent": item.agent.name, "tool": name, "arguments": arguments})
             elif event.name == "tool_output":
-                await self.emit("tool_output", {"run_id": run_id, "agent": item.agent.name,
-                                                "output": str(getattr(item, "output", ""))[:4096]})
+                await self.emit(
+                    "tool_output", {"run_id": run_id, "agent": item.agent.name, "output": str(getattr(item, "output", ""))[:4096]}
+                )
             elif event.name == "handoff_occured":
-                await self.emit("handoff", {"run_id": run_id, "from": item.agent.name,
-                                            "to": getattr(getattr(item, "target_agent", None), "name", None)})
+                await self.emit(
+                    "handoff",
+                    {"run_id": run_id, "from": item.agent.name, "to": getattr(getattr(item, "target_agent", None), "name", None)},
+                )
         elif isinstance(event, RawResponsesStreamEvent) and event.data.type == "response.output_text.delta":
             await self.emit("text_delta", {"run_id": run_id, "delta": getattr(event.data, "delta", "")})
 
     # -- approvals ----------------------------------------------------------------------------
 
-    async def _decide(
-        self, approval_id: str, decision: Literal["approve", "reject"], by: str, reason: str | None
-    ) -> LLMReply:
+    async def _decide(self, approval_id: str, decision: Literal["approve", "reject"], by: str, reason: str | None) -> LLMReply:
         approval = next((p for p in self.state.pending if p.id == approval_id), None)
         if approval is None or approval.decision is not None:
             done = self.state.find_decision(approval_id)
@@ -348,8 +367,9 @@ class LLMAgent(Agent[LLMState]):
         if approval.expires_at <= now():
             # Settled by the instance's own `expire` turn (armed for exactly this), not here: an
             # error reply discards this turn's state changes.
-            raise ApprovalDecided(f"approval {approval_id} expired at {approval.expires_at.isoformat()}; "
-                                  "it is rejected on expiry")
+            raise ApprovalDecided(
+                f"approval {approval_id} expired at {approval.expires_at.isoformat()}; it is rejected on expiry"
+            )
         recorded = await self._record(approval, decision, by, reason)
         reply = await self._resume_if_decided(approval.run_id)
         reply.decision = recorded
@@ -359,8 +379,16 @@ class LLMAgent(Agent[LLMState]):
         self, approval: PendingApproval, decision: Literal["approve", "reject"], by: str, reason: str | None
     ) -> Decision:
         approval.decision, approval.reason, approval.decided_by = decision, reason, by
-        recorded = Decision(id=approval.id, run_id=approval.run_id, tool=approval.tool, arguments=approval.arguments,
-                            decision=decision, by=by, reason=reason, decided_at=now())
+        recorded = Decision(
+            id=approval.id,
+            run_id=approval.run_id,
+            tool=approval.tool,
+            arguments=approval.arguments,
+            decision=decision,
+            by=by,
+            reason=reason,
+            decided_at=now(),
+        )
         self.state.record_decision(recorded)
         self.log.info("approval.decided", approval_id=approval.id, decision=decision, by=by)
         await self.emit("approval_decided", recorded.model_dump(mode="json"))
@@ -374,8 +402,13 @@ class LLMAgent(Agent[LLMState]):
         of_run = [p for p in self.state.pending if p.run_id == run_id]
         still_open = [p for p in of_run if p.decision is None]
         if still_open:
-            return LLMReply(status="awaiting_approval", run_id=run_id, agent=of_run[0].agent,
-                            model=model_label(self.sdk_agent.model), approvals=still_open)
+            return LLMReply(
+                status="awaiting_approval",
+                run_id=run_id,
+                agent=of_run[0].agent,
+                model=model_label(self.sdk_agent.model),
+                approvals=still_open,
+            )
         self.state.pending = [p for p in self.state.pending if p.run_id != run_id]
         assert self._runs is not None
         blob = await self._runs.load(self.key, run_id)
@@ -389,17 +422,21 @@ class LLMAgent(Agent[LLMState]):
             # Settle the run as failed rather than leave its approvals pending forever.
             record = next((r for r in self.state.runs if r.run_id == run_id), None)
             if record is not None:
-                self.state.record_run(record.model_copy(update={"status": "failed", "output": problem,
-                                                                  "finished_at": now()}))
+                self.state.record_run(record.model_copy(update={"status": "failed", "output": problem, "finished_at": now()}))
             await self.emit("run_failed", {"run_id": run_id, "error": problem})
             self.log.warning("llm.resume_failed", run_id=run_id, error=problem)
-            return LLMReply(status="failed", run_id=run_id, output=problem, agent=of_run[0].agent,
-                            model=model_label(self.sdk_agent.model))
+            return LLMReply(
+                status="failed", run_id=run_id, output=problem, agent=of_run[0].agent, model=model_label(self.sdk_agent.model)
+            )
         by_call = {p.call_id: p for p in of_run}
         usage = state._context.usage if state._context is not None else None
         if usage is not None:
-            self._usage_seen[run_id] = Usage(requests=usage.requests, input_tokens=usage.input_tokens,
-                                             output_tokens=usage.output_tokens, total_tokens=usage.total_tokens)
+            self._usage_seen[run_id] = Usage(
+                requests=usage.requests,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                total_tokens=usage.total_tokens,
+            )
         for item in state.get_interruptions():
             decided = by_call.get(_call_id(item))
             if decided is not None and decided.decision == "approve":
@@ -407,8 +444,9 @@ class LLMAgent(Agent[LLMState]):
             else:
                 state.reject(item, rejection_message=_rejection_text(decided))
         if not any(r.run_id == run_id for r in self.state.runs):
-            self.state.record_run(RunRecord(run_id=run_id, status="running", agent=of_run[0].agent,
-                                            started_at=of_run[0].requested_at))
+            self.state.record_run(
+                RunRecord(run_id=run_id, status="running", agent=of_run[0].agent, started_at=of_run[0].requested_at)
+            )
         return await self._run(state, run_id)
 
     async def _expire_overdue(self) -> None:

@@ -32,8 +32,9 @@ class SenderAuth(BaseModel):
     dkim: str | None = None
     dmarc: str | None = None
     verdict: Literal["pass", "fail", "none"] = Field(
-        default="none", description="`pass` when DMARC passed (or SPF/DKIM passed without DMARC), `fail` when "
-        "DMARC failed, `none` when no trusted server said anything."
+        default="none",
+        description="`pass` when DMARC passed (or SPF/DKIM passed without DMARC), `fail` when "
+        "DMARC failed, `none` when no trusted server said anything.",
     )
 
 

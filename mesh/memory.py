@@ -32,8 +32,12 @@ DEFAULT_MAX_ITEMS = 1000
 async def open_memory_stream(js: JetStreamContext) -> None:
     """Create the memory stream the first time (file storage, direct gets); idempotent."""
     config = StreamConfig(
-        name=subjects.MEMORY_STREAM, subjects=[f"{subjects.MEMORY_STREAM}.>"], storage=StorageType.FILE,
-        allow_direct=True, discard=DiscardPolicy.OLD, description="agent-mesh conversation memory",
+        name=subjects.MEMORY_STREAM,
+        subjects=[f"{subjects.MEMORY_STREAM}.>"],
+        storage=StorageType.FILE,
+        allow_direct=True,
+        discard=DiscardPolicy.OLD,
+        description="agent-mesh conversation memory",
     )
     await bus.ensure_stream(js, config)
 
@@ -96,9 +100,7 @@ class MemorySession:
             start = 0
             while True:
                 request = {"seq": start, "next_by_subj": self.subject, "batch": 1000}
-                await self._nc.publish(
-                    f"$JS.API.DIRECT.GET.{subjects.MEMORY_STREAM}", orjson.dumps(request), reply=inbox
-                )
+                await self._nc.publish(f"$JS.API.DIRECT.GET.{subjects.MEMORY_STREAM}", orjson.dumps(request), reply=inbox)
                 pending = 0
                 while True:
                     try:

@@ -43,33 +43,48 @@ SIZE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 524288, 1048576, 4194304)
 
 # -- the runtime (fed by MetricsObserver, collected by TurnMetrics when scraped) -----------------
 EVENTS_DROPPED = Counter(
-    "mesh_recorder_dropped_events", "Flight-recorder events dropped because the buffer was full or NATS down.",
+    "mesh_recorder_dropped_events",
+    "Flight-recorder events dropped because the buffer was full or NATS down.",
     registry=REGISTRY,
 )
 
 # -- other services (defined here, incremented where the event happens) ---------------------------
 APPROVALS_PENDING = Gauge(
-    "mesh_approvals_pending", "Tool calls waiting for a human decision, by agent type.", ["type"], registry=REGISTRY,
+    "mesh_approvals_pending",
+    "Tool calls waiting for a human decision, by agent type.",
+    ["type"],
+    registry=REGISTRY,
 )
 DURABLE_BACKLOG = Gauge(
-    "mesh_durable_backlog", "Durable messages waiting for delivery, by agent type, as this worker last saw them.",
-    ["type"], registry=REGISTRY,
+    "mesh_durable_backlog",
+    "Durable messages waiting for delivery, by agent type, as this worker last saw them.",
+    ["type"],
+    registry=REGISTRY,
 )
 DEAD_LETTERS = Counter(
-    "mesh_dead_letters", "Durable messages moved to the dead-letter stream, by agent type.", ["type"],
+    "mesh_dead_letters",
+    "Durable messages moved to the dead-letter stream, by agent type.",
+    ["type"],
     registry=REGISTRY,
 )
 MAIL_MESSAGES = Counter(
-    "mesh_mail_messages", "Mail received over SMTP, by outcome (accepted or rejected) and reason.",
-    ["outcome", "reason"], registry=REGISTRY,
+    "mesh_mail_messages",
+    "Mail received over SMTP, by outcome (accepted or rejected) and reason.",
+    ["outcome", "reason"],
+    registry=REGISTRY,
 )
 HTTP_REQUESTS = Counter(
-    "mesh_http_requests", "HTTP bridge requests, by method, route template and status code.",
-    ["method", "route", "status"], registry=REGISTRY,
+    "mesh_http_requests",
+    "HTTP bridge requests, by method, route template and status code.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
 )
 HTTP_SECONDS = Histogram(
-    "mesh_http_request_duration_seconds", "HTTP bridge request latency, by method and route template.",
-    ["method", "route"], buckets=TURN_BUCKETS, registry=REGISTRY,
+    "mesh_http_request_duration_seconds",
+    "HTTP bridge request latency, by method and route template.",
+    ["method", "route"],
+    buckets=TURN_BUCKETS,
+    registry=REGISTRY,
 )
 
 
@@ -119,7 +134,8 @@ class TurnMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         turns = CounterMetricFamily(
-            "mesh_turns", "Turns run by this process, by agent type and outcome (ok or the error code).",
+            "mesh_turns",
+            "Turns run by this process, by agent type and outcome (ok or the error code).",
             labels=["type", "outcome"],
         )
         for labels, count in list(self.turns.items()):

@@ -96,9 +96,7 @@ class OfflineModel(Model):
         return self._script().stream_response(*args, **kwargs)
 
 
-def select_model(
-    *, policy: Policy, api_key: str | None = None, base_url: str | None = None, model: str | None = None
-) -> Model:
+def select_model(*, policy: Policy, api_key: str | None = None, base_url: str | None = None, model: str | None = None) -> Model:
     """The model an agent uses, from plain configuration values (see the module docstring)."""
     if base_url:
         client = AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed")

@@ -50,16 +50,25 @@ class OtelObserver:
             return
         context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
         attributes: dict[str, Any] = {
-            "mesh.type": record.agent_type, "mesh.name": record.name, "mesh.worker": record.worker,
-            "mesh.turn_id": record.turn_id, "mesh.outcome": record.outcome,
+            "mesh.type": record.agent_type,
+            "mesh.name": record.name,
+            "mesh.worker": record.worker,
+            "mesh.turn_id": record.turn_id,
+            "mesh.outcome": record.outcome,
         }
         if record.caller:
             attributes["mesh.caller"] = record.caller
         status = Status(StatusCode.OK) if record.outcome == "ok" else Status(StatusCode.ERROR, record.error)
         span = ReadableSpan(
-            f"{record.agent_type} turn", context=context, resource=self.resource, attributes=attributes,
-            kind=SpanKind.SERVER, status=status, start_time=int(record.started_at * 1e9),
-            end_time=int(record.ended_at * 1e9), instrumentation_scope=self.scope,
+            f"{record.agent_type} turn",
+            context=context,
+            resource=self.resource,
+            attributes=attributes,
+            kind=SpanKind.SERVER,
+            status=status,
+            start_time=int(record.started_at * 1e9),
+            end_time=int(record.ended_at * 1e9),
+            instrumentation_scope=self.scope,
         )
         try:
             self.processor.on_end(span)

@@ -19,9 +19,7 @@ from nats.aio.client import Client
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # printable ASCII without ':' (RFC 7230 token, loosely)
 
 
-def publish_now(
-    nc: Client, subject: str, payload: bytes, headers: dict[str, str] | None = None, reply: str = ""
-) -> None:
+def publish_now(nc: Client, subject: str, payload: bytes, headers: dict[str, str] | None = None, reply: str = "") -> None:
     """Queue one message for sending, without awaiting anything.
 
     Raises what `publish` would: `ConnectionClosedError`, `ConnectionDrainingError`,

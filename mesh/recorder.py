@@ -60,16 +60,19 @@ class EventsLimits:
 
 def events_stream_config(limits: EventsLimits, name: str = subjects.EVENTS_STREAM) -> StreamConfig:
     return StreamConfig(
-        name=name, subjects=["events.>"], storage=StorageType.FILE,
-        max_age=limits.max_age, max_msgs=limits.max_msgs, max_bytes=limits.max_bytes,
-        discard=DiscardPolicy.OLD, num_replicas=limits.replicas,
+        name=name,
+        subjects=["events.>"],
+        storage=StorageType.FILE,
+        max_age=limits.max_age,
+        max_msgs=limits.max_msgs,
+        max_bytes=limits.max_bytes,
+        discard=DiscardPolicy.OLD,
+        num_replicas=limits.replicas,
         description="agent-mesh events: the flight recorder, and what live views resume from",
     )
 
 
-async def ensure_events_stream(
-    js: JetStreamContext, limits: EventsLimits, name: str = subjects.EVENTS_STREAM
-) -> str | None:
+async def ensure_events_stream(js: JetStreamContext, limits: EventsLimits, name: str = subjects.EVENTS_STREAM) -> str | None:
     """The name of the stream that keeps `events.>`, created with `limits` if there is none.
 
     The flight recorder and the HTTP bridge both call this; whichever starts first sets the limits.
@@ -137,9 +140,7 @@ class FlightRecorder:
 
     # -- the observer side: called on the turn path, must not block -----------------------------
 
-    def record(
-        self, agent_type: str, name: str, kind: str, data: dict[str, Any], traceparent: str | None = None
-    ) -> None:
+    def record(self, agent_type: str, name: str, kind: str, data: dict[str, Any], traceparent: str | None = None) -> None:
         """Queue an event of instance `(agent_type, name)`; for services recording their own kinds."""
         try:
             subject = subjects.event_subject(agent_type, name, kind)
@@ -160,9 +161,14 @@ class FlightRecorder:
         tid = tp[3:35] if len(tp) == 55 and tp.startswith("00-") else trace_id(tp)  # the runtime's own: valid
         body: dict[str, Any] = {
             "kind": "turn" if record.outcome == "ok" else "error",
-            "type": record.agent_type, "name": record.name, "worker": record.worker,
-            "turn_id": record.turn_id, "trace_id": tid, "outcome": record.outcome,
-            "started_at": record.started_at, "ended_at": record.ended_at,
+            "type": record.agent_type,
+            "name": record.name,
+            "worker": record.worker,
+            "turn_id": record.turn_id,
+            "trace_id": tid,
+            "outcome": record.outcome,
+            "started_at": record.started_at,
+            "ended_at": record.ended_at,
             "duration_ms": round((record.ended_at - record.started_at) * 1000, 3),
         }
         if record.error:
@@ -173,16 +179,26 @@ class FlightRecorder:
         if record.caller:
             caller_type, _, caller_token = record.caller.partition(".")
             call = {
-                "kind": "call", "type": caller_type, "name": address(record.caller).partition("/")[2],
-                "to": f"{record.agent_type}/{record.name}", "trace_id": tid, "outcome": record.outcome,
-                "at": record.started_at, "duration_ms": body["duration_ms"],
+                "kind": "call",
+                "type": caller_type,
+                "name": address(record.caller).partition("/")[2],
+                "to": f"{record.agent_type}/{record.name}",
+                "trace_id": tid,
+                "outcome": record.outcome,
+                "at": record.started_at,
+                "duration_ms": body["duration_ms"],
             }
             self._enqueue(f"events.{caller_type}.{caller_token}.call", call, record.traceparent)
 
     def on_state_saved(self, record: StateRecord) -> None:
         body = {
-            "kind": "state", "type": record.agent_type, "name": record.name, "worker": record.worker,
-            "revision": record.revision, "size": record.size, "at": time.time(),
+            "kind": "state",
+            "type": record.agent_type,
+            "name": record.name,
+            "worker": record.worker,
+            "revision": record.revision,
+            "size": record.size,
+            "at": time.time(),
         }
         self._record(record.agent_type, record.name, record.key, "state", body)
 

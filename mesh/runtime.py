@@ -123,8 +123,11 @@ class Runtime:
         }
         self.state = buckets[subjects.STATE_BUCKET]
         self.directory = Directory(
-            buckets[subjects.DIRECTORY_BUCKET], buckets[subjects.WORKERS_BUCKET], self.worker_id,
-            lease_ttl=self.options.lease_ttl, heartbeat=self.options.heartbeat,
+            buckets[subjects.DIRECTORY_BUCKET],
+            buckets[subjects.WORKERS_BUCKET],
+            self.worker_id,
+            lease_ttl=self.options.lease_ttl,
+            heartbeat=self.options.heartbeat,
         )
         await self.directory.renew()
         self.log_turns = structlog.get_logger("mesh.runtime").is_enabled_for(logging.DEBUG)
@@ -143,12 +146,18 @@ class Runtime:
             return {"turns": stats.turns, "turn_errors": stats.errors, "activations": len(self.activations)}
 
         service = await add_service(
-            self.nc, name=agent_type, version=__version__, description=f"agent-mesh agent type {agent_type}",
+            self.nc,
+            name=agent_type,
+            version=__version__,
+            description=f"agent-mesh agent type {agent_type}",
             metadata={"mesh.kind": "agent", "mesh.type": agent_type, "mesh.worker": self.worker_id},
-            queue_group="mesh", stats_handler=stats_data,
+            queue_group="mesh",
+            stats_handler=stats_data,
         )
         await service.add_endpoint(
-            name="request", subject=subjects.agent_wildcard(agent_type), handler=self._on_request,
+            name="request",
+            subject=subjects.agent_wildcard(agent_type),
+            handler=self._on_request,
             metadata=endpoint_schemas(self.agents[agent_type]),
         )
         return service
@@ -245,9 +254,7 @@ class Runtime:
             key = f"{agent_type}.{token}"
             headers = msg.headers or {}
             if len(msg.data) > self.options.max_request_bytes:
-                raise PayloadTooLarge(
-                    f"request of {len(msg.data)} bytes is over the limit of {self.options.max_request_bytes}"
-                )
+                raise PayloadTooLarge(f"request of {len(msg.data)} bytes is over the limit of {self.options.max_request_bytes}")
             chain = headers.get(subjects.HEADER_CHAIN)
             if chain and key in chain.split(","):
                 name = subjects.decode_name(token)
@@ -348,9 +355,17 @@ class Runtime:
             turn.log.debug("turn.finished", started_at=started, ended_at=ended, outcome=code)
         if self.observers:
             record = TurnRecord(
-                turn.agent_type, turn.name, self.worker_id, turn.turn_id, turn.traceparent,
-                started, ended, code, error.message if error else None,
-                turn.chain[-2] if len(turn.chain) > 1 else None, turn.key,
+                turn.agent_type,
+                turn.name,
+                self.worker_id,
+                turn.turn_id,
+                turn.traceparent,
+                started,
+                ended,
+                code,
+                error.message if error else None,
+                turn.chain[-2] if len(turn.chain) > 1 else None,
+                turn.key,
             )
             for observer in self.observers:
                 observer.on_turn(record)
@@ -443,10 +458,7 @@ _malloc_trim = _find_malloc_trim()
 def _leaving(response: Msg) -> bool:
     """True when the owner answered that it is shutting down (so it ran nothing)."""
     headers = response.headers or {}
-    return (
-        headers.get(subjects.HEADER_MESH_ERROR) == Unavailable.code
-        and headers.get(subjects.HEADER_ERROR) == SHUTTING_DOWN
-    )
+    return headers.get(subjects.HEADER_MESH_ERROR) == Unavailable.code and headers.get(subjects.HEADER_ERROR) == SHUTTING_DOWN
 
 
 def _deadline(headers: dict[str, str], reply: str | None) -> float | None:

@@ -39,7 +39,10 @@ class ScheduleInfo(BaseModel):
 
 
 def schedule_spec(
-    *, at: datetime | None = None, delay: float | None = None, every: float | str | None = None,
+    *,
+    at: datetime | None = None,
+    delay: float | None = None,
+    every: float | str | None = None,
     cron: str | None = None,
 ) -> str:
     """The `Nats-Schedule` value for exactly one of `at`, `delay` (seconds), `every` or `cron`."""
@@ -75,8 +78,15 @@ def _seconds(duration: str) -> float:
 
 
 async def put_schedule(
-    js: JetStreamContext, agent_type: str, name: str, schedule_id: str, spec: str, payload: Any = None,
-    *, method: str | None = None, replicas: int = 1,
+    js: JetStreamContext,
+    agent_type: str,
+    name: str,
+    schedule_id: str,
+    spec: str,
+    payload: Any = None,
+    *,
+    method: str | None = None,
+    replicas: int = 1,
 ) -> int:
     """Register (or replace) schedule `schedule_id` of `(agent_type, name)`; returns its stream sequence."""
     data = payload if isinstance(payload, bytes) else wire.dumps(payload)
@@ -125,9 +135,14 @@ async def list_schedules(js: JetStreamContext, agent_type: str | None = None, na
             continue
         _, type_, token, schedule_id = subject.split(".")
         headers = raw.headers or {}
-        found.append(ScheduleInfo(
-            agent_type=type_, name=subjects.decode_name(token), id=schedule_id,
-            spec=headers.get(subjects.HEADER_NATS_SCHEDULE, ""), method=headers.get(subjects.HEADER_METHOD),
-            payload=(raw.data or b"").decode(errors="replace"),
-        ))
+        found.append(
+            ScheduleInfo(
+                agent_type=type_,
+                name=subjects.decode_name(token),
+                id=schedule_id,
+                spec=headers.get(subjects.HEADER_NATS_SCHEDULE, ""),
+                method=headers.get(subjects.HEADER_METHOD),
+                payload=(raw.data or b"").decode(errors="replace"),
+            )
+        )
     return found

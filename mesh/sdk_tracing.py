@@ -32,8 +32,12 @@ class StructlogTracingProcessor(TracingProcessor):
     def on_span_end(self, span: Span[Any]) -> None:
         data = span.span_data.export() or {}
         fields: dict[str, Any] = {
-            "trace_id": _mesh_id(span.trace_id), "span_id": span.span_id, "parent_id": span.parent_id,
-            "span_type": data.get("type"), "started_at": span.started_at, "ended_at": span.ended_at,
+            "trace_id": _mesh_id(span.trace_id),
+            "span_id": span.span_id,
+            "parent_id": span.parent_id,
+            "span_type": data.get("type"),
+            "started_at": span.started_at,
+            "ended_at": span.ended_at,
         }
         for key in ("name", "from_agent", "to_agent", "model"):
             if data.get(key):
@@ -72,5 +76,5 @@ def ensure_sdk_tracing() -> None:
 
 def _mesh_id(sdk_trace_id: str | None) -> str | None:
     if sdk_trace_id and sdk_trace_id.startswith("trace_"):
-        return sdk_trace_id[len("trace_"):]
+        return sdk_trace_id[len("trace_") :]
     return sdk_trace_id

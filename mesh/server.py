@@ -42,7 +42,12 @@ class NatsServer:
     """
 
     def __init__(
-        self, store_dir: str | Path, *, port: int = 0, host: str = "127.0.0.1", config_file: str | Path | None = None,
+        self,
+        store_dir: str | Path,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        config_file: str | Path | None = None,
         extra_args: list[str] | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
@@ -82,9 +87,7 @@ class NatsServer:
         assert self.process is not None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ConnectionFailed(
-                    f"nats-server exited with status {self.process.returncode}; its log:\n{_tail(log_path)}"
-                )
+                raise ConnectionFailed(f"nats-server exited with status {self.process.returncode}; its log:\n{_tail(log_path)}")
             if b"Server is ready" in _read_from(log_path, offset):
                 return
             await asyncio.sleep(0.02)

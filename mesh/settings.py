@@ -18,7 +18,8 @@ class MeshSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MESH_", extra="ignore")
 
     nats_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("NATS_URL", "MESH_NATS_URL"),
+        default=None,
+        validation_alias=AliasChoices("NATS_URL", "MESH_NATS_URL"),
         description="Existing NATS server(s), comma separated; unset means start an embedded server.",
     )
     nats_port: int = Field(default=4222, description="Port of the embedded nats-server.")
@@ -34,7 +35,9 @@ class MeshSettings(BaseSettings):
     nats_tls_hostname: str | None = Field(default=None, description="Server name to verify, if not the URL's host.")
     replicas: int = Field(default=1, ge=1, description="Replicas of the buckets and streams a worker creates (3 on a cluster).")
     metrics_port: int | None = Field(
-        default=None, ge=0, le=65535,
+        default=None,
+        ge=0,
+        le=65535,
         description="Port of this process's /metrics, /healthz and /readyz; unset = not served.",
     )
     metrics_host: str = Field(default="127.0.0.1", description="Address the metrics port binds (0.0.0.0 in containers).")
@@ -80,25 +83,36 @@ class MeshSettings(BaseSettings):
 
     def nats_options(self, url: str, name: str) -> NatsOptions:
         return NatsOptions.from_url(
-            url, name=name, user=self.nats_user,
+            url,
+            name=name,
+            user=self.nats_user,
             password=self.nats_password.get_secret_value() if self.nats_password else None,
             token=self.nats_token.get_secret_value() if self.nats_token else None,
-            creds_file=self.nats_creds, nkey_seed_file=self.nats_nkey_seed,
-            tls_ca_file=self.nats_tls_ca, tls_cert_file=self.nats_tls_cert, tls_key_file=self.nats_tls_key,
+            creds_file=self.nats_creds,
+            nkey_seed_file=self.nats_nkey_seed,
+            tls_ca_file=self.nats_tls_ca,
+            tls_cert_file=self.nats_tls_cert,
+            tls_key_file=self.nats_tls_key,
             tls_hostname=self.nats_tls_hostname,
         )
 
     def durable_options(self) -> DurableOptions:
         backoff = tuple(float(x) for x in self.durable_backoff.split(",") if x.strip())
         return DurableOptions(
-            max_attempts=self.durable_max_attempts, backoff=backoff, ack_wait=self.durable_ack_wait,
-            turn_timeout=self.durable_turn_timeout, replicas=self.replicas,
+            max_attempts=self.durable_max_attempts,
+            backoff=backoff,
+            ack_wait=self.durable_ack_wait,
+            turn_timeout=self.durable_turn_timeout,
+            replicas=self.replicas,
         )
 
     def runtime_options(self) -> RuntimeOptions:
         return RuntimeOptions(
-            max_request_bytes=self.max_request_bytes, max_state_bytes=self.max_state_bytes,
-            idle_timeout=self.idle_timeout, lease_ttl=self.lease_ttl, call_timeout=self.call_timeout,
+            max_request_bytes=self.max_request_bytes,
+            max_state_bytes=self.max_state_bytes,
+            idle_timeout=self.idle_timeout,
+            lease_ttl=self.lease_ttl,
+            call_timeout=self.call_timeout,
             replicas=self.replicas,
         )
 
@@ -118,7 +132,8 @@ class MailSettings(BaseSettings):
     max_recipients: int = Field(default=20, ge=1, description="More RCPT TO are refused with 452.")
     agent_types: str = Field(default="", description="Agent types mail may reach; empty: every type the mesh serves.")
     relay: str | None = Field(
-        default=None, validation_alias=AliasChoices("MESH_SMTP_RELAY"),
+        default=None,
+        validation_alias=AliasChoices("MESH_SMTP_RELAY"),
         description="HOST:PORT of the relay replies are sent through; unset: replies wait in the outbox.",
     )
     relay_user: str | None = None
@@ -139,6 +154,7 @@ class MailSettings(BaseSettings):
     store_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for JetStream before answering 451.")
     call_timeout: float = Field(default=300.0, gt=0, description="Seconds an agent may take to answer a mail.")
 
+
 class LLMSettings(BaseSettings):
     """How LLM agents reach a model. Environment: `OPENAI_API_KEY`, `OPENAI_BASE_URL`, `MESH_*`.
 
@@ -149,7 +165,8 @@ class LLMSettings(BaseSettings):
 
     openai_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY"))
     openai_base_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL"),
+        default=None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL"),
         description="Any OpenAI-compatible server (vLLM, Ollama, llama.cpp); used through Chat Completions.",
     )
     model: str | None = Field(default=None, description="Model name (MESH_MODEL).")

@@ -160,9 +160,7 @@ def decode_name(token: str) -> str:
 def check_type(agent_type: str) -> str:
     """Return `agent_type` if it is a valid agent type name, else raise `NameInvalid`."""
     if not isinstance(agent_type, str) or not TYPE_PATTERN.match(agent_type):
-        raise NameInvalid(
-            f"agent type {str(agent_type)[:80]!r} must match {TYPE_PATTERN.pattern}"
-        )
+        raise NameInvalid(f"agent type {str(agent_type)[:80]!r} must match {TYPE_PATTERN.pattern}")
     return agent_type
 
 

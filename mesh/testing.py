@@ -110,7 +110,10 @@ class WorkerProcess:
         full_env = {**os.environ, "NATS_URL": url, "MESH_LOG_FORMAT": "json", **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mesh", "worker", "--app", app],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
         )
 
     def log_text(self) -> str:

@@ -34,8 +34,12 @@ class Event:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "type": self.agent_type, "name": self.name, "kind": self.kind, "trace_id": self.trace_id,
-            "at": self.at, "data": self.data,
+            "type": self.agent_type,
+            "name": self.name,
+            "kind": self.kind,
+            "trace_id": self.trace_id,
+            "at": self.at,
+            "data": self.data,
         }
 
     def line(self) -> str:

@@ -28,9 +28,7 @@ if TYPE_CHECKING:
     from agents import FunctionTool
     from agents.tool_context import ToolContext
 
-current_client: contextvars.ContextVar[MeshClient | None] = contextvars.ContextVar(
-    "mesh_current_client", default=None
-)
+current_client: contextvars.ContextVar[MeshClient | None] = contextvars.ContextVar("mesh_current_client", default=None)
 """The mesh client of the LLM turn running now; set by `LLMAgent` around each run."""
 
 
@@ -106,4 +104,3 @@ def agent_tool(
         strict_json_schema=False,
         needs_approval=needs_approval,
     )
-

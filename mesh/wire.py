@@ -51,9 +51,7 @@ def error_of(headers: Headers | None, data: bytes) -> MeshError | None:
         message = orjson.loads(data)["error"]["message"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         pass
-    return error_from_wire(
-        headers.get(subjects.HEADER_MESH_ERROR), headers.get(subjects.HEADER_ERROR_CODE), message
-    )
+    return error_from_wire(headers.get(subjects.HEADER_MESH_ERROR), headers.get(subjects.HEADER_ERROR_CODE), message)
 
 
 def _header_safe(text: str) -> str:

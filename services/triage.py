@@ -40,9 +40,7 @@ def model_for(policy: Policy) -> agents.Model:
     from mesh.sdk_tracing import configure_sdk_tracing
 
     configure_sdk_tracing(export_to_openai=SETTINGS.openai_tracing)
-    return select_model(
-        policy=policy, api_key=SETTINGS.api_key(), base_url=SETTINGS.openai_base_url, model=SETTINGS.model
-    )
+    return select_model(policy=policy, api_key=SETTINGS.api_key(), base_url=SETTINGS.openai_base_url, model=SETTINGS.model)
 
 
 def words(text: str) -> set[str]:
@@ -52,12 +50,55 @@ def words(text: str) -> set[str]:
 
 # -- triage -----------------------------------------------------------------------------------
 
-MATH_WORDS = {"math", "calculate", "compute", "plus", "minus", "times", "divided", "sum", "product", "equation",
-              "solve", "square", "root", "multiply", "add", "subtract", "algebra", "geometry"}
-HISTORY_WORDS = {"history", "capital", "war", "king", "queen", "empire", "century", "revolution", "president",
-                 "ancient", "founded", "emperor", "dynasty", "battle", "pharaoh", "medieval"}
-CAPITALS = {"france": "Paris", "germany": "Berlin", "italy": "Rome", "spain": "Madrid", "japan": "Tokyo",
-            "egypt": "Cairo", "england": "London", "portugal": "Lisbon", "greece": "Athens"}
+MATH_WORDS = {
+    "math",
+    "calculate",
+    "compute",
+    "plus",
+    "minus",
+    "times",
+    "divided",
+    "sum",
+    "product",
+    "equation",
+    "solve",
+    "square",
+    "root",
+    "multiply",
+    "add",
+    "subtract",
+    "algebra",
+    "geometry",
+}
+HISTORY_WORDS = {
+    "history",
+    "capital",
+    "war",
+    "king",
+    "queen",
+    "empire",
+    "century",
+    "revolution",
+    "president",
+    "ancient",
+    "founded",
+    "emperor",
+    "dynasty",
+    "battle",
+    "pharaoh",
+    "medieval",
+}
+CAPITALS = {
+    "france": "Paris",
+    "germany": "Berlin",
+    "italy": "Rome",
+    "spain": "Madrid",
+    "japan": "Tokyo",
+    "egypt": "Cairo",
+    "england": "London",
+    "portugal": "Lisbon",
+    "greece": "Athens",
+}
 
 
 def is_math(text: str) -> bool:
@@ -70,8 +111,9 @@ def triage_policy(view: OfflineView) -> Sequence[TResponseOutputItem]:
         return view.call("transfer_to_math_tutor", {})
     if HISTORY_WORDS & words(text) and "transfer_to_history_tutor" in view.handoffs:
         return view.call("transfer_to_history_tutor", {})
-    return view.say("Triage Agent: I route history questions to the History Tutor and math questions "
-                    "to the Math Tutor. Ask me one of those.")
+    return view.say(
+        "Triage Agent: I route history questions to the History Tutor and math questions to the Math Tutor. Ask me one of those."
+    )
 
 
 def history_policy(view: OfflineView) -> Sequence[TResponseOutputItem]:
@@ -79,13 +121,20 @@ def history_policy(view: OfflineView) -> Sequence[TResponseOutputItem]:
     for country, capital in CAPITALS.items():
         if country in found and "capital" in found:
             return view.say(f"History Tutor: the capital of {country.title()} is {capital}.")
-    return view.say("History Tutor: I am the offline demo model and know only a few capitals. "
-                    "Set OPENAI_API_KEY (or OPENAI_BASE_URL) for real answers.")
+    return view.say(
+        "History Tutor: I am the offline demo model and know only a few capitals. "
+        "Set OPENAI_API_KEY (or OPENAI_BASE_URL) for real answers."
+    )
 
 
 _OPS: dict[type[ast.AST], Callable[..., float]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.Pow: operator.pow, ast.USub: operator.neg}
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+}
 
 
 def evaluate(expression: str) -> float:
@@ -135,26 +184,28 @@ class Triage(LLMAgent):
         import agents
 
         history = agents.Agent(
-            name="History Tutor", handoff_description="Specialist agent for historical questions",
-            instructions="You provide assistance with historical queries. Explain important events and "
-                         "context clearly.",
+            name="History Tutor",
+            handoff_description="Specialist agent for historical questions",
+            instructions="You provide assistance with historical queries. Explain important events and context clearly.",
             model=model_for(history_policy),
         )
         math = agents.Agent(
-            name="Math Tutor", handoff_description="Specialist agent for math questions",
-            instructions="You provide help with math problems. Explain your reasoning at each step and "
-                         "include examples.",
+            name="Math Tutor",
+            handoff_description="Specialist agent for math questions",
+            instructions="You provide help with math problems. Explain your reasoning at each step and include examples.",
             model=model_for(math_policy),
         )
         return agents.Agent(
             name="Triage Agent",
             instructions="You determine which agent to use based on the user's question: history questions go "
-                         "to the History Tutor, math questions to the Math Tutor.",
-            handoffs=[history, math], model=model_for(triage_policy),
+            "to the History Tutor, math questions to the Math Tutor.",
+            handoffs=[history, math],
+            model=model_for(triage_policy),
         )
 
 
 # -- clerk: agents as tools, approval-gated --------------------------------------------------
+
 
 class CounterAdd(BaseModel):
     """The request of the `counter` agent type (services.demo)."""
@@ -194,12 +245,21 @@ class Clerk(LLMAgent):
         return agents.Agent(
             name="Clerk",
             instructions="You keep the shared counters. Use read_counter to read one (with add 0) and "
-                         "add_to_counter to change one; changes are checked by a person first.",
+            "add_to_counter to change one; changes are checked by a person first.",
             tools=[
-                agent_tool("counter", name="read_counter", request_model=CounterAdd,
-                           description="Read a counter: call it with request {\"add\": 0}."),
-                agent_tool("counter", name="add_to_counter", request_model=CounterAdd, needs_approval=True,
-                           description="Add an amount to a counter; returns the new total."),
+                agent_tool(
+                    "counter",
+                    name="read_counter",
+                    request_model=CounterAdd,
+                    description='Read a counter: call it with request {"add": 0}.',
+                ),
+                agent_tool(
+                    "counter",
+                    name="add_to_counter",
+                    request_model=CounterAdd,
+                    needs_approval=True,
+                    description="Add an amount to a counter; returns the new total.",
+                ),
             ],
             model=model_for(clerk_policy),
         )

@@ -83,7 +83,10 @@ async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bo
 
 def mesh_cli(url: str, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mesh", *args], capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "mesh", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **FAST, "NATS_URL": url},
     )
 

@@ -99,14 +99,15 @@ class Mailer(Agent[MailerState]):
 
     type = "mailer"
 
-    async def on_request(
-        self, request: str | Annotated[ListApprovals | Decide, Field(discriminator="op")]
-    ) -> dict[str, Any]:
+    async def on_request(self, request: str | Annotated[ListApprovals | Decide, Field(discriminator="op")]) -> dict[str, Any]:
         if isinstance(request, str):
             approval = {
-                "id": f"ap{len(self.state.pending) + len(self.state.decisions) + 1}", "run_id": "r1",
-                "tool": "send_email", "arguments": orjson.dumps({"to": request}).decode(),
-                "requested_at": time.time(), "expires_at": time.time() + 3600,
+                "id": f"ap{len(self.state.pending) + len(self.state.decisions) + 1}",
+                "run_id": "r1",
+                "tool": "send_email",
+                "arguments": orjson.dumps({"to": request}).decode(),
+                "requested_at": time.time(),
+                "expires_at": time.time() + 3600,
             }
             self.state.pending.append(approval)
             await self.emit("approval_requested", approval)

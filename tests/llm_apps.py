@@ -33,8 +33,7 @@ class Recall(LLMAgent):
     memory_max_items = 1000
 
     def build_agent(self) -> agents.Agent[Any]:
-        return agents.Agent(name="Recall", instructions="Repeat what you were told.",
-                            model=OfflineModel(recall_policy))
+        return agents.Agent(name="Recall", instructions="Repeat what you were told.", model=OfflineModel(recall_policy))
 
 
 AGENTS = [Recall]

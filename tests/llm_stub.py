@@ -77,10 +77,17 @@ class ChatCompletionsStub:
         tools = [t["function"]["name"] for t in payload.get("tools", [])]
         if "transfer_to_history_tutor" in tools:
             target = "transfer_to_math_tutor" if re.search(r"\d|math", user) else "transfer_to_history_tutor"
-            return {"role": "assistant", "content": None, "tool_calls": [{
-                "id": f"call_{len(self.requests)}", "type": "function",
-                "function": {"name": target, "arguments": "{}"},
-            }]}
+            return {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": f"call_{len(self.requests)}",
+                        "type": "function",
+                        "function": {"name": target, "arguments": "{}"},
+                    }
+                ],
+            }
         if "historical" in system:
             return {"role": "assistant", "content": "Stub LLM, history: Paris is the capital of France."}
         if "math" in system:
@@ -90,9 +97,11 @@ class ChatCompletionsStub:
 
 def _completion(model: str, message: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": model,
-        "choices": [{"index": 0, "message": message,
-                     "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}],
+        "id": "chatcmpl-stub",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}],
         "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
     }
 
@@ -100,7 +109,10 @@ def _completion(model: str, message: dict[str, Any]) -> dict[str, Any]:
 def _sse(model: str, message: dict[str, Any]) -> bytes:
     def chunk(delta: dict[str, Any], finish: str | None, usage: dict[str, int] | None = None) -> str:
         body: dict[str, Any] = {
-            "id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 0, "model": model,
+            "id": "chatcmpl-stub",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
             "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
         if usage:

@@ -103,8 +103,14 @@ async def mail_factory(nats_server: NatsServer, sink: Sink) -> AsyncIterator[Mai
     started: list[MailService] = []
 
     async def start(resolver: Resolver | None = None, **overrides: Any) -> MailService:
-        base = MailConfig(port=free_port(), relay=("127.0.0.1", sink.port), agent_types=("notes", "inbox"),
-                          ack_wait=5.0, store_timeout=1.0, call_timeout=20.0)
+        base = MailConfig(
+            port=free_port(),
+            relay=("127.0.0.1", sink.port),
+            agent_types=("notes", "inbox"),
+            ack_wait=5.0,
+            store_timeout=1.0,
+            call_timeout=20.0,
+        )
         nc = await bus.connect(bus.NatsOptions.from_url(nats_server.url, name="mesh-test-mail"))
         service = MailService(nc, replace(base, **overrides), resolver=resolver)
         await service.start()
@@ -119,8 +125,15 @@ async def mail_factory(nats_server: NatsServer, sink: Sink) -> AsyncIterator[Mai
             await service.nc.close()
 
 
-def compose(*, sender: str = "alice@example.com", to: str = "notes+alice@localhost", subject: str = "Hello",
-            body: str = "hi", message_id: str | None = None, headers: dict[str, str] | None = None) -> EmailMessage:
+def compose(
+    *,
+    sender: str = "alice@example.com",
+    to: str = "notes+alice@localhost",
+    subject: str = "Hello",
+    body: str = "hi",
+    message_id: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> EmailMessage:
     message = EmailMessage()
     message["From"] = sender
     message["To"] = to
@@ -132,8 +145,9 @@ def compose(*, sender: str = "alice@example.com", to: str = "notes+alice@localho
     return message
 
 
-async def send(port: int, message: EmailMessage | bytes, *, sender: str = "alice@example.com",
-               rcpts: list[str] | None = None) -> tuple[int, bytes]:
+async def send(
+    port: int, message: EmailMessage | bytes, *, sender: str = "alice@example.com", rcpts: list[str] | None = None
+) -> tuple[int, bytes]:
     """Send with the standard library's smtplib (in a thread: it blocks); returns the DATA reply."""
     data = message if isinstance(message, bytes) else message.as_bytes()
     data = re.sub(rb"(?<!\r)\n", b"\r\n", data)  # SMTP lines end in CRLF; smtplib leaves bytes as they are

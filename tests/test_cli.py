@@ -21,8 +21,13 @@ ROOT = Path(__file__).parent.parent
 async def mesh(*args: str, url: str, timeout: float = 30) -> tuple[int, str, str]:
     env = {**os.environ, "NATS_URL": url, "PYTHONPATH": str(ROOT)}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "mesh",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout)
     return process.returncode, out.decode(), err.decode()
@@ -51,7 +56,13 @@ async def test_errors_are_clear_and_exit_non_zero(mesh_factory, nats_server) -> 
         (("call", "sleeper/x", "3", "--timeout", "0.3"), "[timeout]"),
         (("call", "counter/", "{}"), "[name_invalid]"),
         (("call", "Bad/x", "{}"), "[name_invalid]"),
-        (("state", "counter/never", ), "has no stored state"),
+        (
+            (
+                "state",
+                "counter/never",
+            ),
+            "has no stored state",
+        ),
     ]
     for args, message in cases:
         code, out, err = await mesh(*args, url=nats_server.url)
@@ -73,9 +84,7 @@ def first_readme_command() -> str:
 async def test_readme_first_command_runs_the_mesh_from_a_fresh_virtualenv(tmp_path) -> None:
     """Done-when 8: a copy of the repository, the README's exact first command, then `mesh call`."""
     checkout = tmp_path / "checkout"
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
-    )
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True)
     for name in files.stdout.splitlines():
         source = ROOT / name
         if source.is_file():
@@ -83,14 +92,20 @@ async def test_readme_first_command_runs_the_mesh_from_a_fresh_virtualenv(tmp_pa
             shutil.copy2(source, checkout / name)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH", "NATS_URL"}}
-    env.update({"MESH_NATS_PORT": str(port), "MESH_STORE": str(tmp_path / "store"), "MESH_HTTP": "off",
-                "MESH_SMTP_LISTEN": "off"})
+    env.update(
+        {"MESH_NATS_PORT": str(port), "MESH_STORE": str(tmp_path / "store"), "MESH_HTTP": "off", "MESH_SMTP_LISTEN": "off"}
+    )
     process = await asyncio.create_subprocess_shell(
-        first_readme_command(), cwd=checkout, env=env, start_new_session=True,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        first_readme_command(),
+        cwd=checkout,
+        env=env,
+        start_new_session=True,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     output = b""
     try:
+
         async def until_up() -> None:
             nonlocal output
             while b"worker.started" not in output:
@@ -101,8 +116,12 @@ async def test_readme_first_command_runs_the_mesh_from_a_fresh_virtualenv(tmp_pa
 
         await asyncio.wait_for(until_up(), 600)
         call = await asyncio.create_subprocess_exec(
-            str(checkout / ".venv" / "bin" / "mesh"), "call", "counter/demo", '{"add": 1}',
-            env={**env, "NATS_URL": f"nats://127.0.0.1:{port}"}, stdout=asyncio.subprocess.PIPE,
+            str(checkout / ".venv" / "bin" / "mesh"),
+            "call",
+            "counter/demo",
+            '{"add": 1}',
+            env={**env, "NATS_URL": f"nats://127.0.0.1:{port}"},
+            stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await asyncio.wait_for(call.communicate(), 60)
         assert (call.returncode, out.decode()) == (0, '{"value":1}\n')
@@ -129,9 +148,15 @@ async def test_nats_user_password_auth_from_the_environment(tmp_path) -> None:
         async with Runtime(nc, AGENTS):
             env = {"MESH_NATS_USER": "meshuser", "MESH_NATS_PASSWORD": "s3cret-pw"}
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mesh", "call", "counter/a", '{"add": 1}',
+                sys.executable,
+                "-m",
+                "mesh",
+                "call",
+                "counter/a",
+                '{"add": 1}',
                 env={**os.environ, "NATS_URL": server.url, "PYTHONPATH": str(ROOT), **env},
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
             out, err = await asyncio.wait_for(process.communicate(), 30)
             assert (process.returncode, out) == (0, b'{"value":1}\n'), err
@@ -145,8 +170,17 @@ async def test_mesh_up_owns_its_nats_server(tmp_path) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "MESH_SMTP_LISTEN": "off"}
         env.pop("NATS_URL", None)
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mesh", "up", "--nats-port", str(port), "--store", str(tmp_path / "s"),
-            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "mesh",
+            "up",
+            "--nats-port",
+            str(port),
+            "--store",
+            str(tmp_path / "s"),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
         )
         output = b""
         while b"worker.started" not in output:

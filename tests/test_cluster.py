@@ -58,7 +58,7 @@ async def test_workers_spread_join_and_leave_on_a_three_node_cluster(tmp_path, w
     try:
         # Each worker connects first to a different node (its URL list starts there).
         def start_worker(index: int):
-            ordered = urls[index % 3:] + urls[: index % 3]
+            ordered = urls[index % 3 :] + urls[: index % 3]
             return worker_factory(",".join(ordered), "core_agents", WORKER_ENV)
 
         workers.extend(start_worker(i) for i in range(3))

@@ -44,12 +44,22 @@ def test_error_codes_agree() -> None:
 def test_buckets_agree() -> None:
     documented = {ticked(row[0]) for row in table("Buckets")}
     assert documented == {
-        subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET, subjects.WORKERS_BUCKET,
-        subjects.IDEMPOTENCY_BUCKET, subjects.HTTP_RUNS_BUCKET, subjects.EVENTS_STREAM,
-        subjects.DURABLE_STREAM, subjects.DEAD_STREAM,
-        subjects.MAIL_INBOUND_STREAM, subjects.MAIL_OUTBOX_STREAM, subjects.MAIL_BUCKET, subjects.MAIL_OBJECTS,
-        subjects.MEMORY_STREAM, subjects.RUNS_BUCKET,
-        subjects.BENCH_RAW_BUCKET, subjects.BENCH_RAW_MAIL_STREAM,
+        subjects.STATE_BUCKET,
+        subjects.DIRECTORY_BUCKET,
+        subjects.WORKERS_BUCKET,
+        subjects.IDEMPOTENCY_BUCKET,
+        subjects.HTTP_RUNS_BUCKET,
+        subjects.EVENTS_STREAM,
+        subjects.DURABLE_STREAM,
+        subjects.DEAD_STREAM,
+        subjects.MAIL_INBOUND_STREAM,
+        subjects.MAIL_OUTBOX_STREAM,
+        subjects.MAIL_BUCKET,
+        subjects.MAIL_OBJECTS,
+        subjects.MEMORY_STREAM,
+        subjects.RUNS_BUCKET,
+        subjects.BENCH_RAW_BUCKET,
+        subjects.BENCH_RAW_MAIL_STREAM,
     }
 
 

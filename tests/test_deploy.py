@@ -20,7 +20,6 @@ DEPLOY = ROOT / "deploy"
 PASSWORDS = {f"MESH_{role}_PASSWORD": "x" for role in ("ADMIN", "BRIDGE", "WORKER", "MAIL")}
 
 
-
 def cli_commands() -> set[str]:
     """The subcommands `mesh --help` lists."""
     out = subprocess.run([sys.executable, "-m", "mesh", "--help"], capture_output=True, text=True, check=True).stdout
@@ -47,7 +46,10 @@ def check_environment(names: set[str]) -> None:
 @pytest.mark.parametrize("conf", sorted(DEPLOY.rglob("*.conf")), ids=lambda p: p.name)
 def test_nats_server_accepts_every_config(conf: Path) -> None:
     result = subprocess.run(
-        [find_binary(), "-t", "-c", str(conf)], capture_output=True, text=True, env={**os.environ, **PASSWORDS},
+        [find_binary(), "-t", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **PASSWORDS},
     )
     assert result.returncode == 0, result.stderr
     assert "is valid" in result.stderr

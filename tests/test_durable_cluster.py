@@ -26,9 +26,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[list[NatsServer]]:
     servers = []
     for i, port in enumerate(route_ports, 1):
         conf = tmp_path / f"n{i}.conf"
-        conf.write_text(
-            f"server_name: n{i}\ncluster {{\n  name: mesh\n  listen: 127.0.0.1:{port}\n  routes: [{routes}]\n}}\n"
-        )
+        conf.write_text(f"server_name: n{i}\ncluster {{\n  name: mesh\n  listen: 127.0.0.1:{port}\n  routes: [{routes}]\n}}\n")
         servers.append(NatsServer(tmp_path / f"n{i}", config_file=conf))
     try:
         await asyncio.gather(*(s.start() for s in servers))
@@ -53,9 +51,15 @@ async def test_stopping_one_of_three_nodes_loses_no_acknowledged_update(cluster,
 
         await eventually(ready, bool, timeout=30)
         for bucket in (subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET, subjects.WORKERS_BUCKET):
-            await js.create_key_value(KeyValueConfig(
-                bucket=bucket, history=1, storage=StorageType.FILE, direct=True, replicas=3,
-            ))
+            await js.create_key_value(
+                KeyValueConfig(
+                    bucket=bucket,
+                    history=1,
+                    storage=StorageType.FILE,
+                    direct=True,
+                    replicas=3,
+                )
+            )
         workers = [worker_factory(url, app=APP, env=env(MESH_REPLICAS="3")) for _ in range(2)]
         for w in workers:
             wait_log(w, "durable.started")

@@ -44,16 +44,15 @@ async def test_2000_durable_sends_survive_two_sigkills_exactly_once(nats_server,
     assert await value(mesh_client, "counter", "demo") == TOTAL
 
 
-async def test_a_message_id_takes_effect_once_even_after_every_worker_restarted(
-    nats_server, mesh_client, worker_factory
-):
+async def test_a_message_id_takes_effect_once_even_after_every_worker_restarted(nats_server, mesh_client, worker_factory):
     """The processed-ids record is saved with the state, so it outlives the worker that wrote it."""
     worker = worker_factory(nats_server.url, app=APP, env=env())
     headers = {subjects.HEADER_MSG_ID: "once-1"}
 
     async def deliver() -> object:
-        msg = await bus.request(mesh_client.nc, subjects.agent_subject("counter", "dedupe"), b'{"add": 5}',
-                                timeout=10, headers=headers)
+        msg = await bus.request(
+            mesh_client.nc, subjects.agent_subject("counter", "dedupe"), b'{"add": 5}', timeout=10, headers=headers
+        )
         return json.loads(msg.data)
 
     assert await deliver() == {"value": 5}

@@ -32,8 +32,7 @@ async def test_every_1s_registered_twice_fires_once_per_second_across_restarts_u
     # The same id registered three times: twice by the agent itself, once from the CLI.
     await mesh_client.call("ticker", "t1", {"every": "1s"})
     await mesh_client.call("ticker", "t1", {"every": "1s"})
-    added = mesh_cli(url, "schedule", "add", "ticker/t1", "beat", "--every", "1s", "--payload", '{"by": 1}',
-                     "--method", "tick")
+    added = mesh_cli(url, "schedule", "add", "ticker/t1", "beat", "--every", "1s", "--payload", '{"by": 1}', "--method", "tick")
     assert added.returncode == 0, added.stderr
     listed = [json.loads(line) for line in mesh_cli(url, "schedule", "ls", "ticker/t1").stdout.splitlines()]
     assert [(s["id"], s["spec"], s["method"]) for s in listed] == [("beat", "@every 1s", "tick")]

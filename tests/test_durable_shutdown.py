@@ -14,9 +14,7 @@ GRACE = 5.0
 SENDS = 600
 
 
-async def test_sigterm_during_load_loses_nothing_acknowledged_and_exits_within_grace(
-    nats_server, mesh_client, worker_factory
-):
+async def test_sigterm_during_load_loses_nothing_acknowledged_and_exits_within_grace(nats_server, mesh_client, worker_factory):
     url = nats_server.url
     workers = [worker_factory(url, app=APP, env=env(MESH_SHUTDOWN_GRACE=str(GRACE))) for _ in range(2)]
     for w in workers:

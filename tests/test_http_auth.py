@@ -30,9 +30,15 @@ async def test_requests_without_a_valid_token_get_401_and_reach_no_agent(secured
     runtime, bridge = secured
     async with httpx.AsyncClient(base_url=bridge.url) as http:
         for headers in ({}, bearer("wrong"), {"Authorization": "Basic czNjcmV0LXRva2Vu"}, {"Authorization": "Bearer"}):
-            for method, path in (("POST", "/agents/counter/locked"), ("GET", "/agents"), ("GET", "/agents/counter"),
-                                 ("GET", "/agents/counter/locked/state"), ("GET", "/openapi.json"),
-                                 ("POST", "/auth/tickets"), ("GET", "/agents/counter/locked/events")):
+            for method, path in (
+                ("POST", "/agents/counter/locked"),
+                ("GET", "/agents"),
+                ("GET", "/agents/counter"),
+                ("GET", "/agents/counter/locked/state"),
+                ("GET", "/openapi.json"),
+                ("POST", "/auth/tickets"),
+                ("GET", "/agents/counter/locked/events"),
+            ):
                 response = await http.request(method, path, json={"add": 1}, headers=headers)
                 assert response.status_code == 401, (method, path, headers)
                 assert response.headers["content-type"] == "application/problem+json"
@@ -114,8 +120,12 @@ async def test_websocket_origin_must_be_this_host_or_a_configured_origin(secured
 def test_tokens_come_from_the_environment_and_a_file(tmp_path) -> None:
     path = tmp_path / "tokens"
     path.write_text("# operators\nfile-token-1\n\n  file-token-2  \n")
-    settings = MeshSettings(http_tokens=SecretStr("env-a, env-b"), http_tokens_file=path, http="0.0.0.0:9000",
-                            http_cors_origins="http://a.example/, http://b.example")
+    settings = MeshSettings(
+        http_tokens=SecretStr("env-a, env-b"),
+        http_tokens_file=path,
+        http="0.0.0.0:9000",
+        http_cors_origins="http://a.example/, http://b.example",
+    )
     config = config_from_settings(settings)
     assert config.tokens == ("env-a", "env-b", "file-token-1", "file-token-2")
     assert (config.host, config.port) == ("0.0.0.0", 9000)

@@ -13,16 +13,21 @@ from mesh.server import free_port
 from services.demo import Counter
 
 
-async def test_mesh_http_serves_alone_against_a_nats_url_and_stops_on_sigterm(
-    nats_server, mesh_factory, tmp_path
-) -> None:
+async def test_mesh_http_serves_alone_against_a_nats_url_and_stops_on_sigterm(nats_server, mesh_factory, tmp_path) -> None:
     await mesh_factory([Counter])
     port = free_port()
     env = {**os.environ, "NATS_URL": nats_server.url, "MESH_HTTP_TOKENS": "cli-token", "MESH_LOG_FORMAT": "json"}
     log = open(tmp_path / "http.log", "wb")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.http", "--http", f"127.0.0.1:{port}",
-        stdout=log, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL, env=env,
+        sys.executable,
+        "-m",
+        "services.http",
+        "--http",
+        f"127.0.0.1:{port}",
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
+        env=env,
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:

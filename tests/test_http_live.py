@@ -95,8 +95,10 @@ async def ws_next(ws, kind: str) -> dict[str, Any]:
 
 
 async def test_websocket_and_sse_both_see_a_post_by_another_client_within_a_second(bridge) -> None:
-    async with sse(f"{bridge.url}/agents/counter/live/events") as events, \
-            websockets.connect(f"{bridge.ws_url}/agents/counter/live/ws") as ws:
+    async with (
+        sse(f"{bridge.url}/agents/counter/live/events") as events,
+        websockets.connect(f"{bridge.ws_url}/agents/counter/live/ws") as ws,
+    ):
         # Both get the current state on connect (never saved yet: null).
         assert (await events.next())[1:] == ("state", {"revision": 0, "state": None})
         assert await ws_next(ws, "state") == {"type": "state", "revision": 0, "state": None}

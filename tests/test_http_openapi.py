@@ -24,15 +24,31 @@ def mesh_up(tmp_path: Path) -> Iterator[str]:
     """A real `mesh up` process (embedded nats-server, worker, HTTP bridge); yields the bridge URL."""
     http_port = free_port()
     env = {
-        **os.environ, "MESH_APP": "http_agents:SCHEMA_AGENTS", "MESH_LOG_FORMAT": "json",
+        **os.environ,
+        "MESH_APP": "http_agents:SCHEMA_AGENTS",
+        "MESH_LOG_FORMAT": "json",
         "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     env.pop("NATS_URL", None)
     log = open(tmp_path / "mesh-up.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "mesh", "up", "--nats-port", str(free_port()), "--store", str(tmp_path / "store"),
-         "--http", f"127.0.0.1:{http_port}"],
-        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        [
+            sys.executable,
+            "-m",
+            "mesh",
+            "up",
+            "--nats-port",
+            str(free_port()),
+            "--store",
+            str(tmp_path / "store"),
+            "--http",
+            f"127.0.0.1:{http_port}",
+        ],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
     )
     url = f"http://127.0.0.1:{http_port}"
     try:
@@ -60,8 +76,9 @@ def mesh_up(tmp_path: Path) -> Iterator[str]:
 
 def test_mesh_up_serves_the_bridge_and_the_curl_example_works(mesh_up: str) -> None:
     # curl -X POST localhost:8080/agents/counter/web -d '{"add": 2}'  (curl's default form content type)
-    response = httpx.post(f"{mesh_up}/agents/counter/web", content=b'{"add": 2}',
-                          headers={"content-type": "application/x-www-form-urlencoded"})
+    response = httpx.post(
+        f"{mesh_up}/agents/counter/web", content=b'{"add": 2}', headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert response.json() == {"value": 2}
     assert httpx.get(f"{mesh_up}/agents/counter/web/state").json()["state"] == {"value": 2}
     assert "counter" in httpx.get(f"{mesh_up}/agents/counter").json()["type"]
@@ -74,12 +91,31 @@ def test_mesh_up_serves_the_bridge_and_the_curl_example_works(mesh_up: str) -> N
 
 def test_schemathesis_finds_no_server_errors_and_no_schema_violations(mesh_up: str, tmp_path: Path) -> None:
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "st"), "run", f"{mesh_up}/openapi.json",
-         "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance",
-         "--exclude-path-regex", "/events$",  # an endless event stream; covered by test_http_live
-         "--phases", "examples,coverage,fuzzing", "--max-examples", "8", "--workers", "1", "--seed", "4",
-         "--generation-database", "none", "--request-timeout", "10"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        [
+            str(Path(sys.executable).parent / "st"),
+            "run",
+            f"{mesh_up}/openapi.json",
+            "--checks",
+            "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance",
+            "--exclude-path-regex",
+            "/events$",  # an endless event stream; covered by test_http_live
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            "8",
+            "--workers",
+            "1",
+            "--seed",
+            "4",
+            "--generation-database",
+            "none",
+            "--request-timeout",
+            "10",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout or " passed" in result.stdout

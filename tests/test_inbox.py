@@ -18,14 +18,15 @@ from mesh.server import NatsServer
 async def test_concurrent_requests_get_their_own_replies_and_timeouts_fire(nats_server: NatsServer) -> None:
     nc = await nats.connect(nats_server.url)
     try:
+
         async def echo(msg: nats.aio.msg.Msg) -> None:
             if msg.data != b"silent":
                 await msg.respond(msg.data + b"!" + (msg.headers or {}).get("X-Tag", "").encode())
 
         await nc.subscribe("svc.echo", cb=echo)
-        replies = await asyncio.gather(*(
-            bus.request(nc, "svc.echo", str(i).encode(), timeout=5, headers={"X-Tag": f"t{i}"}) for i in range(200)
-        ))
+        replies = await asyncio.gather(
+            *(bus.request(nc, "svc.echo", str(i).encode(), timeout=5, headers={"X-Tag": f"t{i}"}) for i in range(200))
+        )
         assert [r.data for r in replies] == [f"{i}!t{i}".encode() for i in range(200)]
 
         with pytest.raises(NoResponders):

@@ -36,15 +36,21 @@ async def test_reply_carries_output_agent_usage_and_run_id_and_sdk_traces_go_to_
     mesh_factory: Any, mesh_client: MeshClient
 ) -> None:
     Scripted.model = ScriptedModel(
-        [{"output": [assistant_message("hello there")], "usage": Usage(requests=1, input_tokens=5, output_tokens=2,
-                                                                          total_tokens=7)}],
+        [
+            {
+                "output": [assistant_message("hello there")],
+                "usage": Usage(requests=1, input_tokens=5, output_tokens=2, total_tokens=7),
+            }
+        ],
         emit_traces=True,
     )
     await mesh_factory([Scripted])
     trace = "0af7651916cd43dd8448eb211c80319c"
     with structlog.testing.capture_logs() as logs:
         msg = await mesh_client.nc.request(
-            subjects.agent_subject("scripted", "s"), b'[{"role": "user", "content": "hi"}]', timeout=20,
+            subjects.agent_subject("scripted", "s"),
+            b'[{"role": "user", "content": "hi"}]',
+            timeout=20,
             headers={subjects.HEADER_TRACEPARENT: f"00-{trace}-b7ad6b7169203331-01"},
         )
     reply = json.loads(msg.data)
@@ -83,12 +89,11 @@ class Unreachable(LLMAgent):
         return agents.Agent(name="Unreachable", instructions="x", model=self.model)
 
 
-async def test_an_openai_compatible_server_that_fails_gives_a_handler_error(
-    mesh_factory: Any, mesh_client: MeshClient
-) -> None:
+async def test_an_openai_compatible_server_that_fails_gives_a_handler_error(mesh_factory: Any, mesh_client: MeshClient) -> None:
     async with ChatCompletionsStub() as stub:
-        model = select_model(policy=lambda view: [], base_url=f"http://127.0.0.1:{stub.port}/wrong-prefix",
-                             api_key="k", model="m")
+        model = select_model(
+            policy=lambda view: [], base_url=f"http://127.0.0.1:{stub.port}/wrong-prefix", api_key="k", model="m"
+        )
         assert isinstance(model, OpenAIChatCompletionsModel)
         Unreachable.model = model
         await mesh_factory([Unreachable])

@@ -32,7 +32,11 @@ def mesh_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **WORKER_ENV}
     return subprocess.run(
         [sys.executable, "-m", "mesh", *args[:1], "--nats-url", url, *args[1:]],
-        check=False, capture_output=True, text=True, env=env, timeout=120,
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
 
 
@@ -64,9 +68,7 @@ async def test_an_approval_survives_killing_every_process_and_mesh_approve_resum
 
         async with MeshClient(await bus.connect(bus.NatsOptions.from_url(server.url))) as client:
             events = await client.nc.subscribe("events.clerk.desk.run_completed")
-            approved = await asyncio.to_thread(
-                mesh_cli, server.url, "approve", "clerk/desk", approval["id"], "--by", "alice"
-            )
+            approved = await asyncio.to_thread(mesh_cli, server.url, "approve", "clerk/desk", approval["id"], "--by", "alice")
             assert approved.returncode == 0, approved.stderr
             reply = json.loads(approved.stdout)
             event = json.loads((await events.next_msg(timeout=30)).data)
@@ -177,11 +179,15 @@ class Mailer(LLMAgent):
 async def test_a_run_resumes_when_all_its_approvals_are_decided_and_the_model_hears_the_rejection(
     mesh_factory: Any, mesh_client: MeshClient
 ) -> None:
-    Mailer.model = ScriptedModel([
-        [function_call("send_email", {"to": "a@example.com", "body": "hi"}, call_id="c1"),
-         function_call("send_email", {"to": "b@example.com", "body": "hi"}, call_id="c2")],
-        [assistant_message("Sent one, the other was refused.")],
-    ])
+    Mailer.model = ScriptedModel(
+        [
+            [
+                function_call("send_email", {"to": "a@example.com", "body": "hi"}, call_id="c1"),
+                function_call("send_email", {"to": "b@example.com", "body": "hi"}, call_id="c2"),
+            ],
+            [assistant_message("Sent one, the other was refused.")],
+        ]
+    )
     sent.clear()
     await mesh_factory([Mailer])
     events = await mesh_client.nc.subscribe("events.mailer.m.>")
@@ -197,8 +203,11 @@ async def test_a_run_resumes_when_all_its_approvals_are_decided_and_the_model_he
     done = await mesh_client.call("mailer", "m", {"op": "reject", "id": to_b["id"], "by": "ben", "reason": "spam"})
     assert done["status"] == "completed" and done["output"] == "Sent one, the other was refused."
     assert sent == ["a@example.com"]
-    outputs = {i["call_id"]: i["output"] for i in Mailer.model.last_call.input
-               if isinstance(i, dict) and i.get("type") == "function_call_output"}
+    outputs = {
+        i["call_id"]: i["output"]
+        for i in Mailer.model.last_call.input
+        if isinstance(i, dict) and i.get("type") == "function_call_output"
+    }
     assert outputs["c1"] == "sent to a@example.com"
     assert outputs["c2"] == "The tool call was rejected by ben (reason: spam). The tool did not run."
     Mailer.model.assert_complete()

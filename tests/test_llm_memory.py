@@ -23,12 +23,10 @@ def said(reply: dict[str, Any]) -> str:
     assert reply["status"] == "completed", reply
     text: str = reply["output"]
     assert text.startswith(OFFLINE_PREFIX)
-    return text[len(OFFLINE_PREFIX):]
+    return text[len(OFFLINE_PREFIX) :]
 
 
-async def test_an_instance_remembers_its_conversation_and_others_do_not(
-    mesh_factory: Any, mesh_client: MeshClient
-) -> None:
+async def test_an_instance_remembers_its_conversation_and_others_do_not(mesh_factory: Any, mesh_client: MeshClient) -> None:
     await mesh_factory([Recall])
     assert said(await mesh_client.call("recall", "a", "my name is Ada")) == "1 user messages: my name is Ada"
     assert said(await mesh_client.call("recall", "a", "what is my name?")) == (
@@ -64,9 +62,7 @@ async def test_memory_survives_restarting_workers_and_nats_server(
     assert said(other) == "2 user messages: other | again"
 
 
-async def test_two_thousand_long_exchanges_stay_usable_within_the_bound(
-    mesh_factory: Any, mesh_client: MeshClient
-) -> None:
+async def test_two_thousand_long_exchanges_stay_usable_within_the_bound(mesh_factory: Any, mesh_client: MeshClient) -> None:
     await mesh_factory([Recall])
     session = MemorySession(mesh_client.nc, "recall", "long", max_items=Recall.memory_max_items)
     await open_memory_stream(mesh_client.nc.jetstream())
@@ -95,12 +91,14 @@ async def test_memory_reads_start_at_a_user_message_and_support_limit_pop_and_cl
     session = MemorySession(mesh_client.nc, "recall", "unit", max_items=3)
     assert await session.get_items() == []
     assert await session.pop_item() is None
-    await session.add_items([
-        {"role": "user", "content": "q1"},
-        {"type": "function_call", "call_id": "c1", "name": "t", "arguments": "{}"},
-        {"type": "function_call_output", "call_id": "c1", "output": "r"},
-        {"role": "user", "content": "q2"},
-    ])
+    await session.add_items(
+        [
+            {"role": "user", "content": "q1"},
+            {"type": "function_call", "call_id": "c1", "name": "t", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "r"},
+            {"role": "user", "content": "q2"},
+        ]
+    )
     # the bound of 3 cut q1 away; the orphan tool output before q2 is not handed to the model
     assert await session.count() == 3
     assert await session.get_items() == [{"role": "user", "content": "q2"}]

@@ -47,8 +47,7 @@ class Probe(Agent[None]):
     async def on_request(self, request: Any) -> Any:
         turn = current_turn.get()
         assert turn is not None
-        return {"trace_id": trace_id(turn.traceparent), "chain": list(turn.chain), "remaining": turn.remaining(),
-                "echo": request}
+        return {"trace_id": trace_id(turn.traceparent), "chain": list(turn.chain), "remaining": turn.remaining(), "echo": request}
 
 
 class Prober(LLMAgent):
@@ -57,29 +56,42 @@ class Prober(LLMAgent):
 
     def build_agent(self) -> agents.Agent[Any]:
         return agents.Agent(
-            name="Prober", instructions="Probe.", model=self.model,
-            tools=[agent_tool("probe", instance="p", description="Probe the mesh."),
-                   agent_tool("missing", name="call_missing", description="A type nobody serves.")],
+            name="Prober",
+            instructions="Probe.",
+            model=self.model,
+            tools=[
+                agent_tool("probe", instance="p", description="Probe the mesh."),
+                agent_tool("missing", name="call_missing", description="A type nobody serves."),
+            ],
         )
 
 
 async def test_tool_calls_carry_the_turns_trace_deadline_and_call_chain_and_errors_reach_the_model(
     mesh_factory: Any, mesh_client: MeshClient
 ) -> None:
-    Prober.model = ScriptedModel([
-        [function_call("call_probe", {"request": {"q": 1}}, call_id="p1"),
-         function_call("call_missing", {"instance": "m", "request": {}}, call_id="m1")],
-        [assistant_message("probed")],
-    ])
+    Prober.model = ScriptedModel(
+        [
+            [
+                function_call("call_probe", {"request": {"q": 1}}, call_id="p1"),
+                function_call("call_missing", {"instance": "m", "request": {}}, call_id="m1"),
+            ],
+            [assistant_message("probed")],
+        ]
+    )
     await mesh_factory([Prober, Probe])
     trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     reply = await mesh_client.nc.request(
-        subjects.agent_subject("prober", "x"), b'"probe please"', timeout=20,
+        subjects.agent_subject("prober", "x"),
+        b'"probe please"',
+        timeout=20,
         headers={subjects.HEADER_TRACEPARENT: f"00-{trace}-00f067aa0ba902b7-01", subjects.HEADER_TIMEOUT: "20000"},
     )
     assert json.loads(reply.data)["output"] == "probed"
-    outputs = {i["call_id"]: json.loads(i["output"]) for i in Prober.model.last_call.input
-               if isinstance(i, dict) and i.get("type") == "function_call_output"}
+    outputs = {
+        i["call_id"]: json.loads(i["output"])
+        for i in Prober.model.last_call.input
+        if isinstance(i, dict) and i.get("type") == "function_call_output"
+    }
     probe = outputs["p1"]
     assert probe["trace_id"] == trace
     assert probe["chain"] == ["prober.x", "probe.p"]

@@ -71,15 +71,31 @@ async def test_mesh_up_serves_the_triage_demo_on_the_offline_model(tmp_path: Pat
     with open(log_path, "wb") as log:
         up = subprocess.Popen(
             [sys.executable, "-m", "mesh", "up", "--nats-port", str(port), "--store", str(tmp_path / "store")],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
     try:
         await _wait_for(lambda: "worker.started" in log_path.read_text(errors="replace"), up, log_path)
         call = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "mesh", "call", "--nats-url", f"nats://127.0.0.1:{port}", "--timeout", "60",
-             "triage/alice", '"What is the capital of France?"'],
-            capture_output=True, text=True, env=env, timeout=90,
+            [
+                sys.executable,
+                "-m",
+                "mesh",
+                "call",
+                "--nats-url",
+                f"nats://127.0.0.1:{port}",
+                "--timeout",
+                "60",
+                "triage/alice",
+                '"What is the capital of France?"',
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=90,
         )
         assert call.returncode == 0, call.stderr
         reply = json.loads(call.stdout)

@@ -66,8 +66,9 @@ async def test_the_corpus_through_smtp_while_the_server_keeps_serving(mesh_facto
     await mesh_factory([Inbox])
     service = await mail_factory()
     for name in sorted(EXPECTED):
-        code, reply = await send(service.port, (CORPUS / name).read_bytes(), sender="corpus@example.com",
-                                 rcpts=["inbox+corpus@localhost"])
+        code, reply = await send(
+            service.port, (CORPUS / name).read_bytes(), sender="corpus@example.com", rcpts=["inbox+corpus@localhost"]
+        )
         assert code == EXPECTED[name][0], (name, code, reply)
         if code != 250:
             assert reply.startswith(b"5.6.0"), reply

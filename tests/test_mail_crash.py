@@ -21,12 +21,20 @@ class SmtpProcess:
 
     def __init__(self, url: str, port: int, relay_port: int, log_path: Path) -> None:
         self.log_path = log_path
-        env = {**os.environ, "NATS_URL": url, "PYTHONPATH": str(ROOT), "MESH_LOG_FORMAT": "json",
-               "MESH_SMTP_LISTEN": f"127.0.0.1:{port}", "MESH_SMTP_AGENT_TYPES": "notes",
-               "MESH_SMTP_RELAY": f"127.0.0.1:{relay_port}", "MESH_SMTP_ACK_WAIT": "2"}
+        env = {
+            **os.environ,
+            "NATS_URL": url,
+            "PYTHONPATH": str(ROOT),
+            "MESH_LOG_FORMAT": "json",
+            "MESH_SMTP_LISTEN": f"127.0.0.1:{port}",
+            "MESH_SMTP_AGENT_TYPES": "notes",
+            "MESH_SMTP_RELAY": f"127.0.0.1:{relay_port}",
+            "MESH_SMTP_ACK_WAIT": "2",
+        }
         with open(log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "mesh", "smtp"], env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mesh", "smtp"], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

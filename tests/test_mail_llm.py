@@ -22,21 +22,31 @@ def reply_to(answer: EmailMessage, body: str, message_id: str, sender: str = "al
     """What a mail client sends when the person presses Reply: same thread, quoted text below."""
     quoted = "\n".join(f"> {line}" for line in answer.get_content().splitlines())
     return compose(
-        sender=sender, to=answer["From"].addresses[0].addr_spec, subject=str(answer["Subject"]),
-        body=f"{body}\n\nOn Thu, 26 Nov 2026 at 10:00, {answer['From']} wrote:\n{quoted}\n", message_id=message_id,
+        sender=sender,
+        to=answer["From"].addresses[0].addr_spec,
+        subject=str(answer["Subject"]),
+        body=f"{body}\n\nOn Thu, 26 Nov 2026 at 10:00, {answer['From']} wrote:\n{quoted}\n",
+        message_id=message_id,
         headers={"In-Reply-To": answer["Message-ID"], "References": f"{answer.get('References', '')} {answer['Message-ID']}"},
     )
 
 
 async def test_mail_to_triage_gets_the_history_tutor_in_thread_and_the_reply_reaches_the_same_memory(
-    nats_server: NatsServer, mesh_client: MeshClient, worker_factory: Callable[..., WorkerProcess],
-    mail_factory: MailFactory, sink: Sink,
+    nats_server: NatsServer,
+    mesh_client: MeshClient,
+    worker_factory: Callable[..., WorkerProcess],
+    mail_factory: MailFactory,
+    sink: Sink,
 ) -> None:
     """Done when 1."""
     worker_factory(nats_server.url, app="services.demo", env=OFFLINE)
     service = await mail_factory(agent_types=("triage",), call_timeout=60.0)
-    question = compose(to="triage+alice@localhost", subject="A question", message_id="<france@example.com>",
-                       body="What is the capital of France?\n\n-- \nAlice")
+    question = compose(
+        to="triage+alice@localhost",
+        subject="A question",
+        message_id="<france@example.com>",
+        body="What is the capital of France?\n\n-- \nAlice",
+    )
     assert (await send(service.port, question))[0] == 250
     (answer,) = await sink.wait_for(1, timeout=60)
     assert answer.get_content().strip().endswith("History Tutor: the capital of France is Paris.")  # offline model
@@ -58,12 +68,16 @@ async def test_mail_to_triage_gets_the_history_tutor_in_thread_and_the_reply_rea
 
 
 async def test_a_pending_approval_is_decided_by_the_approvers_reply(
-    nats_server: NatsServer, mesh_client: MeshClient, worker_factory: Callable[..., WorkerProcess],
-    mail_factory: MailFactory, sink: Sink,
+    nats_server: NatsServer,
+    mesh_client: MeshClient,
+    worker_factory: Callable[..., WorkerProcess],
+    mail_factory: MailFactory,
+    sink: Sink,
 ) -> None:
     worker_factory(nats_server.url, app="services.demo", env=OFFLINE)
-    service = await mail_factory(agent_types=("clerk",), approvers=("boss@example.com",), secret=b"test-secret",
-                                 call_timeout=60.0)
+    service = await mail_factory(
+        agent_types=("clerk",), approvers=("boss@example.com",), secret=b"test-secret", call_timeout=60.0
+    )
     ask = compose(to="clerk+desk@localhost", subject="Counter", body="add 5 to counter t1", message_id="<ask@example.com>")
     assert (await send(service.port, ask))[0] == 250
     messages = await sink.wait_for(2, timeout=60)
@@ -79,8 +93,11 @@ async def test_a_pending_approval_is_decided_by_the_approvers_reply(
     forged = sign_token(b"wrong-secret", "clerk", "desk", signed.split("+t", 1)[1].split("-")[0])
     attempts = [
         (reply_to(request, "approve", "<m1@evil.test>", sender="mallory@evil.test"), "mallory@evil.test", signed),
-        (reply_to(request, "approve", "<m2@example.com>", sender="boss@example.com"), "boss@example.com",
-         f"clerk+desk+{forged}@localhost"),
+        (
+            reply_to(request, "approve", "<m2@example.com>", sender="boss@example.com"),
+            "boss@example.com",
+            f"clerk+desk+{forged}@localhost",
+        ),
         (reply_to(request, "looks fine to me", "<m3@example.com>", sender="boss@example.com"), "boss@example.com", signed),
     ]
     for message, sender, rcpt in attempts:

@@ -20,37 +20,45 @@ def parse(message, sender: str = "alice@example.com"):  # type: ignore[no-untype
 
 
 def test_html_to_text_keeps_structure_and_drops_scripts() -> None:
-    html = ("<html><head><style>x{}</style><script>evil()</script></head><body><p>One&nbsp;&amp;&lt;two&gt;</p>"
-            "<ul><li>a</li><li>b</li></ul><a href='https://x.test/p'>link</a><br/>end<table><tr><td>c1</td>"
-            "<td>c2</td></tr></table><blockquote>old</blockquote></body></html>")
+    html = (
+        "<html><head><style>x{}</style><script>evil()</script></head><body><p>One&nbsp;&amp;&lt;two&gt;</p>"
+        "<ul><li>a</li><li>b</li></ul><a href='https://x.test/p'>link</a><br/>end<table><tr><td>c1</td>"
+        "<td>c2</td></tr></table><blockquote>old</blockquote></body></html>"
+    )
     assert html_to_text(html) == "One &<two>\n\n- a\n- b\nlink (https://x.test/p)\nend\n\nc1 c2\n\n> old"
     assert html_to_text("<p>unclosed <b>bold <i>mess</p></div></span>") == "unclosed bold mess"
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("New answer.\n\nOn Mon, 1 Jan 2026 at 10:00, Bob <b@x> wrote:\n> old\n> older", "New answer."),
-    ("Top.\n> quoted line\nBottom.", "Top.\nBottom."),
-    ("Reply\n\n-----Original Message-----\nFrom: x\nold", "Reply"),
-    ("Reply\n\nLe lun. 1 janv. 2026, Bob a écrit :\n> vieux", "Reply"),
-    ("Thanks\n-- \nAlice, Example Corp", "Thanks"),
-    ("> only quoted text", "> only quoted text"),  # nothing new: keep it rather than send nothing
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("New answer.\n\nOn Mon, 1 Jan 2026 at 10:00, Bob <b@x> wrote:\n> old\n> older", "New answer."),
+        ("Top.\n> quoted line\nBottom.", "Top.\nBottom."),
+        ("Reply\n\n-----Original Message-----\nFrom: x\nold", "Reply"),
+        ("Reply\n\nLe lun. 1 janv. 2026, Bob a écrit :\n> vieux", "Reply"),
+        ("Thanks\n-- \nAlice, Example Corp", "Thanks"),
+        ("> only quoted text", "> only quoted text"),  # nothing new: keep it rather than send nothing
+    ],
+)
 def test_quoted_replies_are_stripped(text: str, expected: str) -> None:
     assert strip_quoted(text) == expected
 
 
-@pytest.mark.parametrize("headers,sender,reason", [
-    ({"Auto-Submitted": "auto-generated"}, "a@x.test", "auto-submitted: auto-generated"),
-    ({"Auto-Submitted": "no"}, "a@x.test", None),
-    ({"Precedence": "bulk"}, "a@x.test", "precedence: bulk"),
-    ({"Precedence": "junk"}, "a@x.test", "precedence: junk"),
-    ({"List-Unsubscribe": "<mailto:u@x.test>"}, "a@x.test", "mailing list (List-Unsubscribe)"),
-    ({"X-Auto-Response-Suppress": "OOF, DR"}, "a@x.test", "x-auto-response-suppress: oof, dr"),
-    ({}, "", "null sender"),
-    ({}, "MAILER-DAEMON@x.test", "system sender (mailer-daemon)"),
-    ({}, "postmaster@x.test", "system sender (postmaster)"),
-    ({}, "a@x.test", None),
-])
+@pytest.mark.parametrize(
+    "headers,sender,reason",
+    [
+        ({"Auto-Submitted": "auto-generated"}, "a@x.test", "auto-submitted: auto-generated"),
+        ({"Auto-Submitted": "no"}, "a@x.test", None),
+        ({"Precedence": "bulk"}, "a@x.test", "precedence: bulk"),
+        ({"Precedence": "junk"}, "a@x.test", "precedence: junk"),
+        ({"List-Unsubscribe": "<mailto:u@x.test>"}, "a@x.test", "mailing list (List-Unsubscribe)"),
+        ({"X-Auto-Response-Suppress": "OOF, DR"}, "a@x.test", "x-auto-response-suppress: oof, dr"),
+        ({}, "", "null sender"),
+        ({}, "MAILER-DAEMON@x.test", "system sender (mailer-daemon)"),
+        ({}, "postmaster@x.test", "system sender (postmaster)"),
+        ({}, "a@x.test", None),
+    ],
+)
 def test_automatic_mail_is_recognised(headers: dict[str, str], sender: str, reason: str | None) -> None:
     mail = parse(compose(headers=headers), sender=sender)
     assert mail.automatic_reason == reason
@@ -68,8 +76,9 @@ def test_authentication_results_only_from_trusted_servers() -> None:
 
 
 def test_thread_ids_are_parsed() -> None:
-    mail = parse(compose(message_id="<m2@x.test>", headers={"In-Reply-To": "<m1@x.test>",
-                                                           "References": "<m0@x.test> <m1@x.test>"}))
+    mail = parse(
+        compose(message_id="<m2@x.test>", headers={"In-Reply-To": "<m1@x.test>", "References": "<m0@x.test> <m1@x.test>"})
+    )
     assert (mail.message_id, mail.in_reply_to, mail.references) == ("m2@x.test", "m1@x.test", ["m0@x.test", "m1@x.test"])
 
 
@@ -103,13 +112,23 @@ def test_signed_tokens_verify_only_for_their_instance() -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.binary(max_size=2000) | st.builds(
-    lambda head, body: head + b"\n\n" + body,
-    st.sampled_from([b"Content-Type: multipart/mixed; boundary=x", b"Content-Type: text/plain; charset=x-nope",
-                     b"Content-Transfer-Encoding: base64\nContent-Type: text/html", b"From: <<@>>\nSubject: =?x?q?=ff?=",
-                     b"Content-Type: message/rfc822", b"Content-Type: multipart/alternative; boundary=\"\""]),
-    st.binary(max_size=1500),
-))
+@given(
+    st.binary(max_size=2000)
+    | st.builds(
+        lambda head, body: head + b"\n\n" + body,
+        st.sampled_from(
+            [
+                b"Content-Type: multipart/mixed; boundary=x",
+                b"Content-Type: text/plain; charset=x-nope",
+                b"Content-Transfer-Encoding: base64\nContent-Type: text/html",
+                b"From: <<@>>\nSubject: =?x?q?=ff?=",
+                b"Content-Type: message/rfc822",
+                b'Content-Type: multipart/alternative; boundary=""',
+            ]
+        ),
+        st.binary(max_size=1500),
+    )
+)
 def test_any_bytes_parse_or_are_refused_cleanly(raw: bytes) -> None:
     try:
         accepted_id = accept_check(raw)

@@ -38,10 +38,13 @@ async def test_a_mail_becomes_a_request_and_the_answer_a_threaded_reply(mesh_fac
     assert answer.get_content().strip() == "Noted #1: What is the capital of France?"
 
     # The person replies to the reply from their mail client: quoted text and all.
-    second = compose(to=str(answer["From"].addresses[0].addr_spec), subject=str(answer["Subject"]),
-                     body=f"And of Italy?\n\nOn Thu, 26 Nov 2026, Notes wrote:\n> {answer.get_content().strip()}\n",
-                     message_id="<q2@example.com>",
-                     headers={"In-Reply-To": answer["Message-ID"], "References": f"<q1@example.com> {answer['Message-ID']}"})
+    second = compose(
+        to=str(answer["From"].addresses[0].addr_spec),
+        subject=str(answer["Subject"]),
+        body=f"And of Italy?\n\nOn Thu, 26 Nov 2026, Notes wrote:\n> {answer.get_content().strip()}\n",
+        message_id="<q2@example.com>",
+        headers={"In-Reply-To": answer["Message-ID"], "References": f"<q1@example.com> {answer['Message-ID']}"},
+    )
     code, _ = await send(service.port, second)
     assert code == 250
     _, again = await sink.wait_for(2)
@@ -66,9 +69,15 @@ async def test_type_only_address_reaches_the_instance_named_after_the_sender(mes
 async def test_on_email_hook_gets_the_parsed_mail(mesh_factory, mesh_client, mail_factory, sink):
     await mesh_factory([Inbox])
     service = await mail_factory(trusted_authserv=("mx.localhost",))
-    message = compose(to="inbox+desk@localhost", subject="Report", body="Please answer.\n\n> old quoted text",
-                      headers={"Authentication-Results": "mx.localhost; spf=pass smtp.mailfrom=example.com; "
-                                                         "dkim=pass header.d=example.com; dmarc=pass"})
+    message = compose(
+        to="inbox+desk@localhost",
+        subject="Report",
+        body="Please answer.\n\n> old quoted text",
+        headers={
+            "Authentication-Results": "mx.localhost; spf=pass smtp.mailfrom=example.com; "
+            "dkim=pass header.d=example.com; dmarc=pass"
+        },
+    )
     message.add_attachment(b"%PDF-1.4 tiny", maintype="application", subtype="pdf", filename="r.pdf")
     code, _ = await send(service.port, message)
     assert code == 250
@@ -77,8 +86,7 @@ async def test_on_email_hook_gets_the_parsed_mail(mesh_factory, mesh_client, mai
     (mail,) = (await mesh_client.state("inbox", "desk"))["mails"]
     assert mail["text"] == "Please answer."
     assert mail["recipients"] == ["inbox+desk@localhost"]
-    assert mail["attachments"] == [{"filename": "r.pdf", "content_type": "application/pdf", "size": 13,
-                                    "content_id": None}]
+    assert mail["attachments"] == [{"filename": "r.pdf", "content_type": "application/pdf", "size": 13, "content_id": None}]
     assert mail["auth"]["verdict"] == "pass" and mail["auth"]["authserv_id"] == "mx.localhost"
     assert mail["automatic"] is False
 
@@ -103,8 +111,13 @@ async def test_the_same_message_id_twice_is_processed_once(mesh_factory, mesh_cl
 async def test_unknown_agent_or_domain_is_refused_at_rcpt(mail_factory):
     """Done when 4 (RCPT)."""
     service = await mail_factory()
-    for rcpt in ("nobody+x@localhost", "notes+alice@example.org", "1bad+x@localhost", "notes+" + "n" * 300 + "@localhost",
-                 "postmaster@localhost"):
+    for rcpt in (
+        "nobody+x@localhost",
+        "notes+alice@example.org",
+        "1bad+x@localhost",
+        "notes+" + "n" * 300 + "@localhost",
+        "postmaster@localhost",
+    ):
         code, reply = await send(service.port, compose(to="x@y"), rcpts=[rcpt])
         assert code == 550 and reply.startswith(b"5.1.1"), (rcpt, code, reply)
     assert (await send(service.port, compose(to="x@y"), rcpts=["Notes+A@LocalHost"]))[0] == 250  # case-insensitive
@@ -156,17 +169,32 @@ async def test_automatic_mail_is_delivered_but_never_answered(mesh_factory, mesh
     """Done when 5: an auto-reply, a mailing-list message and a bounce reach the agent and get no reply."""
     await mesh_factory([Inbox])
     service = await mail_factory()
-    auto = compose(to="inbox+desk@localhost", subject="Out of office", body="please answer: I am away",
-                   headers={"Auto-Submitted": "auto-replied"})
-    listmail = compose(to="inbox+desk@localhost", subject="[dev] digest", body="please answer the list",
-                       headers={"List-Id": "<dev.lists.example.com>", "Precedence": "list"})
-    bounce = compose(sender="MAILER-DAEMON@example.com", to="inbox+desk@localhost", subject="Undelivered Mail",
-                     body="please answer: delivery failed")
+    auto = compose(
+        to="inbox+desk@localhost",
+        subject="Out of office",
+        body="please answer: I am away",
+        headers={"Auto-Submitted": "auto-replied"},
+    )
+    listmail = compose(
+        to="inbox+desk@localhost",
+        subject="[dev] digest",
+        body="please answer the list",
+        headers={"List-Id": "<dev.lists.example.com>", "Precedence": "list"},
+    )
+    bounce = compose(
+        sender="MAILER-DAEMON@example.com",
+        to="inbox+desk@localhost",
+        subject="Undelivered Mail",
+        body="please answer: delivery failed",
+    )
     bounce.replace_header("Content-Type", 'multipart/report; report-type=delivery-status; boundary="b"')
-    bounce.set_payload("--b\nContent-Type: text/plain\n\nplease answer: delivery failed\n--b\n"
-                       "Content-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.com\n\n--b--\n")
-    suppress = compose(to="inbox+desk@localhost", subject="Calendar", body="please answer",
-                       headers={"X-Auto-Response-Suppress": "All"})
+    bounce.set_payload(
+        "--b\nContent-Type: text/plain\n\nplease answer: delivery failed\n--b\n"
+        "Content-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.com\n\n--b--\n"
+    )
+    suppress = compose(
+        to="inbox+desk@localhost", subject="Calendar", body="please answer", headers={"X-Auto-Response-Suppress": "All"}
+    )
     assert (await send(service.port, auto))[0] == 250
     assert (await send(service.port, listmail))[0] == 250
     assert (await send(service.port, bounce, sender=""))[0] == 250
@@ -174,8 +202,7 @@ async def test_automatic_mail_is_delivered_but_never_answered(mesh_factory, mesh
     state = await wait_state(mesh_client, "inbox", "desk", lambda s: len(s["mails"]) == 4)
     reasons = sorted(m["automatic_reason"] for m in state["mails"])
     assert all(m["automatic"] for m in state["mails"])
-    assert reasons == ["auto-submitted: auto-replied", "null sender", "precedence: list",
-                       "x-auto-response-suppress: all"]
+    assert reasons == ["auto-submitted: auto-replied", "null sender", "precedence: list", "x-auto-response-suppress: all"]
     # A normal mail after them is answered, and it is the only message at the sink.
     assert (await send(service.port, compose(to="inbox+desk@localhost", body="please answer")))[0] == 250
     await sink.wait_for(1)
@@ -193,8 +220,7 @@ async def test_replies_are_rate_limited_per_sender(mesh_factory, mesh_client, ma
     await wait_state(mesh_client, "notes", "dora@example.com", lambda s: len(s["messages"]) == 1)
     await sink.wait_for(3)
     await asyncio.sleep(0.5)
-    assert sorted(e.rcpt_tos[0] for e, _ in sink.received) == ["alice@example.com", "alice@example.com",
-                                                                "dora@example.com"]
+    assert sorted(e.rcpt_tos[0] for e, _ in sink.received) == ["alice@example.com", "alice@example.com", "dora@example.com"]
 
 
 async def test_agent_errors_are_answered_once_not_retried_forever(mesh_factory, mesh_client, mail_factory, sink):
@@ -268,14 +294,22 @@ async def test_copies_of_one_message_arriving_together_are_processed_once(mesh_f
     await mesh_factory([Notes])
     service = await mail_factory()
     message = compose(body="one of many", message_id="<many@example.com>")
-    rcpt_lists = [["notes+alice@localhost"], ["notes+alice@localhost", "notes+x@localhost"],
-                  ["notes+alice@localhost", "notes+y@localhost"], ["NOTES+alice@localhost", "notes+z@localhost"]]
+    rcpt_lists = [
+        ["notes+alice@localhost"],
+        ["notes+alice@localhost", "notes+x@localhost"],
+        ["notes+alice@localhost", "notes+y@localhost"],
+        ["NOTES+alice@localhost", "notes+z@localhost"],
+    ]
     codes = await asyncio.gather(*(send(service.port, message, rcpts=r) for r in rcpt_lists))
     assert [c for c, _ in codes] == [250] * 4
     await sink.wait_for(4)  # alice once, x, y, z
     await asyncio.sleep(0.5)
     assert sorted(m["From"].addresses[0].addr_spec for m in (msg for _, msg in sink.received)) == [
-        "notes+alice@localhost", "notes+x@localhost", "notes+y@localhost", "notes+z@localhost"]
+        "notes+alice@localhost",
+        "notes+x@localhost",
+        "notes+y@localhost",
+        "notes+z@localhost",
+    ]
     assert await mesh_client.state("notes", "alice") == {"messages": ["one of many"]}
 
 

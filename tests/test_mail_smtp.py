@@ -23,8 +23,9 @@ def client_context() -> ssl.SSLContext:
 
 async def test_starttls_and_auth_are_required_when_configured(mesh_factory, mail_factory: MailFactory, sink: Sink) -> None:
     await mesh_factory([Notes])
-    service = await mail_factory(tls_cert=TLS / "cert.pem", tls_key=TLS / "key.pem", require_tls=True,
-                                 auth_user="relay", auth_password="s3cret")
+    service = await mail_factory(
+        tls_cert=TLS / "cert.pem", tls_key=TLS / "key.pem", require_tls=True, auth_user="relay", auth_password="s3cret"
+    )
 
     def session(tls: bool, password: str | None) -> tuple[int, bytes]:
         with smtplib.SMTP("127.0.0.1", service.port, timeout=30) as client:
@@ -53,12 +54,26 @@ async def test_starttls_and_auth_are_required_when_configured(mesh_factory, mail
 
 async def test_mesh_up_serves_mail_by_default(tmp_path: Path, sink: Sink) -> None:
     nats_port, smtp_port = free_port(), free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MESH_SMTP_RELAY": f"127.0.0.1:{sink.port}",
-           "MESH_SMTP_LISTEN": f"127.0.0.1:{smtp_port}", "MESH_LOG_FORMAT": "json"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MESH_SMTP_RELAY": f"127.0.0.1:{sink.port}",
+        "MESH_SMTP_LISTEN": f"127.0.0.1:{smtp_port}",
+        "MESH_LOG_FORMAT": "json",
+    }
     env.pop("NATS_URL", None)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh", "up", "--nats-port", str(nats_port), "--store", str(tmp_path / "s"),
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "mesh",
+        "up",
+        "--nats-port",
+        str(nats_port),
+        "--store",
+        str(tmp_path / "s"),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         assert process.stderr is not None

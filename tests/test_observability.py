@@ -105,8 +105,13 @@ async def test_readiness_follows_the_callback() -> None:
 
 async def run_mesh(*args: str, url: str, timeout: float = 30) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh", *args, env={**os.environ, "NATS_URL": url, **ENV},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "mesh",
+        *args,
+        env={**os.environ, "NATS_URL": url, **ENV},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout)
     return process.returncode, out.decode(), err.decode()
@@ -119,9 +124,17 @@ async def test_tail_links_a_request_across_two_agents_and_history_survives_a_res
     try:
         workers = [worker_factory(server.url, "core_agents", ENV) for _ in range(2)]
         tail = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mesh", "tail", "hop", "--json", "--count", "5",
+            sys.executable,
+            "-m",
+            "mesh",
+            "tail",
+            "hop",
+            "--json",
+            "--count",
+            "5",
             env={**os.environ, "NATS_URL": server.url, **ENV},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         assert b"following events.hop.>" in await asyncio.wait_for(tail.stderr.readline(), 30)
         client = MeshClient(await connect(NatsOptions.from_url(server.url)), default_timeout=10)

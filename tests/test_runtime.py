@@ -285,7 +285,9 @@ async def test_observers_see_every_turn_and_state_write(mesh_factory, mesh_clien
         await mesh_client.call("echo", "o", 1)
     await nc.close()
     assert [(t.agent_type, t.outcome) for t in recorder.turns] == [
-        ("counter", "ok"), ("counter", "schema_mismatch"), ("echo", "ok")
+        ("counter", "ok"),
+        ("counter", "schema_mismatch"),
+        ("echo", "ok"),
     ]
     assert all(t.started_at <= t.ended_at for t in recorder.turns)
     assert [(s.agent_type, s.name, s.size) for s in recorder.states] == [("counter", "o", len(b'{"value":1}'))]

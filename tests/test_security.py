@@ -110,8 +110,10 @@ async def test_a_worker_process_runs_with_the_example_worker_permissions(secured
     """`mesh worker` as user worker-counter: buckets, flight recorder and durable delivery all work."""
     url = secured_server.url
     env = {
-        "MESH_NATS_USER": "worker-counter", "MESH_NATS_PASSWORD": PASSWORDS["MESH_WORKER_PASSWORD"],
-        "MESH_APP": "services.demo:Counter", "PYTHONPATH": str(ROOT),
+        "MESH_NATS_USER": "worker-counter",
+        "MESH_NATS_PASSWORD": PASSWORDS["MESH_WORKER_PASSWORD"],
+        "MESH_APP": "services.demo:Counter",
+        "PYTHONPATH": str(ROOT),
     }
     worker = worker_factory(url, "services.demo:Counter", env)
     admin = MeshClient(
@@ -150,13 +152,41 @@ def make_certificates(folder: Path) -> dict[str, Path]:
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=mesh-test-ca",
-        "-keyout", "ca.key", "-out", "ca.pem")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=mesh-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
     for name, extension in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
         run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=mesh-{name}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
         (folder / f"{name}.ext").write_text(extension + "\n")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-out", f"{name}.pem", "-extfile", f"{name}.ext")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            f"{name}.pem",
+            "-extfile",
+            f"{name}.ext",
+        )
     return files
 
 
@@ -173,19 +203,26 @@ async def test_tls_with_client_certificates_for_workers_and_cli(tmp_path, worker
         with pytest.raises(ConnectionFailed):  # CA trusted but no client certificate: refused
             await connect(NatsOptions.from_url(url, tls_ca_file=str(certs["ca.pem"])))
         env = {
-            "MESH_NATS_TLS_CA": str(certs["ca.pem"]), "MESH_NATS_TLS_CERT": str(certs["client.pem"]),
-            "MESH_NATS_TLS_KEY": str(certs["client.key"]), "PYTHONPATH": str(ROOT),
+            "MESH_NATS_TLS_CA": str(certs["ca.pem"]),
+            "MESH_NATS_TLS_CERT": str(certs["client.pem"]),
+            "MESH_NATS_TLS_KEY": str(certs["client.key"]),
+            "PYTHONPATH": str(ROOT),
         }
         worker = worker_factory(url, "services.demo", env)
         result = subprocess.run(
             [sys.executable, "-m", "mesh", "call", "counter/tls", '{"add": 7}'],
-            env={**os.environ, **env, "NATS_URL": url}, capture_output=True, text=True, timeout=30,
+            env={**os.environ, **env, "NATS_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert (result.returncode, result.stdout) == (0, '{"value":7}\n'), result.stderr
         result = subprocess.run(
             [sys.executable, "-m", "mesh", "call", "counter/tls", '{"add": 7}'],
             env={**os.environ, "NATS_URL": url, "PYTHONPATH": str(ROOT), "MESH_NATS_TLS_CA": str(certs["ca.pem"])},
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert result.returncode == 1 and "[connection_failed]" in result.stderr
         assert worker.terminate() == 0  # over TLS, before its server goes
@@ -197,8 +234,11 @@ async def test_no_secret_appears_in_any_log_line(tmp_path, worker_factory) -> No
     password, token = "pw-6d1e-do-not-log", "tok-93b7-do-not-log"
     async with NatsServer(tmp_path / "store", extra_args=["--user", "meshuser", "--pass", password]) as server:
         env = {
-            "MESH_NATS_USER": "meshuser", "MESH_NATS_PASSWORD": password, "MESH_NATS_TOKEN": "",
-            "MESH_LOG_LEVEL": "debug", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
+            "MESH_NATS_USER": "meshuser",
+            "MESH_NATS_PASSWORD": password,
+            "MESH_NATS_TOKEN": "",
+            "MESH_LOG_LEVEL": "debug",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
             "MESH_METRICS_PORT": "0",
         }
         worker = worker_factory(server.url, "core_agents", env)
@@ -206,7 +246,10 @@ async def test_no_secret_appears_in_any_log_line(tmp_path, worker_factory) -> No
 
         def mesh(*args: str, **extra: str) -> None:
             result = subprocess.run(
-                [sys.executable, "-m", "mesh", *args], capture_output=True, text=True, timeout=30,
+                [sys.executable, "-m", "mesh", *args],
+                capture_output=True,
+                text=True,
+                timeout=30,
                 env={**os.environ, "NATS_URL": server.url, **env, **extra},
             )
             outputs.append(result.stdout + result.stderr)
@@ -217,10 +260,22 @@ async def test_no_secret_appears_in_any_log_line(tmp_path, worker_factory) -> No
         mesh("history", "counter/a")
         mesh("call", "counter/a", "{}", MESH_NATS_PASSWORD="wrong-" + password)
         mesh("call", "counter/a", "{}", MESH_NATS_TOKEN=token, MESH_NATS_USER="", MESH_NATS_PASSWORD="")
-        mesh("call", "counter/a", "{}", NATS_URL=f"nats://meshuser:{password}@127.0.0.1:{server.port}",
-             MESH_NATS_USER="", MESH_NATS_PASSWORD="")
-        mesh("call", "counter/a", "{}", NATS_URL=f"nats://meshuser:{password}@127.0.0.1:1",
-             MESH_NATS_USER="", MESH_NATS_PASSWORD="")
+        mesh(
+            "call",
+            "counter/a",
+            "{}",
+            NATS_URL=f"nats://meshuser:{password}@127.0.0.1:{server.port}",
+            MESH_NATS_USER="",
+            MESH_NATS_PASSWORD="",
+        )
+        mesh(
+            "call",
+            "counter/a",
+            "{}",
+            NATS_URL=f"nats://meshuser:{password}@127.0.0.1:1",
+            MESH_NATS_USER="",
+            MESH_NATS_PASSWORD="",
+        )
         assert "[connection_failed]" in outputs[-1] and "***@127.0.0.1:1" in outputs[-1]
         assert worker.terminate() == 0
         logs = worker.log_text()
@@ -251,7 +306,10 @@ async def test_nkey_and_token_authentication_from_settings(tmp_path, worker_fact
         with pytest.raises(ConnectionFailed):
             await connect(NatsOptions.from_url(server.url, token="wrong"))
         result = subprocess.run(
-            [sys.executable, "-m", "mesh", "call", "echo/t", '"hi"'], capture_output=True, text=True, timeout=30,
+            [sys.executable, "-m", "mesh", "call", "echo/t", '"hi"'],
+            capture_output=True,
+            text=True,
+            timeout=30,
             env={**os.environ, "NATS_URL": server.url, "MESH_NATS_TOKEN": "tok-3c9a-secret", "PYTHONPATH": str(ROOT)},
         )
         assert result.returncode == 1 and "[no_responders]" in result.stderr  # connected: nobody serves echo

@@ -71,29 +71,47 @@ How to read the figures:
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = commands.add_parser(
-        "bench", help="measure the mesh against raw nats-py (like nats bench)", description=HELP,
+        "bench",
+        help="measure the mesh against raw nats-py (like nats bench)",
+        description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("--nats-url", help="use this server instead of starting an embedded one (env NATS_URL is ignored)")
     bench.add_argument("--quick", action="store_true", help="small counts: a smoke test in well under a minute")
-    bench.add_argument("--only", action="append", default=[], metavar="SCENARIO[,...]",
-                       help=f"run only these scenarios ({', '.join(SCENARIOS)})")
-    bench.add_argument("--scale", type=float, default=1.0, metavar="F",
-                       help="multiply every count (instances, requests) by F, e.g. 0.1 for a shorter full run")
-    bench.add_argument("--idle-timeout", type=float, metavar="S",
-                       help="MESH_IDLE_TIMEOUT of the activation worker (default 60, --quick 1)")
+    bench.add_argument(
+        "--only", action="append", default=[], metavar="SCENARIO[,...]", help=f"run only these scenarios ({', '.join(SCENARIOS)})"
+    )
+    bench.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="multiply every count (instances, requests) by F, e.g. 0.1 for a shorter full run",
+    )
+    bench.add_argument(
+        "--idle-timeout", type=float, metavar="S", help="MESH_IDLE_TIMEOUT of the activation worker (default 60, --quick 1)"
+    )
     bench.add_argument("--json", action="store_true", help="print the report as JSON on stdout (progress stays on stderr)")
     bench.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
-    bench.add_argument("--profile", type=Path, metavar="DIR",
-                       help="record py-spy profiles of the mesh workers and the raw responder into DIR "
-                            "(needs the bench extra; summarize with python -m mesh.bench.profile)")
+    bench.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record py-spy profiles of the mesh workers and the raw responder into DIR "
+        "(needs the bench extra; summarize with python -m mesh.bench.profile)",
+    )
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:
     try:
         options = BenchOptions(
-            nats_url=args.nats_url, quick=args.quick, only=args.only, progress=not args.no_progress,
-            profile=args.profile, scale=args.scale, idle_timeout=args.idle_timeout,
+            nats_url=args.nats_url,
+            quick=args.quick,
+            only=args.only,
+            progress=not args.no_progress,
+            profile=args.profile,
+            scale=args.scale,
+            idle_timeout=args.idle_timeout,
         )
         if args.scale <= 0:
             raise ValueError("--scale must be positive")

@@ -52,10 +52,15 @@ def merge(parts: list[Measure]) -> Measure:
             weighted = sum(p.extra.get(key, 0.0) * (p.ops + p.errors) for p in parts)
             extra[key] = round(weighted / total, 1) if total else 0.0
     return Measure(
-        ops=ops, errors=sum(p.errors for p in parts), wall_s=round(wall, 4),
+        ops=ops,
+        errors=sum(p.errors for p in parts),
+        wall_s=round(wall, 4),
         ops_per_s=round(ops / wall, 1) if wall > 0 else 0.0,
-        p50_ms=round(percentile(latencies, 0.50) * 1000, 3), p99_ms=round(percentile(latencies, 0.99) * 1000, 3),
-        first_error=next((p.first_error for p in parts if p.first_error), None), extra=extra, latencies=latencies,
+        p50_ms=round(percentile(latencies, 0.50) * 1000, 3),
+        p99_ms=round(percentile(latencies, 0.99) * 1000, 3),
+        first_error=next((p.first_error for p in parts if p.first_error), None),
+        extra=extra,
+        latencies=latencies,
     )
 
 
@@ -131,7 +136,13 @@ CpuProbes = dict[str, Callable[[], float]]
 
 
 async def drive(
-    op: Op, total: int, concurrency: int, progress: Progress, label: str, *, cpu: CpuProbes | None = None,
+    op: Op,
+    total: int,
+    concurrency: int,
+    progress: Progress,
+    label: str,
+    *,
+    cpu: CpuProbes | None = None,
     offset: int = 0,
 ) -> Measure:
     """Run `op(offset) .. op(offset + total - 1)` from `concurrency` loops; time each call.
@@ -173,8 +184,13 @@ async def drive(
     latencies.sort()
     extra = {f"{role}_cpu_us_per_op": round(used / total * 1e6, 1) for role, used in cpu_used.items() if total}
     return Measure(
-        ops=len(latencies), errors=errors, wall_s=round(wall, 4),
+        ops=len(latencies),
+        errors=errors,
+        wall_s=round(wall, 4),
         ops_per_s=round(len(latencies) / wall, 1) if wall > 0 else 0.0,
-        p50_ms=round(percentile(latencies, 0.50) * 1000, 3), p99_ms=round(percentile(latencies, 0.99) * 1000, 3),
-        first_error=first_error, extra=extra, latencies=latencies,
+        p50_ms=round(percentile(latencies, 0.50) * 1000, 3),
+        p99_ms=round(percentile(latencies, 0.99) * 1000, 3),
+        first_error=first_error,
+        extra=extra,
+        latencies=latencies,
     )

@@ -18,8 +18,11 @@ class Child:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", *args], stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+            [sys.executable, "-m", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
         )
 
     @property
@@ -73,7 +76,8 @@ def service_env(url: str) -> dict[str, str]:
 async def start_worker(url: str, app: str, log_path: Path, env: dict[str, str] | None = None) -> Child:
     """A `mesh worker` process; returns once it serves its agent types."""
     worker = Child(
-        ["mesh", "worker", "--app", app], log_path,
+        ["mesh", "worker", "--app", app],
+        log_path,
         env={"NATS_URL": url, "MESH_LOG_FORMAT": "json", "MESH_LOG_LEVEL": "info", **(env or {})},
     )
     try:

@@ -35,7 +35,9 @@ class Recorder:
         self._log = open(out.with_suffix(".py-spy.log"), "ab")
         self.process = subprocess.Popen(
             [binary, "record", "--pid", str(pid), "--format", "raw", "--rate", str(RATE), "-o", str(out)],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
 
     def stop(self) -> None:

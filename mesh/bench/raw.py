@@ -51,9 +51,7 @@ async def _bump(kv: KeyValue, key: str, data: bytes) -> bytes:
 async def serve(url: str, model_url: str | None) -> None:
     nc = await nats.connect(url, name="mesh-bench-raw")
     js = nc.jetstream()
-    kv = await js.create_key_value(
-        KeyValueConfig(bucket=BUCKET, history=1, storage=StorageType.FILE, direct=True)
-    )
+    kv = await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, storage=StorageType.FILE, direct=True))
     tasks: set[asyncio.Task[Any]] = set()
 
     def spawn(coro: Any) -> None:

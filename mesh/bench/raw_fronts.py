@@ -47,9 +47,16 @@ async def serve_http(nc: Client, port: int, stop: asyncio.Event) -> None:
 
     from services.http.server import EmbeddedServer
 
-    server = EmbeddedServer(uvicorn.Config(
-        http_app(nc), host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off",
-    ))
+    server = EmbeddedServer(
+        uvicorn.Config(
+            http_app(nc),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -81,15 +88,27 @@ class StoreOnly:
 
 async def serve_smtp(nc: Client, port: int, stop: asyncio.Event) -> None:
     js = nc.jetstream()
-    await js.add_stream(StreamConfig(
-        name=subjects.BENCH_RAW_MAIL_STREAM, subjects=[subjects.BENCH_RAW_MAIL_SUBJECT], storage=StorageType.FILE,
-    ))
+    await js.add_stream(
+        StreamConfig(
+            name=subjects.BENCH_RAW_MAIL_STREAM,
+            subjects=[subjects.BENCH_RAW_MAIL_SUBJECT],
+            storage=StorageType.FILE,
+        )
+    )
     handler = StoreOnly(nc)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(handler, loop=loop, data_size_limit=10 * 1024 * 1024, enable_SMTPUTF8=True, decode_data=False,
-                     hostname="localhost", ident="bench baseline"),
-        "127.0.0.1", port,
+        lambda: SMTP(
+            handler,
+            loop=loop,
+            data_size_limit=10 * 1024 * 1024,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname="localhost",
+            ident="bench baseline",
+        ),
+        "127.0.0.1",
+        port,
     )
     print("ready", flush=True)
     await stop.wait()

@@ -119,9 +119,17 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
                     if options.profile is not None:
                         options.profile.mkdir(parents=True, exist_ok=True)
                     bench = Bench(
-                        url=url, nc=nc, client=MeshClient(nc), model=model, sizes=sizes, progress=progress,
-                        run_id=os.urandom(3).hex(), workdir=workdir, profile_dir=options.profile,
-                        raw_pid=raw.pid, worker_pid=worker.pid,
+                        url=url,
+                        nc=nc,
+                        client=MeshClient(nc),
+                        model=model,
+                        sizes=sizes,
+                        progress=progress,
+                        run_id=os.urandom(3).hex(),
+                        workdir=workdir,
+                        profile_dir=options.profile,
+                        raw_pid=raw.pid,
+                        worker_pid=worker.pid,
                         server_pid=server.process.pid if server is not None and server.process else None,
                     )
                     bench.watch(worker, "worker")
@@ -189,10 +197,14 @@ def render_table(report: dict[str, Any]) -> str:
         if extras:
             lines.append(" " * 12 + ", ".join(f"{k}={v}" for k, v in extras.items()))
         if "responder_cpu_us_per_op" in mesh:
-            lines.append(" " * 12 + "CPU us/op caller/responder/server: " + "  ".join(
-                f"{side} " + "/".join(f"{r[side].get(f'{role}_cpu_us_per_op', '-')}" for role in CPU_ROLES)
-                for side in ("raw", "mesh")
-            ))
+            lines.append(
+                " " * 12
+                + "CPU us/op caller/responder/server: "
+                + "  ".join(
+                    f"{side} " + "/".join(f"{r[side].get(f'{role}_cpu_us_per_op', '-')}" for role in CPU_ROLES)
+                    for side in ("raw", "mesh")
+                )
+            )
         for side in ("raw", "mesh"):
             if r[side].get("first_error"):
                 lines.append(" " * 12 + f"{side} first error: {r[side]['first_error'][:200]}")

@@ -57,8 +57,17 @@ def scaled(sizes: Sizes, factor: float) -> Sizes:
     """`sizes` with every count multiplied by `factor` (at least 1); delays unchanged."""
     counts = {
         f: max(1, round(getattr(sizes, f) * factor))
-        for f in ("invoke_c1", "invoke_c64", "turn_instances", "turn_ops", "hot_ops", "activations", "slow_instances",
-                  "http_ops", "mail_ops")
+        for f in (
+            "invoke_c1",
+            "invoke_c64",
+            "turn_instances",
+            "turn_ops",
+            "hot_ops",
+            "activations",
+            "slow_instances",
+            "http_ops",
+            "mail_ops",
+        )
     }
     return replace(sizes, **counts)
 
@@ -80,9 +89,15 @@ class Result:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "scenario": self.scenario, "case": self.case, "unit": self.unit, "ratio": self.ratio,
+            "scenario": self.scenario,
+            "case": self.case,
+            "unit": self.unit,
+            "ratio": self.ratio,
             "p50_ratio": round(self.mesh.p50_ms / self.raw.p50_ms, 3) if self.raw.p50_ms else None,
-            "raw": self.raw.as_dict(), "mesh": self.mesh.as_dict(), "target": self.target, "met": self.met,
+            "raw": self.raw.as_dict(),
+            "mesh": self.mesh.as_dict(),
+            "target": self.target,
+            "met": self.met,
             **({"notes": self.notes} if self.notes else {}),
         }
 
@@ -105,9 +120,7 @@ class Bench:
     profile_dir: Path | None = None
     recorders: list[Any] = field(default_factory=list)
 
-    async def drive(
-        self, op: Op, total: int, concurrency: int, label: str, responder: int, offset: int = 0
-    ) -> Measure:
+    async def drive(self, op: Op, total: int, concurrency: int, label: str, responder: int, offset: int = 0) -> Measure:
         """`load.drive` with CPU probes on the caller (this process), `responder` and nats-server."""
         cpu = {"caller": time.process_time, "responder": lambda: process_cpu(responder)}
         if self.server_pid is not None:
@@ -115,8 +128,17 @@ class Bench:
             cpu["server"] = lambda: process_cpu(server)
         return await drive(op, total, concurrency, self.progress, label, cpu=cpu, offset=offset)
 
-    async def pair(self, raw_op: Op, mesh_op: Op, total: int, concurrency: int, label: str, *,
-                   raw_pid: int | None = None, mesh_pid: int | None = None) -> tuple[Measure, Measure]:
+    async def pair(
+        self,
+        raw_op: Op,
+        mesh_op: Op,
+        total: int,
+        concurrency: int,
+        label: str,
+        *,
+        raw_pid: int | None = None,
+        mesh_pid: int | None = None,
+    ) -> tuple[Measure, Measure]:
         """Both sides of one case, in `ROUNDS` alternating rounds (raw, mesh, raw, mesh, ...).
 
         A shared VM's speed drifts by tens of percent over seconds; alternating puts both sides
@@ -132,9 +154,7 @@ class Bench:
             count = total // rounds + (1 if r < total % rounds else 0)
             tag = f" ({r + 1}/{rounds})" if rounds > 1 else ""
             raws.append(await self.drive(raw_op, count, concurrency, f"{label} raw{tag}", raw_pid or self.raw_pid, start))
-            meshes.append(await self.drive(
-                mesh_op, count, concurrency, f"{label} mesh{tag}", mesh_pid or self.worker_pid, start
-            ))
+            meshes.append(await self.drive(mesh_op, count, concurrency, f"{label} mesh{tag}", mesh_pid or self.worker_pid, start))
             start += count
         return merge(raws), merge(meshes)
 
@@ -215,15 +235,21 @@ async def hot(b: Bench) -> list[Result]:
 async def activation(b: Bench) -> list[Result]:
     n = b.sizes.activations
     worker = await procs.start_worker(
-        b.url, "mesh.bench.agents:ACTIVATION_AGENTS", b.workdir / "worker-activation.log",
+        b.url,
+        "mesh.bench.agents:ACTIVATION_AGENTS",
+        b.workdir / "worker-activation.log",
         env={"MESH_IDLE_TIMEOUT": str(b.sizes.idle_timeout)},
     )
     recorder = b.watch(worker, "worker-activation")
     try:
         rss_start, _ = worker.memory_mb()
         raw, mesh = await b.pair(
-            lambda i: b.raw(f"turn.a{b.run_id}-{i}", BUMP), lambda i: b.mesh("bench-act", f"a{b.run_id}-{i}", BUMP),
-            n, 64, f"activation {n}", mesh_pid=worker.pid,
+            lambda i: b.raw(f"turn.a{b.run_id}-{i}", BUMP),
+            lambda i: b.mesh("bench-act", f"a{b.run_id}-{i}", BUMP),
+            n,
+            64,
+            f"activation {n}",
+            mesh_pid=worker.pid,
         )
         rss_end, rss_peak = worker.memory_mb()
         evicted = await _wait_evicted(b, "bench-act", timeout=b.sizes.idle_timeout * 2 + 30)
@@ -233,9 +259,12 @@ async def activation(b: Bench) -> list[Result]:
         b.unwatch(recorder)
         worker.stop()
     notes = {
-        "worker_rss_start_mb": round(rss_start, 1), "worker_rss_end_mb": round(rss_end, 1),
-        "worker_peak_rss_mb": round(rss_peak, 1), "worker_rss_after_eviction_mb": round(rss_idle, 1),
-        "evicted_all": evicted, "idle_timeout_s": b.sizes.idle_timeout,
+        "worker_rss_start_mb": round(rss_start, 1),
+        "worker_rss_end_mb": round(rss_end, 1),
+        "worker_peak_rss_mb": round(rss_peak, 1),
+        "worker_rss_after_eviction_mb": round(rss_idle, 1),
+        "evicted_all": evicted,
+        "idle_timeout_s": b.sizes.idle_timeout,
     }
     met = mesh.ops_per_s >= 5000 and rss_peak <= 300 and rss_idle <= 150 and evicted
     target = ">= 5,000 first touches/s; peak RSS <= 300 MB; <= 150 MB after eviction"
@@ -281,8 +310,9 @@ async def http(b: Bench) -> list[Result]:
     """The HTTP bridge (`mesh http`) against a minimal Starlette route making the same NATS request."""
     n, concurrency = b.sizes.http_ops, 64
     mesh_port, raw_port = free_port(), free_port()
-    bridge = procs.Child(["mesh", "http", "--http", f"127.0.0.1:{mesh_port}"], b.workdir / "http-bridge.log",
-                         env=procs.service_env(b.url))
+    bridge = procs.Child(
+        ["mesh", "http", "--http", f"127.0.0.1:{mesh_port}"], b.workdir / "http-bridge.log", env=procs.service_env(b.url)
+    )
     base = procs.Child(["mesh.bench.raw_fronts", "http", b.url, str(raw_port)], b.workdir / "http-raw.log")
     raw_pool, mesh_pool = HttpPool("127.0.0.1", raw_port, concurrency), HttpPool("127.0.0.1", mesh_port, concurrency)
     path = "/agents/bench-echo/b"
@@ -294,8 +324,7 @@ async def http(b: Bench) -> list[Result]:
         same = orjson.loads(await _until_serving(raw_op, base)) == orjson.loads(await _until_serving(mesh_op, bridge))
         await drive(raw_op, 100, 8, b.progress, "http warm-up raw")
         await drive(mesh_op, 100, 8, b.progress, "http warm-up mesh")
-        raw, mesh = await b.pair(raw_op, mesh_op, n, concurrency, f"http c={concurrency}",
-                                 raw_pid=base.pid, mesh_pid=bridge.pid)
+        raw, mesh = await b.pair(raw_op, mesh_op, n, concurrency, f"http c={concurrency}", raw_pid=base.pid, mesh_pid=bridge.pid)
         base.check_alive()
         bridge.check_alive()
     finally:
@@ -314,7 +343,8 @@ async def mail(b: Bench) -> list[Result]:
     n, sessions = b.sizes.mail_ops, 8
     mesh_port, raw_port = free_port(), free_port()
     service = procs.Child(
-        ["mesh", "smtp", "--listen", f"127.0.0.1:{mesh_port}"], b.workdir / "smtp-mesh.log",
+        ["mesh", "smtp", "--listen", f"127.0.0.1:{mesh_port}"],
+        b.workdir / "smtp-mesh.log",
         env={**procs.service_env(b.url), "MESH_SMTP_PROCESS": "false", "MESH_SMTP_AGENT_TYPES": "bench-echo"},
     )
     base = procs.Child(["mesh.bench.raw_fronts", "smtp", b.url, str(raw_port)], b.workdir / "smtp-raw.log")
@@ -330,8 +360,9 @@ async def mail(b: Bench) -> list[Result]:
         await drive(raw_op, 20, sessions, b.progress, "mail warm-up raw")
         first_seq = (await js.stream_info(subjects.MAIL_INBOUND_STREAM)).state.last_seq + 1
         await drive(mesh_op, 20, sessions, b.progress, "mail warm-up mesh")
-        raw, mesh = await b.pair(raw_op, mesh_op, n, sessions, f"mail {sessions} sessions",
-                                 raw_pid=base.pid, mesh_pid=service.pid)
+        raw, mesh = await b.pair(
+            raw_op, mesh_op, n, sessions, f"mail {sessions} sessions", raw_pid=base.pid, mesh_pid=service.pid
+        )
         info = await js.stream_info(subjects.MAIL_INBOUND_STREAM)
         stored = info.state.last_seq - first_seq + 1
         base.check_alive()

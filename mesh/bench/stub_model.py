@@ -11,8 +11,12 @@ import asyncio
 
 import orjson
 
-_REPLY = orjson.dumps({"object": "chat.completion", "choices": [{"index": 0, "message": {
-    "role": "assistant", "content": "ok"}, "finish_reason": "stop"}]})
+_REPLY = orjson.dumps(
+    {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    }
+)
 
 
 class StubModel:

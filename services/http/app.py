@@ -62,11 +62,15 @@ def create_app(config: BridgeConfig, *, nats: bus.NatsOptions | None = None, nc:
     auth = Auth(config.tokens, config.ticket_ttl)
     middleware = [Middleware(MetricsMiddleware)]
     if config.cors_origins:
-        middleware.append(Middleware(
-            CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer", "Last-Event-ID"],
-            expose_headers=["Location", "Retry-After", "Preference-Applied", "Idempotent-Replayed"],
-        ))
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer", "Last-Event-ID"],
+                expose_headers=["Location", "Retry-After", "Preference-Applied", "Idempotent-Replayed"],
+            )
+        )
     middleware.append(Middleware(AuthMiddleware, auth=auth, cors_origins=config.cors_origins))
     app = Starlette(
         routes=[

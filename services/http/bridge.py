@@ -119,6 +119,7 @@ class Bridge:
         limits = EventsLimits(max_age=float(self.config.events_max_age), max_bytes=256 * 1024 * 1024)
         return await ensure_events_stream(js, limits, name=self.config.events_stream)
 
+
 def _admits_op(schema: Any, op: str) -> bool:
     """Whether any object in `schema` (including its `$defs`) has an `op` property of constant `op`."""
     if isinstance(schema, dict):
@@ -174,4 +175,3 @@ async def _open_ttl_bucket(nc: Client, name: str, ttl: int) -> KeyValue:
         return await js.key_value(name)
     except (nats.errors.TimeoutError, jse.ServiceUnavailableError) as exc:
         raise Unavailable(f"JetStream did not create bucket {name}: {exc}") from exc
-

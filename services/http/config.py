@@ -63,10 +63,17 @@ def read_tokens(settings: MeshSettings) -> tuple[str, ...]:
 def config_from_settings(settings: MeshSettings, listen: tuple[str, int] | None = None) -> BridgeConfig:
     host, port = listen or parse_listen(settings.http) or ("127.0.0.1", 8080)
     return BridgeConfig(
-        host=host, port=port, tokens=read_tokens(settings),
+        host=host,
+        port=port,
+        tokens=read_tokens(settings),
         cors_origins=tuple(o.strip().rstrip("/") for o in settings.http_cors_origins.split(",") if o.strip()),
-        max_body=settings.http_max_body, timeout=settings.http_timeout, async_timeout=settings.http_async_timeout,
-        idempotency_ttl=settings.http_idempotency_ttl, runs_ttl=settings.http_runs_ttl,
-        ticket_ttl=settings.http_ticket_ttl, heartbeat=settings.http_heartbeat,
-        events_stream=settings.http_events_stream, events_max_age=settings.http_events_max_age,
+        max_body=settings.http_max_body,
+        timeout=settings.http_timeout,
+        async_timeout=settings.http_async_timeout,
+        idempotency_ttl=settings.http_idempotency_ttl,
+        runs_ttl=settings.http_runs_ttl,
+        ticket_ttl=settings.http_ticket_ttl,
+        heartbeat=settings.http_heartbeat,
+        events_stream=settings.http_events_stream,
+        events_max_age=settings.http_events_max_age,
     )

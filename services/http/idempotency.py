@@ -68,8 +68,10 @@ class IdempotencyStore:
         headers = {k: v for k, v in stored["headers"].items() if k != "content-type"}
         headers[REPLAYED_HEADER] = "true"
         return Response(
-            base64.b64decode(stored["body"]), status_code=stored["status"],
-            media_type=stored["headers"].get("content-type"), headers=headers,
+            base64.b64decode(stored["body"]),
+            status_code=stored["status"],
+            media_type=stored["headers"].get("content-type"),
+            headers=headers,
         )
 
     async def finish(self, claim: Claim, response: Response) -> None:

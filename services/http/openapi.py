@@ -13,20 +13,27 @@ from services.http.bridge import AgentType
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 PROBLEM_RESPONSE = {
-    "description": "an error (RFC 9457 problem details)", "content": {"application/problem+json": {"schema": PROBLEM}},
+    "description": "an error (RFC 9457 problem details)",
+    "content": {"application/problem+json": {"schema": PROBLEM}},
 }
 NAME = {
-    "name": "name", "in": "path", "required": True,
+    "name": "name",
+    "in": "path",
+    "required": True,
     "description": "instance name: any text of 1 to 256 characters without '/' (percent-encoded in the URL)",
     "schema": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^/]+$"},
 }
 IDEMPOTENCY_KEY = {
-    "name": "Idempotency-Key", "in": "header", "required": False,
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
     "description": "a retried POST with the same key returns the first response and does not run again",
     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
 }
 PREFER = {
-    "name": "Prefer", "in": "header", "required": False,
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
     "description": "respond-async: reply 202 at once with a Location to poll; wait=N: wait at most N seconds",
     "schema": {"type": "string", "enum": ["respond-async"]},
 }
@@ -36,12 +43,16 @@ ACCEPTED = {
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Run"}}},
 }
 RUN = {
-    "type": "object", "required": ["id", "status", "agent"],
+    "type": "object",
+    "required": ["id", "status", "agent"],
     "properties": {
-        "id": {"type": "string"}, "status": {"enum": ["pending", "succeeded", "failed"]},
+        "id": {"type": "string"},
+        "status": {"enum": ["pending", "succeeded", "failed"]},
         "agent": {"type": "object", "properties": {"type": {"type": "string"}, "name": {"type": "string"}}},
-        "created_at": {"type": "number"}, "finished_at": {"type": "number"},
-        "result": {}, "problem": PROBLEM,
+        "created_at": {"type": "number"},
+        "finished_at": {"type": "number"},
+        "result": {},
+        "problem": PROBLEM,
     },
 }
 
@@ -76,97 +87,198 @@ def _rewrite(node: Any, prefix: str) -> Any:
 def build_openapi(types: list[AgentType], *, auth: bool) -> dict[str, Any]:
     components: dict[str, Any] = {
         "Problem": {
-            "type": "object", "required": ["type", "title", "status", "code"],
+            "type": "object",
+            "required": ["type", "title", "status", "code"],
             "properties": {
-                "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-                "detail": {"type": "string"}, "code": {"type": "string"}, "instance": {"type": "string"},
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "code": {"type": "string"},
+                "instance": {"type": "string"},
             },
         },
         "Run": RUN,
     }
     names = [t.type for t in types]
     type_param = {
-        "name": "type", "in": "path", "required": True, "description": "agent type",
+        "name": "type",
+        "in": "path",
+        "required": True,
+        "description": "agent type",
         "schema": {"type": "string", "enum": names} if names else {"type": "string", "pattern": subjects.TYPE_PATTERN.pattern},
     }
     paths: dict[str, Any] = {
-        "/agents": {"get": {
-            "summary": "List the agent types being served ($SRV.INFO)", "operationId": "listTypes",
-            "responses": {"200": _json({"type": "object", "properties": {"types": {"type": "array", "items": {
-                "type": "object", "properties": {"type": {"type": "string"}, "workers": {"type": "integer"},
-                                                 "description": {"type": "string"}}}}}}),
-                          "default": PROBLEM_RESPONSE},
-        }},
-        "/agents/{type}": {"get": {
-            "summary": "List the stored instances of a type (keys of KV mesh_state)", "operationId": "listInstances",
-            "parameters": [type_param],
-            "responses": {"200": _json({"type": "object", "properties": {
-                "type": {"type": "string"}, "instances": {"type": "array", "items": {"type": "string"}}}}),
-                          "default": PROBLEM_RESPONSE},
-        }},
-        "/agents/{type}/{name}/state": {"get": {
-            "summary": "Read an instance's stored state", "operationId": "getState",
-            "parameters": [type_param, NAME],
-            "responses": {"200": _json({"type": "object", "properties": {
-                "type": {"type": "string"}, "name": {"type": "string"}, "revision": {"type": "integer"}, "state": {}}}),
-                          "default": PROBLEM_RESPONSE},
-        }},
-        "/agents/{type}/{name}/events": {"get": {
-            "summary": "Live state and events as Server-Sent Events (resume with Last-Event-ID)",
-            "operationId": "streamEvents", "parameters": [type_param, NAME],
-            "responses": {"200": {"description": "event stream",
-                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                          "default": PROBLEM_RESPONSE},
-        }},
-        "/agents/{type}/{name}/approvals": {"get": {
-            "summary": "List an instance's pending approvals and recent decisions ({\"op\": \"approvals\"})",
-            "operationId": "listApprovals", "parameters": [type_param, NAME],
-            "responses": {"200": _json({"type": "object", "properties": {
-                "pending": {"type": "array"}, "decisions": {"type": "array"}}}),
-                          "default": PROBLEM_RESPONSE},
-        }},
-        "/agents/{type}/{name}/approvals/{id}/{decision}": {"post": {
-            "summary": "Approve or reject a pending approval ({\"op\": \"approve\"|\"reject\", ...})",
-            "operationId": "decideApproval",
-            "parameters": [type_param, NAME,
-                           {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[^/]+$"}},
-                           {"name": "decision", "in": "path", "required": True, "schema": {"enum": ["approve", "reject"]}},
-                           PREFER],
-            "requestBody": {"required": False, "content": {"application/json": {"schema": {
-                "type": "object", "properties": {"reason": {"type": "string"}}, "additionalProperties": False}}}},
-            "responses": {"200": _json({}), "202": ACCEPTED, "default": PROBLEM_RESPONSE},
-        }},
-        "/runs/{id}": {"get": {
-            "summary": "Poll a run started with Prefer: respond-async", "operationId": "getRun",
-            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": _json({"$ref": "#/components/schemas/Run"}, "finished"),
-                          "202": _json({"$ref": "#/components/schemas/Run"}, "still running"),
-                          "default": PROBLEM_RESPONSE},
-        }},
-        "/auth/tickets": {"post": {
-            "summary": "A short-lived ticket for EventSource/WebSocket (?ticket=)", "operationId": "createTicket",
-            "responses": {"200": _json({"type": "object", "properties": {
-                "ticket": {"type": "string"}, "expires_in": {"type": "integer"}}}), "default": PROBLEM_RESPONSE},
-        }},
-        "/healthz": {"get": {"summary": "Liveness", "operationId": "health", "security": [],
-                             "responses": {"200": _json({"type": "object"}), "default": PROBLEM_RESPONSE}}},
+        "/agents": {
+            "get": {
+                "summary": "List the agent types being served ($SRV.INFO)",
+                "operationId": "listTypes",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "types": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "type": {"type": "string"},
+                                            "workers": {"type": "integer"},
+                                            "description": {"type": "string"},
+                                        },
+                                    },
+                                }
+                            },
+                        }
+                    ),
+                    "default": PROBLEM_RESPONSE,
+                },
+            }
+        },
+        "/agents/{type}": {
+            "get": {
+                "summary": "List the stored instances of a type (keys of KV mesh_state)",
+                "operationId": "listInstances",
+                "parameters": [type_param],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "type": {"type": "string"},
+                                "instances": {"type": "array", "items": {"type": "string"}},
+                            },
+                        }
+                    ),
+                    "default": PROBLEM_RESPONSE,
+                },
+            }
+        },
+        "/agents/{type}/{name}/state": {
+            "get": {
+                "summary": "Read an instance's stored state",
+                "operationId": "getState",
+                "parameters": [type_param, NAME],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "type": {"type": "string"},
+                                "name": {"type": "string"},
+                                "revision": {"type": "integer"},
+                                "state": {},
+                            },
+                        }
+                    ),
+                    "default": PROBLEM_RESPONSE,
+                },
+            }
+        },
+        "/agents/{type}/{name}/events": {
+            "get": {
+                "summary": "Live state and events as Server-Sent Events (resume with Last-Event-ID)",
+                "operationId": "streamEvents",
+                "parameters": [type_param, NAME],
+                "responses": {
+                    "200": {"description": "event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    "default": PROBLEM_RESPONSE,
+                },
+            }
+        },
+        "/agents/{type}/{name}/approvals": {
+            "get": {
+                "summary": 'List an instance\'s pending approvals and recent decisions ({"op": "approvals"})',
+                "operationId": "listApprovals",
+                "parameters": [type_param, NAME],
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "properties": {"pending": {"type": "array"}, "decisions": {"type": "array"}}}
+                    ),
+                    "default": PROBLEM_RESPONSE,
+                },
+            }
+        },
+        "/agents/{type}/{name}/approvals/{id}/{decision}": {
+            "post": {
+                "summary": 'Approve or reject a pending approval ({"op": "approve"|"reject", ...})',
+                "operationId": "decideApproval",
+                "parameters": [
+                    type_param,
+                    NAME,
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[^/]+$"}},
+                    {"name": "decision", "in": "path", "required": True, "schema": {"enum": ["approve", "reject"]}},
+                    PREFER,
+                ],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"reason": {"type": "string"}},
+                                "additionalProperties": False,
+                            }
+                        }
+                    },
+                },
+                "responses": {"200": _json({}), "202": ACCEPTED, "default": PROBLEM_RESPONSE},
+            }
+        },
+        "/runs/{id}": {
+            "get": {
+                "summary": "Poll a run started with Prefer: respond-async",
+                "operationId": "getRun",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Run"}, "finished"),
+                    "202": _json({"$ref": "#/components/schemas/Run"}, "still running"),
+                    "default": PROBLEM_RESPONSE,
+                },
+            }
+        },
+        "/auth/tickets": {
+            "post": {
+                "summary": "A short-lived ticket for EventSource/WebSocket (?ticket=)",
+                "operationId": "createTicket",
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "properties": {"ticket": {"type": "string"}, "expires_in": {"type": "integer"}}}
+                    ),
+                    "default": PROBLEM_RESPONSE,
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness",
+                "operationId": "health",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}), "default": PROBLEM_RESPONSE},
+            }
+        },
     }
     for agent in types:
         request = _hoist(agent.request_schema, f"{agent.type}_request", components)
         reply = _hoist(agent.reply_schema, f"{agent.type}_reply", components)
-        paths[f"/agents/{agent.type}/{{name}}"] = {"post": {
-            "summary": f"Send a request to agents.{agent.type}.<name> and return the reply",
-            "description": agent.description or f"agent type {agent.type}",
-            "operationId": f"call_{agent.type}".replace("-", "_"),
-            "parameters": [NAME, IDEMPOTENCY_KEY, PREFER],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
-            "responses": {"200": _json(reply, "the agent's reply"), "202": ACCEPTED,
-                          "default": PROBLEM_RESPONSE},
-        }}
+        paths[f"/agents/{agent.type}/{{name}}"] = {
+            "post": {
+                "summary": f"Send a request to agents.{agent.type}.<name> and return the reply",
+                "description": agent.description or f"agent type {agent.type}",
+                "operationId": f"call_{agent.type}".replace("-", "_"),
+                "parameters": [NAME, IDEMPOTENCY_KEY, PREFER],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
+                "responses": {"200": _json(reply, "the agent's reply"), "202": ACCEPTED, "default": PROBLEM_RESPONSE},
+            }
+        }
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {"title": "agent-mesh HTTP bridge", "version": __version__,
-                 "description": "Routes mirror NATS subjects; see subjects.md."},
+        "info": {
+            "title": "agent-mesh HTTP bridge",
+            "version": __version__,
+            "description": "Routes mirror NATS subjects; see subjects.md.",
+        },
         "paths": paths,
         "components": {"schemas": components},
     }

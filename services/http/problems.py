@@ -47,8 +47,10 @@ def problem_headers(err: MeshError) -> dict[str, str]:
 def problem(err: MeshError, instance: str | None = None) -> Response:
     status = err.status if 400 <= err.status <= 599 else 500
     return Response(
-        orjson.dumps(problem_body(err, instance)), status_code=status,
-        media_type=PROBLEM_TYPE, headers=problem_headers(err),
+        orjson.dumps(problem_body(err, instance)),
+        status_code=status,
+        media_type=PROBLEM_TYPE,
+        headers=problem_headers(err),
     )
 
 

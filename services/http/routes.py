@@ -136,7 +136,8 @@ async def _run_or_start(
         bridge.spawn(_finish_run(bridge, runs, record, body))
         location = f"/runs/{record['id']}"
         return JSONResponse(
-            record, status_code=202,
+            record,
+            status_code=202,
             headers={"Location": location, "Preference-Applied": "respond-async", "Retry-After": "1"},
         )
     timeout = min(prefer.wait, bridge.config.timeout) if prefer.wait else bridge.config.timeout
@@ -171,16 +172,17 @@ async def get_state(request: Request) -> Response:
         raise NotFound(f"{agent_type}/{name} has no stored state")
     value, revision = found
     body = b'{"type":%s,"name":%s,"revision":%d,"state":%s}' % (
-        orjson.dumps(agent_type), orjson.dumps(name), revision, value,
+        orjson.dumps(agent_type),
+        orjson.dumps(name),
+        revision,
+        value,
     )
     return Response(body, media_type=JSON)
 
 
 async def list_types(request: Request) -> Response:
     types = await bridge_of(request).types()
-    return JSONResponse({
-        "types": [{"type": t.type, "workers": len(t.workers), "description": t.description} for t in types]
-    })
+    return JSONResponse({"types": [{"type": t.type, "workers": len(t.workers), "description": t.description} for t in types]})
 
 
 async def list_instances(request: Request) -> Response:
@@ -206,8 +208,9 @@ async def decide_approval(request: Request) -> Response:
     if decision not in ("approve", "reject"):
         raise NotFound(f"no route for POST {request.url.path[:200]}")
     body = orjson.loads(await read_json_body(request, bridge.max_body))
-    if body is not None and not (isinstance(body, dict) and set(body) <= {"reason"}
-                                 and isinstance(body.get("reason"), str | None)):
+    if body is not None and not (
+        isinstance(body, dict) and set(body) <= {"reason"} and isinstance(body.get("reason"), str | None)
+    ):
         raise RequestError('body must be empty or {"reason": "<text>"}')
     if not await bridge.supports_approvals(agent_type):
         raise NotFound(f"agent type {agent_type} has no approvals")

@@ -33,7 +33,9 @@ class RunStore:
 
     async def create(self, run_id: str, agent_type: str, name: str) -> dict[str, Any]:
         record = {
-            "id": run_id, "status": "pending", "agent": {"type": agent_type, "name": name},
+            "id": run_id,
+            "status": "pending",
+            "agent": {"type": agent_type, "name": name},
             "created_at": time.time(),
         }
         await self.kv.create(run_id, orjson.dumps(record))

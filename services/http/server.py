@@ -24,10 +24,19 @@ class EmbeddedServer(uvicorn.Server):
 
 def build_server(config: BridgeConfig, nats: bus.NatsOptions) -> EmbeddedServer:
     app = create_app(config, nats=nats)
-    return EmbeddedServer(uvicorn.Config(
-        app, host=config.host, port=config.port, log_config=None, access_log=False,
-        lifespan="on", ws="websockets-sansio", timeout_graceful_shutdown=3, ws_ping_interval=20.0,
-    ))
+    return EmbeddedServer(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            ws="websockets-sansio",
+            timeout_graceful_shutdown=3,
+            ws_ping_interval=20.0,
+        )
+    )
 
 
 async def serve_http(config: BridgeConfig, nats: bus.NatsOptions, stop: asyncio.Event) -> None:

@@ -45,7 +45,9 @@ async def sse(request: Request) -> StreamingResponse:
                     yield b": ping\n\n"
                     continue
                 yield b"id: %s\nevent: %s\ndata: %s\n\n" % (
-                    str(message.cursor).encode(), message.kind.encode(), orjson.dumps(message.data),
+                    str(message.cursor).encode(),
+                    message.kind.encode(),
+                    orjson.dumps(message.data),
                 )
         finally:
             # On disconnect this generator is cancelled, and awaits here would be cancelled too:
@@ -53,7 +55,8 @@ async def sse(request: Request) -> StreamingResponse:
             bridge.spawn(feed.aclose())
 
     return StreamingResponse(
-        body(), media_type="text/event-stream",
+        body(),
+        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 

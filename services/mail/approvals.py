@@ -47,15 +47,26 @@ class MailApprovals:
         if not approvals:
             return
         if not self.config.approvers or self.config.secret is None:
-            log.info("mail.approval_not_mailed", agent_type=agent_type, agent_name=name,
-                     reason="no MESH_SMTP_APPROVERS or MESH_SMTP_SECRET configured")
+            log.info(
+                "mail.approval_not_mailed",
+                agent_type=agent_type,
+                agent_name=name,
+                reason="no MESH_SMTP_APPROVERS or MESH_SMTP_SECRET configured",
+            )
             return
         for approval in approvals:
             approval_id = str(approval["id"])
-            await self.store.put_record("approval", short_hash(agent_type, name, approval_id), {
-                "requester": mail.sender, "message_id": mail.message_id, "references": mail.references,
-                "subject": mail.subject, "at": time.time(),
-            })
+            await self.store.put_record(
+                "approval",
+                short_hash(agent_type, name, approval_id),
+                {
+                    "requester": mail.sender,
+                    "message_id": mail.message_id,
+                    "references": mail.references,
+                    "subject": mail.subject,
+                    "at": time.time(),
+                },
+            )
             token = sign_token(self.config.secret, agent_type, name, approval_id)
             text = (
                 f"{agent_type}/{name} wants to call the tool `{approval.get('tool')}` with:\n\n"
@@ -68,12 +79,20 @@ class MailApprovals:
             for approver in self.config.approvers:
                 message = new_message(
                     from_address=agent_address(agent_type, name, self.config.domain, token),
-                    from_name=f"{agent_type.capitalize()} approvals", to=approver, domain=self.config.domain,
-                    subject=f"Approval needed: {approval.get('tool')} for {agent_type}/{name}", text=text,
+                    from_name=f"{agent_type.capitalize()} approvals",
+                    to=approver,
+                    domain=self.config.domain,
+                    subject=f"Approval needed: {approval.get('tool')} for {agent_type}/{name}",
+                    text=text,
                 )
                 await self.outbox.enqueue(message, short_hash("approval", approval_id, approver))
-            log.info("mail.approval_requested", agent_type=agent_type, agent_name=name, approval_id=approval_id,
-                     approvers=list(self.config.approvers))
+            log.info(
+                "mail.approval_requested",
+                agent_type=agent_type,
+                agent_name=name,
+                approval_id=approval_id,
+                approvers=list(self.config.approvers),
+            )
 
     async def handle_reply(self, route: Route, name: str, mail: InboundEmail) -> str:
         """Decide an approval from a reply to an approval mail; returns the outcome recorded for dedupe."""
@@ -99,8 +118,9 @@ class MailApprovals:
         decision, reason = match.group(1).lower(), match.group(2).strip() or None
         request = {"op": decision, "id": approval_id, "by": sender, "reason": reason}
         try:
-            body = await self.client.call_raw(subjects.agent_subject(route.agent_type, name), wire.dumps(request),
-                                              timeout=self.config.call_timeout)
+            body = await self.client.call_raw(
+                subjects.agent_subject(route.agent_type, name), wire.dumps(request), timeout=self.config.call_timeout
+            )
         except MeshError as err:
             bound.info("mail.approval_failed", approval_id=approval_id, code=err.code, error=err.message)
             await self._tell(route.agent_type, name, mail, f"Your decision was not applied ({err.code}): {err.message}")
@@ -113,8 +133,13 @@ class MailApprovals:
         return f"{decision}d"
 
     async def _tell(self, agent_type: str, name: str, mail: InboundEmail, text: str) -> None:
-        reply = build_reply(mail, from_address=agent_address(agent_type, name, self.config.domain),
-                            from_name=f"{agent_type.capitalize()} approvals", text=text, domain=self.config.domain)
+        reply = build_reply(
+            mail,
+            from_address=agent_address(agent_type, name, self.config.domain),
+            from_name=f"{agent_type.capitalize()} approvals",
+            text=text,
+            domain=self.config.domain,
+        )
         await self.outbox.enqueue(reply, short_hash("approval-ack", mail.mail_id))
 
     async def _answer_requester(self, agent_type: str, name: str, approval_id: str, answer: str) -> None:
@@ -123,9 +148,14 @@ class MailApprovals:
             return
         record = found[0]
         message = new_message(
-            from_address=agent_address(agent_type, name, self.config.domain), from_name=agent_type.capitalize(),
-            to=record["requester"], subject=reply_subject(record.get("subject") or ""), text=answer,
-            domain=self.config.domain, in_reply_to=record.get("message_id"), references=record.get("references"),
+            from_address=agent_address(agent_type, name, self.config.domain),
+            from_name=agent_type.capitalize(),
+            to=record["requester"],
+            subject=reply_subject(record.get("subject") or ""),
+            text=answer,
+            domain=self.config.domain,
+            in_reply_to=record.get("message_id"),
+            references=record.get("references"),
         )
         message.message.replace_header("Auto-Submitted", "auto-replied")
         await self.outbox.enqueue(message, short_hash("approval-answer", approval_id))

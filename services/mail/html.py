@@ -11,10 +11,35 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
-_BLOCKS = frozenset({
-    "p", "div", "section", "article", "header", "footer", "table", "tr", "ul", "ol", "blockquote", "pre",
-    "h1", "h2", "h3", "h4", "h5", "h6", "hr", "address", "center", "form", "dl", "dt", "dd",
-})
+_BLOCKS = frozenset(
+    {
+        "p",
+        "div",
+        "section",
+        "article",
+        "header",
+        "footer",
+        "table",
+        "tr",
+        "ul",
+        "ol",
+        "blockquote",
+        "pre",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "hr",
+        "address",
+        "center",
+        "form",
+        "dl",
+        "dt",
+        "dd",
+    }
+)
 _SKIP = frozenset({"script", "style", "head", "title", "noscript", "template"})
 
 

@@ -68,8 +68,17 @@ def build_reply(mail: InboundEmail, *, from_address: str, from_name: str, text: 
     return Reply(message, from_address, [mail.sender])
 
 
-def new_message(*, from_address: str, from_name: str, to: str, subject: str, text: str, domain: str,
-                in_reply_to: str | None = None, references: list[str] | None = None) -> Reply:
+def new_message(
+    *,
+    from_address: str,
+    from_name: str,
+    to: str,
+    subject: str,
+    text: str,
+    domain: str,
+    in_reply_to: str | None = None,
+    references: list[str] | None = None,
+) -> Reply:
     """A mail the mesh starts (an approval request), optionally inside an existing thread."""
     message = EmailMessage()
     message["From"] = f"{from_name} <{from_address}>"
@@ -93,8 +102,10 @@ def reply_text(result: Any) -> str | None:
         return result
     if isinstance(result, dict):
         if result.get("status") == "awaiting_approval":
-            return ("Your request needs a person's approval before it can continue. "
-                    "You will get the answer by mail once it is decided.")
+            return (
+                "Your request needs a person's approval before it can continue. "
+                "You will get the answer by mail once it is decided."
+            )
         if "output" in result and "run_id" in result:
             output = result["output"]
             return output if isinstance(output, str) else json.dumps(output, indent=2, ensure_ascii=False)
@@ -113,18 +124,30 @@ class Outbox:
     async def enqueue(self, reply: Reply, dedupe_id: str) -> None:
         envelope = MailEnvelope(mail_id=reply.message_id, mail_from=reply.sender, rcpt_tos=reply.recipients)
         await self.store.js.publish(
-            subjects.MAIL_OUTBOX_SUBJECT, reply.message.as_bytes(), stream=subjects.MAIL_OUTBOX_STREAM,
+            subjects.MAIL_OUTBOX_SUBJECT,
+            reply.message.as_bytes(),
+            stream=subjects.MAIL_OUTBOX_STREAM,
             headers={subjects.HEADER_MAIL_ENVELOPE: envelope.header(), subjects.HEADER_NATS_MSG_ID: dedupe_id},
         )
-        await self.store.put_record("out", _key(reply.message_id), {
-            "status": "queued", "to": reply.recipients, "message_id": reply.message_id, "at": time.time(),
-        })
+        await self.store.put_record(
+            "out",
+            _key(reply.message_id),
+            {
+                "status": "queued",
+                "to": reply.recipients,
+                "message_id": reply.message_id,
+                "at": time.time(),
+            },
+        )
         log.info("mail.reply_queued", message_id=reply.message_id, to=reply.recipients)
 
     async def serve_sending(self) -> None:
         """Deliver queued replies forever (one at a time: replies are few and relays like it that way)."""
         sub = await pull_subscription(
-            self.store.js, subjects.MAIL_OUTBOX_SUBJECT, subjects.MAIL_OUTBOX_STREAM, "mesh_mail_sender",
+            self.store.js,
+            subjects.MAIL_OUTBOX_SUBJECT,
+            subjects.MAIL_OUTBOX_STREAM,
+            "mesh_mail_sender",
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=120.0, max_deliver=-1),
         )
         while True:
@@ -149,15 +172,23 @@ class Outbox:
         host, port = self.config.relay
         try:
             await aiosmtplib.send(
-                msg.data, sender=envelope.mail_from, recipients=envelope.rcpt_tos, hostname=host, port=port,
-                username=self.config.relay_user, password=self.config.relay_password,
-                start_tls=self.config.relay_starttls, use_tls=False, timeout=60,
+                msg.data,
+                sender=envelope.mail_from,
+                recipients=envelope.rcpt_tos,
+                hostname=host,
+                port=port,
+                username=self.config.relay_user,
+                password=self.config.relay_password,
+                start_tls=self.config.relay_starttls,
+                use_tls=False,
+                timeout=60,
             )
         except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused) as exc:
             code = _code(exc)
             if code >= 500:
-                await self.store.put_record("out", _key(envelope.mail_id), {**record, "status": "failed",
-                                                                             "error": f"{code} {exc}"[:500]})
+                await self.store.put_record(
+                    "out", _key(envelope.mail_id), {**record, "status": "failed", "error": f"{code} {exc}"[:500]}
+                )
                 await msg.term()
                 log.warning("mail.reply_failed", message_id=envelope.mail_id, code=code, error=str(exc)[:300])
                 return

@@ -45,14 +45,24 @@ def parse_message(
     from_name, from_address = _first_address(headers.get("From"))
     automatic_reason = automatic_reason_of(headers, sender, from_address, parts)
     return InboundEmail(
-        mail_id=mail_id, sender=sender, from_address=from_address, from_name=from_name, recipients=recipients,
+        mail_id=mail_id,
+        sender=sender,
+        from_address=from_address,
+        from_name=from_name,
+        recipients=recipients,
         to=[a for _, a in email.utils.getaddresses(headers.get_all("To") + headers.get_all("Cc")) if a][:100],
         subject=" ".join((headers.get("Subject") or "").split())[:998],
-        message_id=clean_id(headers.get("Message-ID")), in_reply_to=clean_id(headers.get("In-Reply-To")),
-        references=message_ids(headers.get("References") or "")[-50:], date=headers.get("Date"),
-        text=strip_quoted(full_text), full_text=full_text, attachments=_attachments(parts),
+        message_id=clean_id(headers.get("Message-ID")),
+        in_reply_to=clean_id(headers.get("In-Reply-To")),
+        references=message_ids(headers.get("References") or "")[-50:],
+        date=headers.get("Date"),
+        text=strip_quoted(full_text),
+        full_text=full_text,
+        attachments=_attachments(parts),
         auth=auth_verdict(headers.get_all("Authentication-Results"), trusted_authserv),
-        automatic=automatic_reason is not None, automatic_reason=automatic_reason, defects=defects,
+        automatic=automatic_reason is not None,
+        automatic_reason=automatic_reason,
+        defects=defects,
     )
 
 
@@ -151,6 +161,7 @@ def _first_address(value: str | None) -> tuple[str | None, str | None]:
 
 # -- body -----------------------------------------------------------------------------------------
 
+
 def _body_text(message: EmailMessage, parts: list[Message], defects: list[str]) -> str:
     body: Message | None = None
     try:
@@ -226,10 +237,14 @@ def _attachments(parts: list[Message]) -> list[Attachment]:
             filename = part.get_filename()
         except Exception:
             filename = None
-        found.append(Attachment(
-            filename=str(filename)[:255] if filename else None, content_type=part.get_content_type(),
-            size=len(payload), content_id=clean_id(part.get("Content-ID")) if part.get("Content-ID") else None,
-        ))
+        found.append(
+            Attachment(
+                filename=str(filename)[:255] if filename else None,
+                content_type=part.get_content_type(),
+                size=len(payload),
+                content_id=clean_id(part.get("Content-ID")) if part.get("Content-ID") else None,
+            )
+        )
     return found[:100]
 
 
@@ -268,6 +283,7 @@ def _looks_like_header_block(lines: list[str]) -> bool:
 
 
 # -- loop safety and authentication ---------------------------------------------------------------
+
 
 def automatic_reason_of(headers: _Headers, sender: str, from_address: str | None, parts: list[Message]) -> str | None:
     """Why this mail must get no auto-reply (RFC 3834 and common practice), or None."""

@@ -42,8 +42,7 @@ log = structlog.get_logger("mesh.mail")
 class Processor:
     """Consumes `mesh_mail_in` (durable consumer `mesh_mail_processor`) and answers mail."""
 
-    def __init__(self, store: MailStore, client: MeshClient, outbox: Outbox, config: MailConfig,
-                 resolver: Resolver) -> None:
+    def __init__(self, store: MailStore, client: MeshClient, outbox: Outbox, config: MailConfig, resolver: Resolver) -> None:
         self.store = store
         self.client = client
         self.outbox = outbox
@@ -55,9 +54,13 @@ class Processor:
 
     async def serve(self) -> None:
         sub = await pull_subscription(
-            self.store.js, subjects.MAIL_INBOUND_SUBJECT, subjects.MAIL_INBOUND_STREAM, "mesh_mail_processor",
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.config.ack_wait, max_deliver=-1,
-                                  max_ack_pending=MAX_CONCURRENT * 4),
+            self.store.js,
+            subjects.MAIL_INBOUND_SUBJECT,
+            subjects.MAIL_INBOUND_STREAM,
+            "mesh_mail_processor",
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=self.config.ack_wait, max_deliver=-1, max_ack_pending=MAX_CONCURRENT * 4
+            ),
         )
         inflight: set[asyncio.Task[None]] = set()
         try:
@@ -96,8 +99,13 @@ class Processor:
                     log.warning("mail.unroutable", mail_id=envelope.mail_id, rcpt=rcpt)
                     continue
                 try:
-                    mail = parse_message(raw, mail_id=envelope.mail_id, sender=envelope.mail_from, recipients=[rcpt],
-                                         trusted_authserv=self.config.trusted_authserv)
+                    mail = parse_message(
+                        raw,
+                        mail_id=envelope.mail_id,
+                        sender=envelope.mail_from,
+                        recipients=[rcpt],
+                        trusted_authserv=self.config.trusted_authserv,
+                    )
                 except Unparseable as exc:
                     log.warning("mail.unparseable", mail_id=envelope.mail_id, error=str(exc))
                     continue
@@ -139,8 +147,9 @@ class Processor:
     async def _deliver_once(self, route: Route, name: str, seen: str, mail: InboundEmail) -> None:
         done = await self.store.get_record("seen", seen)
         if done is not None:
-            log.info("mail.duplicate", mail_id=mail.mail_id, message_id=mail.message_id, agent_type=route.agent_type,
-                     agent_name=name)
+            log.info(
+                "mail.duplicate", mail_id=mail.mail_id, message_id=mail.message_id, agent_type=route.agent_type, agent_name=name
+            )
             return
         bound = log.bind(mail_id=mail.mail_id, agent_type=route.agent_type, agent_name=name)
         if route.token is not None:
@@ -149,8 +158,10 @@ class Processor:
             return
         try:
             body = await self.client.call_raw(
-                subjects.agent_subject(route.agent_type, name), mail.model_dump_json().encode(),
-                timeout=self.config.call_timeout, headers={subjects.HEADER_MAIL: "1"},
+                subjects.agent_subject(route.agent_type, name),
+                mail.model_dump_json().encode(),
+                timeout=self.config.call_timeout,
+                headers={subjects.HEADER_MAIL: "1"},
             )
             result = wire.loads(body)
             status = "answered"
@@ -178,8 +189,13 @@ class Processor:
         if reason is not None:
             log.info("mail.reply_suppressed", mail_id=mail.mail_id, reason=reason, sender=mail.sender)
             return
-        reply = build_reply(mail, from_address=agent_address(agent_type, name, self.config.domain),
-                            from_name=agent_type.capitalize(), text=text, domain=self.config.domain)
+        reply = build_reply(
+            mail,
+            from_address=agent_address(agent_type, name, self.config.domain),
+            from_name=agent_type.capitalize(),
+            text=text,
+            domain=self.config.domain,
+        )
         await self.outbox.enqueue(reply, dedupe_id)
 
     async def _keep_alive(self, msg: Msg) -> None:

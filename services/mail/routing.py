@@ -90,6 +90,7 @@ def agent_address(agent_type: str, name: str, domain: str, token: str | None = N
 
 # -- signed tokens ------------------------------------------------------------------------------
 
+
 def sign_token(secret: bytes, agent_type: str, name: str, item: str) -> str:
     """A token naming `item` (an approval id) that only this mesh can make for this instance."""
     if "-" in item or not item:

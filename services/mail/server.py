@@ -86,8 +86,7 @@ class IngestHandler:
             return "554 5.6.0 Message refused: it could not be parsed"
         dedupe_id = short_hash(message_key(message_id, raw), *sorted(r.lower() for r in recipients))
         mail_id = dedupe_id[:32]
-        stored = MailEnvelope(mail_id=mail_id, mail_from=sender, rcpt_tos=recipients, peer=_peer(session),
-                              received=time.time())
+        stored = MailEnvelope(mail_id=mail_id, mail_from=sender, rcpt_tos=recipients, peer=_peer(session), received=time.time())
         try:
             duplicate = await self.store.accept(raw, stored, dedupe_id)
         except StoreUnavailable as exc:
@@ -96,8 +95,15 @@ class IngestHandler:
             return "451 4.3.0 Mail storage is unavailable; try again later"
         self.accepted += 1
         MAIL_MESSAGES.labels("accepted", "duplicate" if duplicate else "stored").inc()
-        log.info("mail.accepted", mail_id=mail_id, sender=sender, rcpts=recipients, size=len(raw),
-                 message_id=message_id, duplicate=duplicate)
+        log.info(
+            "mail.accepted",
+            mail_id=mail_id,
+            sender=sender,
+            rcpts=recipients,
+            size=len(raw),
+            message_id=message_id,
+            duplicate=duplicate,
+        )
         return f"250 2.0.0 Queued as {mail_id}"
 
 
@@ -112,8 +118,11 @@ def smtp_factory(handler: IngestHandler, config: MailConfig) -> Callable[[], SMT
     """A protocol factory for `loop.create_server`: one aiosmtpd `SMTP` per connection."""
     tls = config.tls_context()
     kwargs: dict[str, Any] = {
-        "data_size_limit": config.max_bytes, "enable_SMTPUTF8": True, "decode_data": False,
-        "hostname": config.server_name, "ident": "agent-mesh ESMTP",
+        "data_size_limit": config.max_bytes,
+        "enable_SMTPUTF8": True,
+        "decode_data": False,
+        "hostname": config.server_name,
+        "ident": "agent-mesh ESMTP",
     }
     if tls is not None:
         kwargs.update(tls_context=tls, require_starttls=config.require_tls)

@@ -66,8 +66,9 @@ class MailService:
         await self.stop()
 
     async def start(self) -> None:
-        store = await MailStore.open(self.nc.jetstream(), stream_limit=self.config.stream_limit,
-                                     timeout=self.config.store_timeout)
+        store = await MailStore.open(
+            self.nc.jetstream(), stream_limit=self.config.stream_limit, timeout=self.config.store_timeout
+        )
         types = ServedTypes(self.client, self.config.agent_types)
         self.handler = IngestHandler(self.config, store, self.resolver, types.allowed)
         outbox = Outbox(store, self.config)
@@ -76,19 +77,22 @@ class MailService:
             if self.config.relay is not None:
                 self._spawn(outbox.serve_sending())
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(smtp_factory(self.handler, self.config), self.config.host,
-                                               self.config.port)
-        log.info("mail.started", listen=f"{self.config.host}:{self.port}", domains=list(self.config.domains),
-                 agent_types=list(self.config.agent_types) or "served", process=self.config.process,
-                 relay=f"{self.config.relay[0]}:{self.config.relay[1]}" if self.config.relay else None)
+        self.server = await loop.create_server(smtp_factory(self.handler, self.config), self.config.host, self.config.port)
+        log.info(
+            "mail.started",
+            listen=f"{self.config.host}:{self.port}",
+            domains=list(self.config.domains),
+            agent_types=list(self.config.agent_types) or "served",
+            process=self.config.process,
+            relay=f"{self.config.relay[0]}:{self.config.relay[1]}" if self.config.relay else None,
+        )
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
             self.server = None
         for task in await self._tasks.cancel_all():
-            log.warning("mail.stop_slow", task=repr(task)[:300],
-                        frames=" | ".join(repr(f) for f in task.get_stack(limit=8)))
+            log.warning("mail.stop_slow", task=repr(task)[:300], frames=" | ".join(repr(f) for f in task.get_stack(limit=8)))
         log.info("mail.stopped")
 
     def _spawn(self, coro: Any) -> None:

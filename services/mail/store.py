@@ -87,19 +87,34 @@ class MailStore:
     @classmethod
     async def open(cls, js: JetStreamContext, *, stream_limit: int = 512 * 1024, timeout: float = 5.0) -> MailStore:
         store = cls(js, stream_limit=stream_limit, timeout=timeout)
-        for name, subject in ((subjects.MAIL_INBOUND_STREAM, subjects.MAIL_INBOUND_SUBJECT),
-                              (subjects.MAIL_OUTBOX_STREAM, subjects.MAIL_OUTBOX_SUBJECT)):
-            await bus.ensure_stream(js, StreamConfig(
-                name=name, subjects=[subject], retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
-                discard=DiscardPolicy.NEW, duplicate_window=120.0, description="agent-mesh mail",
-            ))
+        for name, subject in (
+            (subjects.MAIL_INBOUND_STREAM, subjects.MAIL_INBOUND_SUBJECT),
+            (subjects.MAIL_OUTBOX_STREAM, subjects.MAIL_OUTBOX_SUBJECT),
+        ):
+            await bus.ensure_stream(
+                js,
+                StreamConfig(
+                    name=name,
+                    subjects=[subject],
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    storage=StorageType.FILE,
+                    discard=DiscardPolicy.NEW,
+                    duplicate_window=120.0,
+                    description="agent-mesh mail",
+                ),
+            )
         try:
             store.kv = await js.key_value(subjects.MAIL_BUCKET)
         except jse.BucketNotFoundError:
             try:
-                store.kv = await js.create_key_value(KeyValueConfig(
-                    bucket=subjects.MAIL_BUCKET, history=1, storage=StorageType.FILE, direct=True,
-                ))
+                store.kv = await js.create_key_value(
+                    KeyValueConfig(
+                        bucket=subjects.MAIL_BUCKET,
+                        history=1,
+                        storage=StorageType.FILE,
+                        direct=True,
+                    )
+                )
             except jse.BadRequestError:
                 store.kv = await js.key_value(subjects.MAIL_BUCKET)
         return store
@@ -128,7 +143,10 @@ class MailStore:
                 headers[subjects.HEADER_MAIL_OBJECT] = envelope.mail_id
                 body = b""
             ack = await self.js.publish(
-                subjects.MAIL_INBOUND_SUBJECT, body, timeout=self.timeout, headers=headers,
+                subjects.MAIL_INBOUND_SUBJECT,
+                body,
+                timeout=self.timeout,
+                headers=headers,
                 stream=subjects.MAIL_INBOUND_STREAM,
             )
         except Exception as exc:  # timeouts, no JetStream, closed or reconnecting connection
@@ -173,8 +191,9 @@ class MailStore:
         return await self.kv.update(f"{kind}.{key}", data, last=last)
 
 
-async def pull_subscription(js: JetStreamContext, subject: str, stream: str, durable: str,
-                            config: ConsumerConfig) -> JetStreamContext.PullSubscription:
+async def pull_subscription(
+    js: JetStreamContext, subject: str, stream: str, durable: str, config: ConsumerConfig
+) -> JetStreamContext.PullSubscription:
     """Bind (or create) a durable pull consumer, waiting out a NATS outage instead of failing."""
     delay = 0.2
     while True:
@@ -186,5 +205,3 @@ async def pull_subscription(js: JetStreamContext, subject: str, stream: str, dur
             log.warning("mail.subscribe_failed", durable=durable, error=str(exc) or type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-
