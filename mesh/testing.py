@@ -10,13 +10,14 @@ Enable them in a `conftest.py` with `pytest_plugins = ["mesh.testing"]`, then:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import nats.errors
 import orjson
@@ -30,6 +31,67 @@ from mesh.runtime import Runtime, RuntimeOptions
 from mesh.server import NatsServer
 
 RuntimeFactory = Callable[..., Awaitable[Runtime]]
+T = TypeVar("T")
+
+
+@overload
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = ...,  # noqa: ASYNC109 - the failure names the probe's last answer, which asyncio.timeout() cannot
+    interval: float = ...,
+    retry: tuple[type[Exception], ...] = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    probe: Callable[[], T],
+    *,
+    timeout: float = ...,  # noqa: ASYNC109
+    interval: float = ...,
+    retry: tuple[type[Exception], ...] = ...,
+) -> T: ...
+
+
+async def eventually(
+    probe: Callable[[], Any],
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109
+    interval: float = 0.05,
+    retry: tuple[type[Exception], ...] = (),
+) -> Any:
+    """Call `probe` (sync or async) until it returns something truthy, and return that.
+
+    The one way tests wait for a condition: a probe that returns a falsy value or raises
+    AssertionError (or one of `retry`, errors that mean "not yet", such as a read during a leader
+    election) is called again after `interval`. Past `timeout` it fails with AssertionError naming
+    the last failure, so a test that times out says what it was still waiting for. A probe that
+    hangs is cut off at the deadline too.
+    """
+    not_yet: tuple[type[Exception], ...] = (AssertionError, *retry)
+    last = "no answer yet"
+    cause: BaseException | None = None
+    scope = asyncio.timeout(timeout)
+    try:
+        async with scope:
+            while True:
+                try:
+                    value = probe()
+                    if inspect.isawaitable(value):
+                        last = f"the probe was still running (before that: {last})"
+                        value = await value
+                except not_yet as exc:
+                    last, cause = f"{type(exc).__name__}: {exc}", exc
+                else:
+                    if value:
+                        return value
+                    last, cause = f"the probe returned {value!r}", None
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        if not scope.expired():
+            raise
+    raise AssertionError(f"not true within {timeout} s; last: {last}") from cause
 
 
 @pytest_asyncio.fixture
