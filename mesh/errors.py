@@ -25,6 +25,7 @@
     ├── Unavailable             a worker cannot take the turn now; retry           unavailable 503
     ├── MeshTimeout             the deadline passed before a reply                 timeout 504
     ├── ConnectionFailed        cannot reach NATS                                  connection_failed 503
+    ├── NotStored               a stream, bucket, key or message is not stored     not_stored 404
     ├── BadReply                the agent's reply is not JSON                      bad_reply 502
     └── IdempotencyInProgress   HTTP bridge: the first request with this key runs  idempotency_in_progress 409
 
@@ -144,6 +145,13 @@ class MeshTimeout(MeshError):
 class ConnectionFailed(MeshError):
     code = "connection_failed"
     status = 503
+
+
+class NotStored(MeshError):
+    """JetStream has no such stream, bucket, key, object or message (mapped from its 404s)."""
+
+    code = "not_stored"
+    status = 404
 
 
 class Unauthorized(RequestError):
