@@ -15,13 +15,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import nats.errors
 import orjson
-import pytest
 import pytest_asyncio
 
 from mesh import bus
@@ -164,7 +163,10 @@ async def wait_serving(url: str, agent_types: Sequence[str], worker_id: str, tim
 
 
 class WorkerProcess:
-    """A `mesh worker` child process whose stderr (JSON logs) goes to a file."""
+    """A `mesh worker` child process whose stderr (JSON logs) goes to a file.
+
+    Its waits are async (an async test must not block its loop while a worker starts or stops).
+    """
 
     def __init__(self, url: str, app: str, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
@@ -181,47 +183,59 @@ class WorkerProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_started(self, timeout: float = 20.0) -> None:
-        import time
+    async def wait_logged(self, text: str, timeout: float = 20.0) -> None:  # noqa: ASYNC109 - see eventually
+        """Return once `text` is in the log; fail at once if the worker exits first."""
 
-        deadline = time.monotonic() + timeout
-        while "worker.started" not in self.log_text():
+        def logged() -> bool:
+            if text in self.log_text():
+                return True
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"worker did not start:\n{self.log_text()[-3000:]}")
-            time.sleep(0.05)
+            raise AssertionError(f"no {text!r} in the log:\n{self.log_text()[-3000:]}")
 
-    def kill(self) -> None:
+        await eventually(logged, timeout=timeout)
+
+    async def wait_started(self, timeout: float = 20.0) -> None:  # noqa: ASYNC109 - see eventually
+        await self.wait_logged("worker.started", timeout)
+
+    async def wait(self, timeout: float) -> int | None:  # noqa: ASYNC109 - see eventually
+        """The exit code, or None if the worker is still running after `timeout`."""
+        try:
+            return await asyncio.to_thread(self.process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    async def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-            self.process.wait()
+            await asyncio.to_thread(self.process.wait)
 
-    def terminate(self, timeout: float = 15.0) -> int:
+    async def terminate(self, timeout: float = 15.0) -> int:  # noqa: ASYNC109 - see eventually
+        """SIGTERM, then SIGKILL if the worker is still running after `timeout`; the exit code."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            if await self.wait(timeout) is None:
+                await self.kill()
         self._log.close()
         return self.process.returncode
 
 
-@pytest.fixture
-def worker_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start `mesh worker` processes: `worker_factory(url, app="services.demo", env={...})`."""
+WorkerFactory = Callable[..., Awaitable[WorkerProcess]]
+
+
+@pytest_asyncio.fixture
+async def worker_factory(tmp_path: Path) -> AsyncIterator[WorkerFactory]:
+    """Start `mesh worker` processes: `await worker_factory(url, app="services.demo", env={...})`."""
     workers: list[WorkerProcess] = []
 
-    def start(url: str, app: str = "services.demo", env: dict[str, str] | None = None) -> WorkerProcess:
+    async def start(url: str, app: str = "services.demo", env: dict[str, str] | None = None) -> WorkerProcess:
         worker = WorkerProcess(url, app, tmp_path / f"worker-{len(workers)}.log", env)
         workers.append(worker)
-        worker.wait_started()
+        await worker.wait_started()
         return worker
 
     try:
         yield start
     finally:
         for worker in workers:
-            worker.terminate(timeout=5.0)
+            await worker.terminate(timeout=5.0)

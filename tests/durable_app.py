@@ -56,12 +56,15 @@ class SlowState(BaseModel):
 
 
 class Slow(Agent[SlowState]):
-    """`{"sleep": s}` takes `s` seconds, then counts."""
+    """`{"sleep": s}` takes `s` seconds, then counts; a turn that sleeps first emits `started`, so a
+    test can tell when it is under way."""
 
     type = "slow"
 
     async def on_request(self, request: dict[str, float]) -> dict[str, int]:
-        await asyncio.sleep(float(request.get("sleep", 0)))
+        if seconds := float(request.get("sleep", 0)):
+            await self.emit("started")
+            await asyncio.sleep(seconds)
         self.state.done += 1
         return {"done": self.state.done}
 

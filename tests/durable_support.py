@@ -7,20 +7,20 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+import nats.errors
 
 from mesh import bus, subjects
 from mesh.client import MeshClient
 from mesh.delivery import consumer_name
+from mesh.errors import MeshError
 from mesh.testing import WorkerProcess
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 APP = "durable_app"
-T = TypeVar("T")
 
 # Short leases and retry timings so failover fits in a test; the defaults suit production.
 FAST = {
@@ -31,6 +31,10 @@ FAST = {
     "MESH_DURABLE_BACKOFF": "0.1,0.2,0.5,1",
     "MESH_SHUTDOWN_GRACE": "5",
 }
+
+
+# What a read may raise while a cluster elects a new leader: "not yet" for `eventually`.
+TRANSIENT: tuple[type[Exception], ...] = (MeshError, TimeoutError, nats.errors.Error)
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -44,12 +48,8 @@ def worker_id(worker: WorkerProcess) -> str:
     raise AssertionError("worker has not logged worker.started")
 
 
-def wait_log(worker: WorkerProcess, event: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while f'"{event}"' not in worker.log_text():
-        assert worker.process.poll() is None, worker.log_text()[-3000:]
-        assert time.monotonic() < deadline, f"no {event} in:\n{worker.log_text()[-3000:]}"
-        time.sleep(0.05)
+async def wait_log(worker: WorkerProcess, event: str, timeout: float = 20.0) -> None:  # noqa: ASYNC109
+    await worker.wait_logged(f'"{event}"', timeout)
 
 
 def log_events(worker: WorkerProcess, event: str) -> list[dict[str, Any]]:
@@ -63,32 +63,26 @@ def log_events(worker: WorkerProcess, event: str) -> list[dict[str, Any]]:
     return found
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float = 30.0) -> T:
-    """Poll `probe` until `accept` holds; fail with the last value seen.
-
-    A probe that raises (a read during a leader election times out) counts as "not yet".
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value: Any = await probe()
-        except Exception as exc:
-            value = exc
-        else:
-            if accept(value):
-                return value
-        assert time.monotonic() < deadline, f"condition not reached; last value {value!r}"
-        await asyncio.sleep(0.1)
-
-
-def mesh_cli(url: str, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mesh", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+async def mesh_cli(url: str, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:  # noqa: ASYNC109
+    """Run the `mesh` command line against `url` without blocking the test's event loop."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mesh",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **FAST, "NATS_URL": url},
     )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return subprocess.CompletedProcess(args, process.returncode, out.decode(), err.decode())
 
 
 async def owner_of(client: MeshClient, key: str) -> str | None:
@@ -111,3 +105,17 @@ async def backlog(client: MeshClient, agent_type: str, name: str) -> int:
         info = await js.consumer_info(subjects.DURABLE_STREAM, consumer_name(agent_type, p))
         total += (info.num_pending or 0) + (info.num_ack_pending or 0)
     return total
+
+
+async def value_reaches(client: MeshClient, agent_type: str, name: str, at_least: int) -> int:
+    """A probe for `eventually`: the instance's value once it is at least `at_least`."""
+    current = await value(client, agent_type, name)
+    assert current >= at_least, f"{agent_type}/{name} is at {current}, waiting for {at_least}"
+    return current
+
+
+async def drained(client: MeshClient, agent_type: str, name: str) -> bool:
+    """A probe for `eventually`: true once no durable message to `agent_type` is unacknowledged."""
+    left = await backlog(client, agent_type, name)
+    assert left == 0, f"{left} durable messages to {agent_type} not yet acknowledged"
+    return True

@@ -14,6 +14,7 @@ from test_workers import PYTHONPATH, assert_no_overlap, turn_log
 from mesh import MeshClient, MeshError, NatsServer, subjects
 from mesh.bus import NatsOptions, connect
 from mesh.server import free_port
+from mesh.testing import WorkerProcess, eventually
 
 WORKER_ENV = {"MESH_LOG_LEVEL": "debug", "PYTHONPATH": PYTHONPATH, "MESH_LEASE_TTL": "3", "MESH_REPLICAS": "3"}
 
@@ -39,13 +40,8 @@ async def start_cluster(folder: Path) -> list[NatsServer]:
         servers.append(server)
     await asyncio.gather(*(server.start() for server in servers))
     nc = await connect(NatsOptions.from_url(",".join(s.url for s in servers)))
-    try:
-        for _ in range(200):  # JetStream answers once the nodes have elected a meta leader
-            try:
-                if (await nc.jetstream().account_info()) is not None:
-                    break
-            except (TimeoutError, nats.errors.Error):
-                await asyncio.sleep(0.1)
+    try:  # JetStream answers once the nodes have elected a meta leader
+        await eventually(nc.jetstream().account_info, timeout=20, interval=0.1, retry=(TimeoutError, nats.errors.Error))
     finally:
         await nc.close()
     return servers
@@ -57,11 +53,11 @@ async def test_workers_spread_join_and_leave_on_a_three_node_cluster(tmp_path, w
     workers = []
     try:
         # Each worker connects first to a different node (its URL list starts there).
-        def start_worker(index: int):
+        async def start_worker(index: int) -> WorkerProcess:
             ordered = urls[index % 3 :] + urls[: index % 3]
-            return worker_factory(",".join(ordered), "core_agents", WORKER_ENV)
+            return await worker_factory(",".join(ordered), "core_agents", WORKER_ENV)
 
-        workers.extend(start_worker(i) for i in range(3))
+        workers.extend([await start_worker(i) for i in range(3)])
         client = MeshClient(await connect(NatsOptions.from_url(",".join(urls))), default_timeout=15)
         acked: dict[str, int] = defaultdict(int)
         retried: Tally[str] = Tally()
@@ -97,12 +93,11 @@ async def test_workers_spread_join_and_leave_on_a_three_node_cluster(tmp_path, w
         await asyncio.gather(*(caller(s, 600) for s in range(20)))
         # Phase 2: a fourth worker joins under load; new instances reach it too.
         load = asyncio.gather(*(caller(s, 1400, left) for s in range(20, 40)))
-        workers.append(await asyncio.to_thread(start_worker, 3))
+        workers.append(await start_worker(3))
         names.extend(f"j{i}" for i in range(60))
-        while done < 1000:
-            await asyncio.sleep(0.05)
+        await eventually(lambda: done >= 1000, timeout=120)
         # Phase 3: the first worker leaves (SIGTERM) while callers keep going.
-        assert await asyncio.to_thread(workers[0].terminate) == 0
+        assert await workers[0].terminate() == 0
         left.set()
         await load
         await asyncio.gather(*(caller(s, done + 400) for s in range(40, 60)))
@@ -129,7 +124,7 @@ async def test_workers_spread_join_and_leave_on_a_three_node_cluster(tmp_path, w
         await client.close()
     finally:
         for worker in workers:  # before the servers, so they stop gracefully
-            await asyncio.to_thread(worker.terminate)
+            await worker.terminate()
         for server in servers:
             server.stop()
 

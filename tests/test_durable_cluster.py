@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest_asyncio
-from durable_support import APP, backlog, env, eventually, value, wait_log
+from durable_support import APP, TRANSIENT, drained, env, value, value_reaches, wait_log
 from nats.js.api import KeyValueConfig, StorageType
 
 from mesh import bus, subjects
 from mesh.client import MeshClient
 from mesh.errors import MeshError
 from mesh.server import NatsServer, free_port
+from mesh.testing import eventually
 
 SENDS = 500
 
@@ -41,15 +42,7 @@ async def test_stopping_one_of_three_nodes_loses_no_acknowledged_update(cluster,
     client = MeshClient(await bus.connect(bus.NatsOptions.from_url(url)), default_timeout=5.0)
     try:
         js = client.nc.jetstream(timeout=5.0)
-
-        async def ready() -> bool:
-            try:
-                await js.account_info()
-                return True
-            except Exception:
-                return False
-
-        await eventually(ready, bool, timeout=30)
+        await eventually(js.account_info, timeout=30, retry=TRANSIENT)  # once the nodes have elected a meta leader
         for bucket in (subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET, subjects.WORKERS_BUCKET):
             await js.create_key_value(
                 KeyValueConfig(
@@ -60,9 +53,9 @@ async def test_stopping_one_of_three_nodes_loses_no_acknowledged_update(cluster,
                     replicas=3,
                 )
             )
-        workers = [worker_factory(url, app=APP, env=env(MESH_REPLICAS="3")) for _ in range(2)]
+        workers = [await worker_factory(url, app=APP, env=env(MESH_REPLICAS="3")) for _ in range(2)]
         for w in workers:
-            wait_log(w, "durable.started")
+            await wait_log(w, "durable.started")
         info = await js.stream_info(subjects.DURABLE_STREAM)
         assert info.config.num_replicas == 3 and len(info.cluster.replicas or []) == 2
 
@@ -90,18 +83,18 @@ async def test_stopping_one_of_three_nodes_loses_no_acknowledged_update(cluster,
                     await asyncio.sleep(0.1)
 
         loads = [asyncio.create_task(durable_load()), asyncio.create_task(call_load())]
-        await eventually(lambda: value(client, "counter", "ha"), lambda v: v >= 100, timeout=30)
+        await eventually(lambda: value_reaches(client, "counter", "ha", 100), timeout=30, retry=TRANSIENT)
         leader = (await js.stream_info(subjects.DURABLE_STREAM)).cluster.leader
-        victim = next(s for s in cluster if f"server_name: {leader}\n" in Path(s.config_file).read_text())
+        victim = cluster[int(leader.removeprefix("n")) - 1]  # the fixture names node i "n{i}"
         victim.kill()  # the stream leader crashes mid-load
         stopped.set()
         await loads[0]
         assert stored == SENDS
-        await eventually(lambda: value(client, "counter", "ha"), lambda v: v >= SENDS, timeout=60)
-        await eventually(lambda: asyncio.sleep(0.2, ok_after_stop), lambda n: n >= 5, timeout=30)
+        await eventually(lambda: value_reaches(client, "counter", "ha", SENDS), timeout=60, retry=TRANSIENT)
+        await eventually(lambda: ok_after_stop >= 5, timeout=30)
         done.set()
         await loads[1]
-        await eventually(lambda: backlog(client, "counter", "ha"), lambda n: n == 0, timeout=30)
+        await eventually(lambda: drained(client, "counter", "ha"), timeout=30, retry=TRANSIENT)
         assert await value(client, "counter", "ha") == SENDS
         total = await value(client, "counter", "calls")
         assert calls_ok <= total <= calls_tried

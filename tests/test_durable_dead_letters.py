@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
-from durable_support import APP, env, eventually, log_events, mesh_cli, wait_log
+from durable_support import APP, env, log_events, mesh_cli, wait_log
+
+from mesh.testing import eventually
 
 
-def dead_letters(url: str) -> list[dict]:
-    listed = mesh_cli(url, "dead-letters")
+async def dead_letters(url: str) -> list[dict]:
+    listed = await mesh_cli(url, "dead-letters")
     assert listed.returncode == 0, listed.stderr
     return [json.loads(line) for line in listed.stdout.splitlines()]
 
@@ -17,15 +19,17 @@ async def test_failing_handler_is_dead_lettered_after_n_attempts_and_redrive_suc
     nats_server, mesh_client, worker_factory
 ):
     url = nats_server.url
-    broken = worker_factory(url, app=APP, env=env(MESH_DURABLE_MAX_ATTEMPTS="3"))
-    wait_log(broken, "durable.started")
+    broken = await worker_factory(url, app=APP, env=env(MESH_DURABLE_MAX_ATTEMPTS="3"))
+    await wait_log(broken, "durable.started")
     await mesh_client.send_durable("picky", "p1", {"n": 7})
     await mesh_client.send_durable("counter", "bad", {"add": "not a number"})  # can never succeed
 
-    async def probe() -> list[dict]:
-        return dead_letters(url)
+    async def both_dead_lettered() -> list[dict]:
+        found = await dead_letters(url)
+        assert len(found) == 2, found
+        return found
 
-    letters = await eventually(probe, lambda found: len(found) == 2, timeout=30)
+    letters = await eventually(both_dead_lettered, timeout=30)
     by_type = {d["agent_type"]: d for d in letters}
     picky = by_type["picky"]
     assert (picky["name"], picky["error_code"], picky["attempts"]) == ("p1", "handler_error", 3)
@@ -36,18 +40,18 @@ async def test_failing_handler_is_dead_lettered_after_n_attempts_and_redrive_suc
     assert (schema["error_code"], schema["attempts"]) == ("schema_mismatch", 1)  # not retried at all
 
     # Deploy the fix, then re-drive.
-    assert broken.terminate() == 0
-    fixed = worker_factory(url, app=APP, env=env(PICKY_FIXED="1", MESH_DURABLE_MAX_ATTEMPTS="3"))
-    wait_log(fixed, "durable.started")
-    redriven = mesh_cli(url, "dead-letters", "redrive", str(picky["seq"]))
+    assert await broken.terminate() == 0
+    fixed = await worker_factory(url, app=APP, env=env(PICKY_FIXED="1", MESH_DURABLE_MAX_ATTEMPTS="3"))
+    await wait_log(fixed, "durable.started")
+    redriven = await mesh_cli(url, "dead-letters", "redrive", str(picky["seq"]))
     assert redriven.returncode == 0, redriven.stderr
-    state = await eventually(lambda: mesh_client.state("picky", "p1"), lambda s: s is not None, timeout=20)
+    state = await eventually(lambda: mesh_client.state("picky", "p1"), timeout=20)
     assert state == {"ok": 1, "seen": [7]}
-    assert [d["seq"] for d in dead_letters(url)] == [schema["seq"]]
+    assert [d["seq"] for d in await dead_letters(url)] == [schema["seq"]]
 
-    dropped = mesh_cli(url, "dead-letters", "drop", str(schema["seq"]))
+    dropped = await mesh_cli(url, "dead-letters", "drop", str(schema["seq"]))
     assert dropped.returncode == 0, dropped.stderr
-    assert dead_letters(url) == []
-    missing = mesh_cli(url, "dead-letters", "redrive", "999")
+    assert await dead_letters(url) == []
+    missing = await mesh_cli(url, "dead-letters", "redrive", "999")
     assert missing.returncode == 1 and "no dead letter 999" in missing.stderr
     assert await mesh_client.call("picky", "p1", {"n": 8}) == {"ok": 2}  # the worker kept serving

@@ -47,7 +47,7 @@ async def new_client(url: str) -> MeshClient:
 
 
 async def test_three_workers_one_hot_instance_then_many_instances(nats_server, worker_factory) -> None:
-    workers = [worker_factory(nats_server.url, "core_agents", WORKER_ENV) for _ in range(3)]
+    workers = [await worker_factory(nats_server.url, "core_agents", WORKER_ENV) for _ in range(3)]
     client = await new_client(nats_server.url)
     try:
         # 1. 1,000 concurrent adds from 50 client tasks to one instance.
@@ -84,18 +84,18 @@ async def test_state_survives_restarting_every_worker_and_the_server(tmp_path, w
     server = NatsServer(store)
     await server.start()
     try:
-        workers = [worker_factory(server.url, "core_agents", WORKER_ENV) for _ in range(2)]
+        workers = [await worker_factory(server.url, "core_agents", WORKER_ENV) for _ in range(2)]
         client = await new_client(server.url)
         await asyncio.gather(*(client.call("counter", f"r{i}", {"add": i + 1}) for i in range(200)))
         await asyncio.gather(*(client.call("counter", "r0", {"add": 1}) for _ in range(99)))
         await client.close()
         for worker in workers:
-            assert worker.terminate() == 0
+            assert await worker.terminate() == 0
         server.stop()
 
         server = NatsServer(store, port=server.port)
         await server.start()
-        workers = [worker_factory(server.url, "core_agents", WORKER_ENV) for _ in range(2)]
+        workers = [await worker_factory(server.url, "core_agents", WORKER_ENV) for _ in range(2)]
         client = await new_client(server.url)
         for i in range(1, 200):
             assert await client.state("counter", f"r{i}") == {"value": i + 1}
@@ -103,13 +103,13 @@ async def test_state_survives_restarting_every_worker_and_the_server(tmp_path, w
         assert await client.call("counter", "r199", {"add": 0}) == {"value": 200}
         await client.close()
         for worker in workers:
-            assert worker.terminate() == 0
+            assert await worker.terminate() == 0
     finally:
         server.stop()
 
 
 async def test_sigkill_mid_load_loses_no_acknowledged_update(nats_server, worker_factory) -> None:
-    workers = [worker_factory(nats_server.url, "core_agents", WORKER_ENV) for _ in range(3)]
+    workers = [await worker_factory(nats_server.url, "core_agents", WORKER_ENV) for _ in range(3)]
     client = await new_client(nats_server.url)
     instances = [f"k{i}" for i in range(24)]
     acked: dict[str, list[int]] = defaultdict(list)
@@ -133,7 +133,7 @@ async def test_sigkill_mid_load_loses_no_acknowledged_update(nats_server, worker
             acked[name].append(reply["value"])
             if total > 600 and not killed.is_set():
                 killed.set()
-                workers[0].kill()
+                await workers[0].kill()
 
     try:
         await asyncio.gather(*(caller(s) for s in range(50)))
