@@ -2,13 +2,16 @@
 
 import asyncio
 import time
+from collections import Counter as Tally
 
 import nats
 import orjson
 import pytest
 from core_agents import AGENTS
+from pydantic import BaseModel
 
 from mesh import (
+    Agent,
     AgentError,
     BadJson,
     CallCycle,
@@ -26,6 +29,7 @@ from mesh import (
     instance_key,
 )
 from mesh.bus import Bucket, open_bucket
+from mesh.testing import eventually
 
 
 async def state_bucket(client: MeshClient) -> Bucket:
@@ -156,13 +160,14 @@ async def test_idle_instances_are_released_and_come_back_with_their_state(mesh_f
     assert instance_key("faulty", "idle") in runtime.activations
     js = mesh_client.nc.jetstream()
     directory = Bucket(await open_bucket(js, "mesh_dir"), js, "mesh_dir")
-    for _ in range(100):
+
+    async def released() -> bool:
+        assert not runtime.activations
         entry = await directory.get(instance_key("faulty", "idle"))
-        if not runtime.activations and entry is not None and entry[0] == b"-":
-            break
-        await asyncio.sleep(0.05)
-    assert not runtime.activations
-    assert (await directory.get(instance_key("faulty", "idle")))[0] == b"-"  # marked free, not deleted
+        assert entry is not None and entry[0] == b"-", entry  # marked free, not deleted
+        return True
+
+    await eventually(released, timeout=10)
     reply = await mesh_client.call("faulty", "idle", {"action": "ok"})
     assert reply["value"] == 2 and reply["activations"] == 2
 
@@ -177,22 +182,52 @@ async def test_a_large_eviction_hands_memory_back_and_loses_nothing(mesh_factory
     runtime = await mesh_factory(AGENTS, RuntimeOptions(idle_timeout=2.0))
     await asyncio.gather(*(mesh_client.call("counter", f"bulk{i}", {"add": i}) for i in range(100)))
     before = runtime.activations
-    for _ in range(300):
-        if not runtime.activations and trims:
-            break
-        await asyncio.sleep(0.05)
-    assert not runtime.activations and trims
+    await eventually(lambda: not runtime.activations and trims, timeout=15)
     assert runtime.activations is not before  # rebuilt: the dict that held 100 entries is gone
     replies = await asyncio.gather(*(mesh_client.call("counter", f"bulk{i}", {"add": 1}) for i in range(100)))
     assert [r["value"] for r in replies] == [i + 1 for i in range(100)]
 
 
+class TurnsState(BaseModel):
+    turns: int = 0
+
+
 async def test_turns_of_one_instance_are_serial_and_of_different_instances_parallel(mesh_factory, mesh_client) -> None:
-    await mesh_factory(AGENTS)
-    replies = await asyncio.gather(*(mesh_client.call("counter", "hot", {"add": 1}) for _ in range(300)))
-    assert sorted(r["value"] for r in replies) == list(range(1, 301))
-    replies = await asyncio.gather(*(mesh_client.call("sleeper", f"s{i}", 0.3) for i in range(20)))
-    assert replies == [0.3] * 20
+    running: Tally[str] = Tally()
+    most_at_once: Tally[str] = Tally()
+    started: set[str] = set()
+    both_started = asyncio.Event()
+
+    class Meeting(Agent[TurnsState]):
+        """Counts its turns in progress; a `meet` turn waits until instances a and b are both in a turn."""
+
+        type = "meeting"
+
+        async def on_request(self, request: str) -> int:
+            running[self.name] += 1
+            most_at_once[self.name] = max(most_at_once[self.name], running[self.name])
+            try:
+                if request == "meet":
+                    started.add(self.name)
+                    if started >= {"a", "b"}:
+                        both_started.set()
+                    async with asyncio.timeout(5):  # serial turns would never meet: the first one times out
+                        await both_started.wait()
+                else:
+                    for _ in range(3):
+                        await asyncio.sleep(0)  # room for another turn of this instance to slip in, if one could
+                self.state.turns += 1
+                return self.state.turns
+            finally:
+                running[self.name] -= 1
+
+    await mesh_factory([Meeting])
+    replies = await asyncio.gather(*(mesh_client.call("meeting", "one", "step") for _ in range(200)))
+    assert sorted(replies) == list(range(1, 201))  # each turn saw the state the one before it saved
+    assert most_at_once["one"] == 1
+    # Each turn of a and b waits for the other to have started: both start before either ends.
+    assert await asyncio.gather(mesh_client.call("meeting", "a", "meet"), mesh_client.call("meeting", "b", "meet")) == [1, 1]
+    assert both_started.is_set() and most_at_once["a"] == most_at_once["b"] == 1
 
 
 async def test_discovery_lists_each_type_as_a_micro_service(mesh_factory, mesh_client) -> None:
@@ -222,11 +257,12 @@ async def test_send_is_fire_and_forget_and_emit_publishes_events(mesh_factory, m
     await mesh_client.send("counter", "ff", {"add": 2})
     await mesh_client.send("counter", "ff", {"add": "not a number"})  # fails in its turn, logged only
     await mesh_client.send("counter", "ff", {"add": 3})
-    for _ in range(100):
-        if await mesh_client.state("counter", "ff") == {"value": 5}:
-            break
-        await asyncio.sleep(0.05)
-    assert await mesh_client.state("counter", "ff") == {"value": 5}
+
+    async def both_good_sends_ran() -> bool:
+        assert await mesh_client.state("counter", "ff") == {"value": 5}
+        return True
+
+    await eventually(both_good_sends_ran, timeout=10)
     await mesh_client.call("hop", "e.1", {"emit": True})
     event = await events.next_msg(timeout=5)
     assert event.subject == "events.hop.e=2E1.visited"
@@ -240,22 +276,19 @@ async def test_workers_ride_out_a_nats_server_restart(mesh_factory, mesh_client,
     for i in range(20):
         assert await mesh_client.call("counter", f"z{i}", {"add": 1}) == {"value": 1}
     nats_server.stop()
-    await asyncio.sleep(3)  # longer than the lease: every worker is fenced, every lease expired
-    assert all(rt.directory.fenced() for rt in runtimes)
+    # Fenced once a lease has gone unrenewed for its TTL: no worker may act as owner any more.
+    await eventually(lambda: all(rt.directory.fenced() for rt in runtimes), timeout=10)
     await nats_server.start()
-    for _ in range(200):
-        if not any(rt.directory.fenced() for rt in runtimes) and mesh_client.nc.is_connected:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: not any(rt.directory.fenced() for rt in runtimes) and mesh_client.nc.is_connected, timeout=20)
     for i in range(20):
-        for _ in range(50):
-            try:
-                assert await mesh_client.call("counter", f"z{i}", {"add": 1}, timeout=5) == {"value": 2}
-                break
-            except (NoResponders, MeshTimeout, Unavailable):  # resubscribing after the reconnect
-                await asyncio.sleep(0.1)
-        else:
-            raise AssertionError(f"z{i} never answered after the restart")
+        # NoResponders and the like while the workers resubscribe after the reconnect.
+        reply = await eventually(
+            lambda i=i: mesh_client.call("counter", f"z{i}", {"add": 1}, timeout=5),
+            timeout=30,
+            interval=0.1,
+            retry=(NoResponders, MeshTimeout, Unavailable),
+        )
+        assert reply == {"value": 2}, f"z{i}"
     for i in range(20):
         assert await mesh_client.state("counter", f"z{i}") == {"value": 2}
 
