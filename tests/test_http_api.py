@@ -10,6 +10,7 @@ import pytest
 from http_agents import Broken, Mailer, Slow, serve_garbled
 
 from mesh import bus
+from mesh.testing import eventually
 from services.demo import Counter, Echo
 
 PROBLEM = "application/problem+json"
@@ -148,8 +149,7 @@ async def test_idempotent_request_in_flight_gets_409_and_one_that_found_no_worke
 ) -> None:
     headers = {"Idempotency-Key": "slow-1"}
     first = asyncio.create_task(http.post("/agents/slow/i", json={"sleep": 0.6}, headers=headers))
-    while "slow.i" not in runtime.activations:  # the key is claimed before the request is sent
-        await asyncio.sleep(0.01)
+    await eventually(lambda: "slow.i" in runtime.activations, interval=0.01)  # the key is claimed before the request is sent
     assert_problem(await http.post("/agents/slow/i", json={"sleep": 0.6}, headers=headers), 409, "idempotency_in_progress")
     assert (await first).json() == {"runs": 1}
     assert (await http.post("/agents/slow/i", json={"sleep": 0.6}, headers=headers)).json() == {"runs": 1}
@@ -175,12 +175,15 @@ async def test_respond_async_returns_202_and_any_replica_answers_the_poll(http, 
     assert started.json()["status"] == "pending"
     replica = await http_factory()
     async with httpx.AsyncClient(base_url=replica.url) as other:
-        for _ in range(100):
+
+        async def finished() -> httpx.Response | None:
             poll = await other.get(location)
             if poll.status_code == 200:
-                break
-            assert poll.status_code == 202 and poll.json()["status"] == "pending"
-            await asyncio.sleep(0.05)
+                return poll
+            assert poll.status_code == 202 and poll.json()["status"] == "pending", poll.text
+            return None
+
+        poll = await eventually(finished, timeout=10)
     assert poll.json()["status"] == "succeeded"
     assert poll.json()["result"] == {"runs": 1}
     assert poll.json()["agent"] == {"type": "slow", "name": "bg"}
@@ -189,14 +192,15 @@ async def test_respond_async_returns_202_and_any_replica_answers_the_poll(http, 
     slow = await http.post("/agents/slow/bg", json={"sleep": 1.3}, headers={"Prefer": "respond-async"})
     failing = await http.post("/agents/broken/bg", json={}, headers={"Prefer": "respond-async"})
     results = {}
-    for _ in range(200):
+
+    async def both_finished() -> bool:
         for started in (slow, failing):
             poll = await http.get(started.headers["location"])
             if poll.status_code == 200:
                 results[started.headers["location"]] = poll.json()
-        if len(results) == 2:
-            break
-        await asyncio.sleep(0.05)
+        return len(results) == 2
+
+    await eventually(both_finished, timeout=10)
     assert results[slow.headers["location"]]["result"] == {"runs": 2}
     failed = results[failing.headers["location"]]
     assert failed["status"] == "failed" and failed["problem"]["code"] == "handler_error"
@@ -214,11 +218,12 @@ async def test_approvals_routes_send_the_llm_agents_control_messages(http, runti
         "/agents/mailer/ann/approvals/ap2/reject", json={"reason": "wrong person"}, headers={"Prefer": "respond-async"}
     )
     assert rejected.status_code == 202
-    for _ in range(100):
+
+    async def run_finished() -> httpx.Response | None:
         run = await http.get(rejected.headers["location"])
-        if run.status_code == 200:
-            break
-        await asyncio.sleep(0.05)
+        return run if run.status_code == 200 else None
+
+    run = await eventually(run_finished, timeout=10)
     assert run.json()["result"]["decision"]["reason"] == "wrong person"
     after = (await http.get("/agents/mailer/ann/approvals")).json()
     assert after["pending"] == []

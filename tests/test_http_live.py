@@ -13,6 +13,7 @@ import pytest
 import websockets
 from http_agents import Notes
 
+from mesh.testing import eventually
 from services.demo import Counter
 
 
@@ -31,35 +32,31 @@ class SseClient:
         self.last_id: str | None = None
 
     async def next(self) -> tuple[str | None, str, Any]:
+        """The next message; heartbeats keep a stream open, so the wait has its own deadline."""
         fields: dict[str, str] = {}
-        async for line in self.lines:
-            if line.startswith(":"):
-                self.heartbeats += 1
-            elif line == "":
-                if "data" in fields:
-                    self.last_id = fields.get("id", self.last_id)
-                    return fields.get("id"), fields.get("event", "message"), orjson.loads(fields["data"])
-                fields.clear()
-            else:
-                key, _, value = line.partition(":")
-                fields[key] = value.removeprefix(" ")
+        async with asyncio.timeout(10):
+            async for line in self.lines:
+                if line.startswith(":"):
+                    self.heartbeats += 1
+                elif line == "":
+                    if "data" in fields:
+                        self.last_id = fields.get("id", self.last_id)
+                        return fields.get("id"), fields.get("event", "message"), orjson.loads(fields["data"])
+                    fields.clear()
+                else:
+                    key, _, value = line.partition(":")
+                    fields[key] = value.removeprefix(" ")
         raise EOFError
-
-    async def until(self, predicate) -> tuple[str | None, str, Any]:
-        while True:
-            message = await self.next()
-            if predicate(message):
-                return message
 
 
 async def ws_collect(ws, kinds: set[str]) -> dict[str, dict[str, Any]]:
     """The first message of each kind in `kinds`, in whatever order they arrive."""
     found: dict[str, dict[str, Any]] = {}
-    while set(found) != kinds:
-        async with asyncio.timeout(10):
+    async with asyncio.timeout(10):
+        while set(found) != kinds:
             message = orjson.loads(await ws.recv())
-        if message["type"] in kinds:
-            found.setdefault(message["type"], message)
+            if message["type"] in kinds:
+                found.setdefault(message["type"], message)
     return found
 
 
@@ -87,11 +84,12 @@ async def gather(events: SseClient, count: int, state: Any) -> tuple[list[tuple[
 
 
 async def ws_next(ws, kind: str) -> dict[str, Any]:
-    while True:
-        async with asyncio.timeout(10):
+    """The next message of `kind`, skipping others (pings arrive every heartbeat)."""
+    async with asyncio.timeout(10):
+        while True:
             message = orjson.loads(await ws.recv())
-        if message["type"] == kind:
-            return message
+            if message["type"] == kind:
+                return message
 
 
 async def test_websocket_and_sse_both_see_a_post_by_another_client_within_a_second(bridge) -> None:
@@ -142,10 +140,13 @@ async def test_sse_carries_events_with_ids_and_resumes_after_last_event_id_witho
 async def test_idle_connections_get_heartbeats(bridge) -> None:
     async with sse(f"{bridge.url}/agents/counter/idle/events") as events:
         await events.next()
-        task = asyncio.create_task(events.next())
-        while events.heartbeats < 2:
-            await asyncio.sleep(0.1)
-        task.cancel()
+        reader = asyncio.create_task(events.next())  # no event comes; it counts the heartbeats it reads past
+        try:
+            await eventually(lambda: events.heartbeats >= 2, timeout=5)  # one every 0.5 s
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
     async with websockets.connect(f"{bridge.ws_url}/agents/counter/idle/ws") as ws:
         assert (await ws_next(ws, "ping")) == {"type": "ping"}
 
@@ -182,6 +183,4 @@ async def test_closed_live_connections_release_their_subscriptions(bridge) -> No
             await events.next()
         async with websockets.connect(f"{bridge.ws_url}/agents/notes/gone/ws") as ws:
             await ws_next(ws, "state")
-    async with asyncio.timeout(10):
-        while len(nc._subs) > baseline:
-            await asyncio.sleep(0.05)
+    await eventually(lambda: len(nc._subs) <= baseline, timeout=10)
