@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 
 import pytest
 import structlog
+from structlog.testing import LogCapture
 
 from mesh.tasks import TaskSet
 
@@ -24,6 +26,13 @@ async def test_a_coroutine_that_never_waits_finishes_without_a_task() -> None:
 
     assert tasks.start(quick()) is None
     assert done == [1] and not tasks and current.get() is None
+
+    # Each failure is logged once, as an error with its exception; a cancellation is not a failure.
+    logged = [(e["event"], e["log_level"], repr(e["exc_info"])) for e in captured.entries]
+    assert logged == [
+        ("task.failed", "error", "ValueError('boom')"),
+        ("task.failed", "error", "ValueError('at once')"),
+    ]
 
 
 async def test_a_waiting_coroutine_goes_on_as_a_task_in_a_context_of_its_own() -> None:
@@ -48,7 +57,9 @@ async def test_a_waiting_coroutine_goes_on_as_a_task_in_a_context_of_its_own() -
 
 async def test_cancellation_and_errors_reach_the_coroutine_and_the_log() -> None:
     events: list[str] = []
-    tasks = TaskSet(structlog.get_logger())
+    captured = LogCapture()
+    log = structlog.wrap_logger(None, processors=[captured], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    tasks = TaskSet(log)
 
     async def waits_forever() -> None:
         try:
@@ -61,7 +72,7 @@ async def test_cancellation_and_errors_reach_the_coroutine_and_the_log() -> None
 
     task = tasks.start(waits_forever())
     assert task is not None
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one loop iteration: the task takes its first step, resuming the coroutine's wait
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
