@@ -27,13 +27,6 @@ async def test_a_coroutine_that_never_waits_finishes_without_a_task() -> None:
     assert tasks.start(quick()) is None
     assert done == [1] and not tasks and current.get() is None
 
-    # Each failure is logged once, as an error with its exception; a cancellation is not a failure.
-    logged = [(e["event"], e["log_level"], repr(e["exc_info"])) for e in captured.entries]
-    assert logged == [
-        ("task.failed", "error", "ValueError('boom')"),
-        ("task.failed", "error", "ValueError('at once')"),
-    ]
-
 
 async def test_a_waiting_coroutine_goes_on_as_a_task_in_a_context_of_its_own() -> None:
     tasks = TaskSet(structlog.get_logger())
@@ -91,3 +84,10 @@ async def test_cancellation_and_errors_reach_the_coroutine_and_the_log() -> None
         raise ValueError("at once")
 
     assert tasks.start(fails_at_once()) is None  # logged, not raised into the caller
+
+    # Each failure is logged once, as an error with its exception; a cancellation is not a failure.
+    logged = [(e["event"], e["log_level"], repr(e["exc_info"])) for e in captured.entries]
+    assert logged == [
+        ("task.failed", "error", "ValueError('boom')"),
+        ("task.failed", "error", "ValueError('at once')"),
+    ]
