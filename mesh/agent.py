@@ -6,7 +6,7 @@ import builtins
 import inspect
 import typing
 from datetime import datetime
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 import structlog
 from pydantic import BaseModel, TypeAdapter
@@ -16,6 +16,9 @@ from mesh.client import MeshClient
 from mesh.context import current_turn
 from mesh.errors import SchemaMismatch
 from mesh.mail import InboundEmail
+
+if TYPE_CHECKING:
+    from mesh.tasks import TaskSet
 
 S = TypeVar("S")
 
@@ -43,6 +46,9 @@ class Agent(Generic[S]):
     state_model: ClassVar[builtins.type[BaseModel] | None] = None
     request_adapter: ClassVar[TypeAdapter[Any]]
     reply_adapter: ClassVar[TypeAdapter[Any]]
+    _background: TaskSet | None = None
+    """The hosting worker's background tasks (an instance's timers live there, so they end when the
+    worker stops); set by the runtime before `on_activate`, None outside a worker."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

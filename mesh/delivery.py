@@ -147,7 +147,7 @@ class DurableDelivery:
             self._observe_delivery(agent_type, token, meta, headers, out)
         except Exception as exc:  # observing must never stop a delivery
             self.log.warning("durable.observe_failed", error=repr(exc))
-        keepalive = asyncio.get_running_loop().create_task(self._keep_alive(msg))
+        keepalive = self._tasks.spawn(self._keep_alive(msg))
         try:
             reply = await bus.request(
                 self.runtime.nc,

@@ -176,7 +176,8 @@ class LLMAgent(Agent[LLMState]):
 
     async def on_deactivate(self) -> None:
         # The expiry timer outlives the activation on purpose: an instance evicted for idling
-        # still has its approvals expire, since the timer's message activates it again.
+        # still has its approvals expire, since the timer's message activates it again. It is a
+        # task of the worker (`_background`), so it ends when the worker stops.
         self._count_pending(owned=False)
 
     def _count_pending(self, *, owned: bool = True) -> None:
@@ -243,8 +244,12 @@ class LLMAgent(Agent[LLMState]):
                 streamed = Runner.run_streamed(
                     self.sdk_agent, run_input, session=session, run_config=config, max_turns=self.max_turns
                 )
-                async for event in streamed.stream_events():
-                    await self._publish_progress(run_id, event)
+                try:
+                    async for event in streamed.stream_events():
+                        await self._publish_progress(run_id, event)
+                except asyncio.CancelledError:
+                    streamed.cancel()  # the run's tasks end with the turn, wherever the cancellation hit it
+                    raise
                 result: agents.RunResultBase = streamed
             else:
                 result = await Runner.run(self.sdk_agent, run_input, session=session, run_config=config, max_turns=self.max_turns)
@@ -461,16 +466,20 @@ class LLMAgent(Agent[LLMState]):
                 self.log.warning("approval.expiry_resume_failed", run_id=run_id, code=err.code, error=err.message)
 
     def _arm_timer(self) -> None:
-        """Wake this instance when its next approval expires (while this worker owns it)."""
+        """Wake this instance when its next approval expires (until this worker stops).
+
+        The timer is a task of the hosting worker: outside a worker there is nothing to own it, and
+        approvals expire when the instance next runs a turn.
+        """
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         due = self.state.next_expiry()
-        if due is None:
+        if due is None or self._background is None:
             return
         delay = max(0.0, (due - now()).total_seconds()) + 0.05
         # A fresh context: the timer's message must not carry this turn's deadline or call chain.
-        self._timer = asyncio.get_running_loop().create_task(self._wake_later(delay), context=contextvars.Context())
+        self._timer = self._background.spawn(self._wake_later(delay), context=contextvars.Context())
 
     async def _wake_later(self, delay: float) -> None:
         await asyncio.sleep(delay)

@@ -23,6 +23,7 @@ other services record their own kinds (`approval`) with `record()`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from mesh import subjects, wire
 from mesh.metrics import EVENTS_DROPPED
 from mesh.observe import StateRecord, TurnRecord
 from mesh.outbox import publish_now
+from mesh.tasks import TaskSet
 from mesh.tracing import trace_id
 
 log = structlog.get_logger("mesh.recorder")
@@ -110,28 +112,27 @@ class FlightRecorder:
         self._buffer: deque[tuple[str, bytes, dict[str, str]]] = deque()
         self._max = buffer
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._flushed = asyncio.Event()  # set when the publishing task has emptied the buffer
+        self._tasks = TaskSet(log, "recorder.task_failed")
+        self._task: asyncio.Task[None] | None = None  # the publishing task, once started
         self.published = 0
         self.dropped = 0
 
     async def start(self, *, create_stream: bool = True) -> None:
         if create_stream:
             await ensure_events_stream(self.nc.jetstream(), self.limits)
-        self._task = asyncio.get_running_loop().create_task(self._serve_publish())
+        self._task = self._tasks.spawn(self._serve_publish())
 
     async def stop(self, flush_timeout: float = 2.0) -> None:
         """Publish what is buffered (within `flush_timeout`), then stop."""
         if self._task is None:
             return
-        deadline = time.monotonic() + flush_timeout
-        while self._buffer and time.monotonic() < deadline and not self._task.done():
+        if self._buffer and not self._task.done():
             self._wake.set()
-            await asyncio.sleep(0.01)
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(flush_timeout):
+                    await self._flushed.wait()
+        await self._tasks.cancel_all()
         self._task = None
         try:
             await self.nc.flush(timeout=1)
@@ -220,6 +221,7 @@ class FlightRecorder:
             self.dropped += 1
             EVENTS_DROPPED.inc()
         self._buffer.append((subject, data, headers))
+        self._flushed.clear()
         self._wake.set()
 
     # -- the publishing task ------------------------------------------------------------------
@@ -244,3 +246,4 @@ class FlightRecorder:
                     continue
                 self._buffer.popleft()
                 self.published += 1
+            self._flushed.set()

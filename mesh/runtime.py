@@ -1,8 +1,10 @@
-"""A worker process's runtime: it hosts agent classes, routes requests to instances, runs turns.
+"""A worker process's runtime: it hosts agent classes and routes each request to where it runs.
 
-Requests for `agents.<type>.<name>` reach one worker of the queue group `mesh`. If this worker owns
-the instance (or claims it now through the directory) the request joins the instance's mailbox;
-if another live worker owns it, it is forwarded to that worker's own subject and the reply relayed.
+Requests for `agents.<type>.<name>` reach one worker of the queue group `mesh`. A stateless agent's
+request runs as a turn at once (`mesh.turns.run_turn`). For an instance with state: if this worker
+owns it (or claims it now through the directory) the request joins the instance's mailbox
+(`mesh.activation`); if another live worker owns it, it is forwarded to that worker's own subject
+and the reply relayed. The runtime is the activations' `Host`; they never import this module.
 """
 
 from __future__ import annotations
@@ -26,10 +28,9 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 
 from mesh import __version__, bus, subjects, wire
-from mesh.activation import Activation, Envelope, Outcome, Status, make_turn_context, run_handler
+from mesh.activation import Activation, Status
 from mesh.agent import Agent
 from mesh.client import MeshClient
-from mesh.context import TurnContext, current_turn
 from mesh.directory import Directory, new_worker_id
 from mesh.errors import (
     AgentError,
@@ -41,9 +42,10 @@ from mesh.errors import (
     PayloadTooLarge,
     Unavailable,
 )
-from mesh.observe import Observer, TurnRecord
+from mesh.observe import Observer
 from mesh.outbox import publish_now
 from mesh.tasks import TaskSet
+from mesh.turns import Envelope, Outcome, Turns, TypeStats, run_turn
 
 MAX_HOPS = 3
 EVICTION_CHUNK = 256
@@ -64,12 +66,6 @@ class RuntimeOptions:
     call_timeout: float = 30.0
     replicas: int = 1  # copies of each bucket this worker creates; 3 on a three-node cluster
     handover_linger: float = 0.5  # seconds a stopping worker still answers forwards, see stop()
-
-
-@dataclass
-class TypeStats:
-    turns: int = 0
-    errors: int = 0
 
 
 class Runtime:
@@ -95,15 +91,21 @@ class Runtime:
             self.agents[cls.type] = cls
         self.client = MeshClient(nc, default_timeout=self.options.call_timeout)
         self.log = structlog.get_logger("mesh.runtime").bind(worker=self.worker_id)
-        self.log_turns = False
         self.observers = list(observers)
+        self.turns = Turns(
+            self.worker_id,
+            self.log,
+            self.observers,
+            self.agents,
+            max_batch=self.options.max_batch,
+            max_state_bytes=self.options.max_state_bytes,
+        )
+        self.stats: dict[str, TypeStats] = self.turns.stats
         self.activations: dict[str, Activation] = {}
-        self.stats = {t: TypeStats() for t in self.agents}
-        self._tasks = TaskSet(self.log)
+        self._tasks = TaskSet(self.log)  # turns, forwards, replies, releases: waited for on stop
+        self.background = TaskSet(self.log)  # heartbeat, eviction, agents' timers: cancelled on stop
         self._services: list[Service] = []
         self._forward_sub: Any = None
-        self._loops: set[asyncio.Task[Any]] = set()
-        self._forwards: set[asyncio.Task[Any]] = set()
         self._accepting = False
         self.directory: Directory
         self.state: bus.Bucket
@@ -130,8 +132,9 @@ class Runtime:
             heartbeat=self.options.heartbeat,
         )
         await self.directory.renew()
-        self.log_turns = structlog.get_logger("mesh.runtime").is_enabled_for(logging.DEBUG)
-        self._loops = {self.spawn(self.directory.serve_heartbeat()), self.spawn(self._serve_eviction())}
+        self.turns.log_turns = structlog.get_logger("mesh.runtime").is_enabled_for(logging.DEBUG)
+        self.background.spawn(self.directory.serve_heartbeat())
+        self.background.spawn(self._serve_eviction())
         self._accepting = True
         self._forward_sub = await self.nc.subscribe(subjects.worker_wildcard(self.worker_id), cb=self._on_forwarded)
         for agent_type in self.agents:
@@ -178,12 +181,9 @@ class Runtime:
         self._accepting = False
         deadline = time.monotonic() + grace
         await self._drain_services()
-        while (self._forwards or any(a.running for a in self.activations.values())) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await self._wait_tasks(deadline)
         owned = sum(1 for a in self.activations.values() if a.status is Status.OWNED)
-        for task in self._loops:
-            task.cancel()  # the heartbeat must not renew the lease we are about to drop
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.background.cancel_all()  # the heartbeat must not renew the lease we are about to drop
         try:
             # One delete hands over every instance: a directory entry naming a worker without a
             # lease is taken over by the next worker that needs it.
@@ -200,9 +200,13 @@ class Runtime:
         self.log.info("worker.stopped", handed_over=owned)
 
     async def _wait_tasks(self, deadline: float) -> None:
-        """Wait (until `deadline`) for turns, forwards and replies in flight; not for the loops."""
-        while (busy := self._tasks - self._loops) and time.monotonic() < deadline:
-            await asyncio.wait(busy, timeout=max(0.0, deadline - time.monotonic()))
+        """Wait (until `deadline`) for the turns, releases, forwards and replies in flight: woken
+        when the last one ends (every mailbox that waits on anything is one of these tasks)."""
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._tasks.wait_empty()
+        except TimeoutError:
+            pass
 
     async def _drain_services(self) -> None:
         """Unsubscribe the agent endpoints, but first handle what the server already routed here
@@ -280,9 +284,7 @@ class Runtime:
                 self.spawn(self.reply(Outcome(Envelope(b"", msg.reply, {}, None), None, err)))
 
     def forward(self, activation: Activation, envelope: Envelope) -> None:
-        task = self.spawn(self._forward(activation, envelope))
-        self._forwards.add(task)
-        task.add_done_callback(self._forwards.discard)
+        self._tasks.spawn(self._forward(activation, envelope))
 
     async def _forward(self, activation: Activation, envelope: Envelope) -> None:
         owner = activation.owner
@@ -343,59 +345,11 @@ class Runtime:
 
     # -- turns -------------------------------------------------------------------------------
 
-    def turn_context(
-        self, agent_type: str, name: str, key: str, envelope: Envelope, log: structlog.typing.FilteringBoundLogger
-    ) -> TurnContext:
-        return make_turn_context(agent_type, name, key, envelope, log)
-
-    def turn_finished(self, turn: TurnContext, started: float, ended: float, error: MeshError | None) -> None:
-        """Log the turn (at debug) and tell the observers; only called when either wants it."""
-        code = error.code if error else "ok"
-        if self.log_turns:
-            turn.log.debug("turn.finished", started_at=started, ended_at=ended, outcome=code)
-        if self.observers:
-            record = TurnRecord(
-                turn.agent_type,
-                turn.name,
-                self.worker_id,
-                turn.turn_id,
-                turn.traceparent,
-                started,
-                ended,
-                code,
-                error.message if error else None,
-                turn.chain[-2] if len(turn.chain) > 1 else None,
-                turn.key,
-            )
-            for observer in self.observers:
-                observer.on_turn(record)
-
-    def as_mesh_error(self, exc: Exception, turn: TurnContext) -> MeshError:
-        stats = self.stats[turn.agent_type]
-        stats.turns += 1
-        stats.errors += 1
-        if isinstance(exc, MeshError):
-            turn.log.info("turn.failed", code=exc.code, error=exc.message)
-            return exc
-        turn.log.error("turn.failed", code=AgentError.code, exc_info=exc)
-        return AgentError(f"{type(exc).__name__}: {exc}")
-
     async def _stateless_turn(self, cls: type[Agent[Any]], name: str, key: str, envelope: Envelope) -> None:
-        turn = self.turn_context(cls.type, name, key, envelope, self.log)
-        token = current_turn.set(turn)
-        started = time.time()
-        try:
-            result = await run_handler(cls(name, None, self.client), envelope)
-            outcome = Outcome(envelope, wire.dumps(result), None)
-            self.stats[cls.type].turns += 1
-        except Exception as exc:
-            outcome = Outcome(envelope, None, self.as_mesh_error(exc, turn))
-        finally:
-            current_turn.reset(token)
-        ended = time.time()
+        outcome = await run_turn(self.turns, cls(name, None, self.client), key, envelope)
         await self.reply(outcome)  # first: observers must not delay the caller
-        if self.log_turns or self.observers:
-            self.turn_finished(turn, started, ended, outcome.error)
+        if self.turns.log_turns or self.turns.observers:
+            self.turns.finished(outcome)
 
     # -- background --------------------------------------------------------------------------
 
@@ -413,8 +367,9 @@ class Runtime:
             now = time.monotonic()
             idle = [a for a in self.activations.values() if a.idle_since(now) > self.options.idle_timeout]
             for start in range(0, len(idle), EVICTION_CHUNK):
-                # In chunks, so evicting 100,000 instances never holds 100,000 release tasks at once.
-                await asyncio.gather(*(a.release() for a in idle[start : start + EVICTION_CHUNK]))
+                # In chunks, so evicting 100,000 instances never holds 100,000 release tasks at once;
+                # tasks of the worker's set, so that stop() waits for the releases under way.
+                await asyncio.gather(*(self._tasks.spawn(a.release()) for a in idle[start : start + EVICTION_CHUNK]))
             if len(idle) >= RETURN_MEMORY_AFTER:
                 del idle
                 self.activations = dict(self.activations)  # a dict never shrinks as entries go

@@ -23,9 +23,12 @@ class TaskSet(set[asyncio.Task[Any]]):
         super().__init__()
         self._log = log
         self._event = event
+        self._empty: asyncio.Event | None = None  # made by the first wait_empty()
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, context: contextvars.Context | None = None) -> asyncio.Task[Any]:
+        """Run `coro` as a task of this set (in `context`, if given: e.g. a fresh one for a timer
+        that must not carry the current turn's deadline)."""
+        task = asyncio.get_running_loop().create_task(coro, context=context)
         self.add(task)
         task.add_done_callback(self._done)
         return task
@@ -55,6 +58,19 @@ class TaskSet(set[asyncio.Task[Any]]):
         self.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             self._log.error(self._event, exc_info=exc)
+        if not self and self._empty is not None:
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        """Wait until no task of the set is running, including tasks added while waiting.
+
+        Woken by the last task's end, not by polling; bound it with `asyncio.timeout()`.
+        """
+        while self:
+            if self._empty is None:
+                self._empty = asyncio.Event()
+            self._empty.clear()
+            await self._empty.wait()
 
     async def cancel_all(self, timeout: float = 5.0) -> set[asyncio.Task[Any]]:
         """Cancel every task and wait; returns those still running after `timeout`.

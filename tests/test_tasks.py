@@ -91,3 +91,44 @@ async def test_cancellation_and_errors_reach_the_coroutine_and_the_log() -> None
         ("task.failed", "error", "ValueError('boom')"),
         ("task.failed", "error", "ValueError('at once')"),
     ]
+
+
+async def test_wait_empty_returns_when_the_last_task_ends_including_tasks_added_while_waiting() -> None:
+    tasks = TaskSet(structlog.get_logger())
+    await tasks.wait_empty()  # nothing running: returns at once
+    first_done = asyncio.Event()
+    order: list[str] = []
+
+    async def first() -> None:
+        await first_done.wait()
+        order.append("first")
+        tasks.spawn(second())  # added while someone waits for the set to empty
+
+    async def second() -> None:
+        await asyncio.sleep(0)
+        order.append("second")
+
+    tasks.spawn(first())
+    waiter = asyncio.get_running_loop().create_task(tasks.wait_empty())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    first_done.set()
+    async with asyncio.timeout(5):
+        await waiter
+    assert order == ["first", "second"] and not tasks
+
+
+async def test_a_task_spawned_with_a_fresh_context_does_not_see_the_spawners_values() -> None:
+    tasks = TaskSet(structlog.get_logger())
+    token = current.set(7)
+
+    async def read() -> int | None:
+        return current.get()
+
+    try:
+        inherited = tasks.spawn(read())
+        fresh = tasks.spawn(read(), context=contextvars.Context())
+        assert await inherited == 7
+        assert await fresh is None
+    finally:
+        current.reset(token)
