@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from mesh.client import MeshClient
 from mesh.memory import MemorySession, open_memory_stream
 from mesh.models import OFFLINE_PREFIX
 from mesh.server import NatsServer
-from mesh.testing import WorkerProcess
+from mesh.testing import WorkerFactory
 
 TESTS = str(Path(__file__).parent)
 WORKER_ENV = {"PYTHONPATH": TESTS, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
@@ -35,27 +34,25 @@ async def test_an_instance_remembers_its_conversation_and_others_do_not(mesh_fac
     assert said(await mesh_client.call("recall", "b", "hello")) == "1 user messages: hello"
 
 
-async def test_memory_survives_restarting_workers_and_nats_server(
-    tmp_path: Path, worker_factory: Callable[..., WorkerProcess]
-) -> None:
+async def test_memory_survives_restarting_workers_and_nats_server(tmp_path: Path, worker_factory: WorkerFactory) -> None:
     server = NatsServer(tmp_path / "store")
     await server.start()
     try:
-        worker = worker_factory(server.url, app="llm_apps", env=WORKER_ENV)
+        worker = await worker_factory(server.url, app="llm_apps", env=WORKER_ENV)
         async with MeshClient(await bus.connect(bus.NatsOptions.from_url(server.url))) as client:
             await client.call("recall", "a", "one", timeout=60)
             await client.call("recall", "a", "two", timeout=60)
             await client.call("recall", "b", "other", timeout=60)
-        worker.kill()
+        await worker.kill()
         server.stop()
 
         server = NatsServer(tmp_path / "store", port=server.port)
         await server.start()
-        worker = worker_factory(server.url, app="llm_apps", env=WORKER_ENV)
+        worker = await worker_factory(server.url, app="llm_apps", env=WORKER_ENV)
         async with MeshClient(await bus.connect(bus.NatsOptions.from_url(server.url))) as client:
             reply = await client.call("recall", "a", "three", timeout=60)
             other = await client.call("recall", "b", "again", timeout=60)
-        worker.terminate()
+        await worker.terminate()
     finally:
         server.stop()
     assert said(reply) == "3 user messages: one | two | three"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import agents
@@ -14,7 +13,7 @@ from mesh.client import MeshClient
 from mesh.context import current_turn
 from mesh.llm import LLMAgent
 from mesh.server import NatsServer
-from mesh.testing import WorkerProcess
+from mesh.testing import WorkerFactory
 from mesh.tools import agent_tool
 from mesh.tracing import trace_id
 
@@ -22,10 +21,10 @@ WORKER_ENV = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "MESH_MODEL": ""}
 
 
 async def test_an_llm_agent_uses_an_agent_hosted_by_another_worker_process_as_a_tool(
-    nats_server: NatsServer, worker_factory: Callable[..., WorkerProcess], mesh_client: MeshClient
+    nats_server: NatsServer, worker_factory: WorkerFactory, mesh_client: MeshClient
 ) -> None:
-    worker_factory(nats_server.url, app="services.triage:Clerk", env=WORKER_ENV)
-    worker_factory(nats_server.url, app="services.demo:Counter", env=WORKER_ENV)
+    await worker_factory(nats_server.url, app="services.triage:Clerk", env=WORKER_ENV)
+    await worker_factory(nats_server.url, app="services.demo:Counter", env=WORKER_ENV)
     by_type = {info["name"]: info["metadata"]["mesh.worker"] for info in await mesh_client.services()}
     assert set(by_type) == {"clerk", "counter"} and by_type["clerk"] != by_type["counter"]
 

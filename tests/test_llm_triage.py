@@ -18,17 +18,17 @@ from mesh import bus
 from mesh.client import MeshClient
 from mesh.models import OFFLINE_PREFIX, OfflineModel, select_model
 from mesh.server import NatsServer, free_port
-from mesh.testing import WorkerProcess
+from mesh.testing import WorkerFactory
 
 NO_MODEL_ENV = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "MESH_MODEL": ""}
 
 
 async def test_triage_routes_to_the_right_tutor_through_the_chat_completions_client(
-    nats_server: NatsServer, mesh_client: MeshClient, worker_factory: Callable[..., WorkerProcess]
+    nats_server: NatsServer, mesh_client: MeshClient, worker_factory: WorkerFactory
 ) -> None:
     async with ChatCompletionsStub() as stub:
         env = {"OPENAI_BASE_URL": stub.base_url, "OPENAI_API_KEY": "test-key", "MESH_MODEL": "stub-model"}
-        worker_factory(nats_server.url, app="services.triage", env=env)
+        await worker_factory(nats_server.url, app="services.triage", env=env)
 
         history = await mesh_client.call("triage", "alice", "What is the capital of France?", timeout=60)
         math = await mesh_client.call("triage", "alice", "What is 12 * 7?", timeout=60)

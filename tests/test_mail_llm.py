@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from email.message import EmailMessage
 
 from mail_support import MailFactory, Sink, compose, send
@@ -12,7 +11,7 @@ from mail_support import MailFactory, Sink, compose, send
 from mesh.client import MeshClient
 from mesh.memory import MemorySession
 from mesh.server import NatsServer
-from mesh.testing import WorkerProcess
+from mesh.testing import WorkerFactory
 from services.mail.routing import sign_token
 
 OFFLINE = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "MESH_MODEL": ""}
@@ -34,12 +33,12 @@ def reply_to(answer: EmailMessage, body: str, message_id: str, sender: str = "al
 async def test_mail_to_triage_gets_the_history_tutor_in_thread_and_the_reply_reaches_the_same_memory(
     nats_server: NatsServer,
     mesh_client: MeshClient,
-    worker_factory: Callable[..., WorkerProcess],
+    worker_factory: WorkerFactory,
     mail_factory: MailFactory,
     sink: Sink,
 ) -> None:
     """Done when 1."""
-    worker_factory(nats_server.url, app="services.demo", env=OFFLINE)
+    await worker_factory(nats_server.url, app="services.demo", env=OFFLINE)
     service = await mail_factory(agent_types=("triage",), call_timeout=60.0)
     question = compose(
         to="triage+alice@localhost",
@@ -70,11 +69,11 @@ async def test_mail_to_triage_gets_the_history_tutor_in_thread_and_the_reply_rea
 async def test_a_pending_approval_is_decided_by_the_approvers_reply(
     nats_server: NatsServer,
     mesh_client: MeshClient,
-    worker_factory: Callable[..., WorkerProcess],
+    worker_factory: WorkerFactory,
     mail_factory: MailFactory,
     sink: Sink,
 ) -> None:
-    worker_factory(nats_server.url, app="services.demo", env=OFFLINE)
+    await worker_factory(nats_server.url, app="services.demo", env=OFFLINE)
     service = await mail_factory(
         agent_types=("clerk",), approvers=("boss@example.com",), secret=b"test-secret", call_timeout=60.0
     )
