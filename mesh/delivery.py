@@ -66,6 +66,7 @@ class DurableDelivery:
         self._tasks = TaskSet(self.log, "durable.loop_failed")
         self._subs: list[Any] = []
         self._stopping = False
+        self._idle: set[asyncio.Task[Any]] = set()  # loops waiting in a pull, holding no message
         self._recorders = [o for o in runtime.observers if isinstance(o, FlightRecorder)]
         self._pending: dict[tuple[str, str], int] = {}  # (type, consumer) -> messages waiting
 
@@ -93,10 +94,17 @@ class DurableDelivery:
         self.log.info("durable.started", consumers=len(self._subs))
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop pulling; let the messages being delivered finish within `grace`; unacked ones return."""
+        """Stop pulling; let the messages being delivered finish within `grace`; unacked ones return.
+
+        Loops waiting in a pull are cancelled at once rather than waited out (up to `fetch_wait`): a
+        message answering a pull at that very moment stays unacked, and JetStream redelivers it
+        after `ack_wait`, as after a crash.
+        """
         if self._stopping:
             return
         self._stopping = True
+        for task in self._idle:  # nothing to finish there: a stopping worker does not wait out a pull
+            task.cancel()
         tasks = list(self._tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=max(grace, self.options.fetch_wait + 0.5))
@@ -112,7 +120,10 @@ class DurableDelivery:
         return {"delivered": self.stats.delivered, "retried": self.stats.retried, "dead": self.stats.dead}
 
     async def _serve(self, sub: Any, agent_type: str) -> None:
+        me = asyncio.current_task()
+        assert me is not None
         while not self._stopping:
+            self._idle.add(me)
             try:
                 msgs = await sub.fetch(1, timeout=self.options.fetch_wait)
             except (TimeoutError, nats.errors.TimeoutError):
@@ -123,6 +134,8 @@ class DurableDelivery:
                 self.log.debug("durable.fetch_failed", agent_type=agent_type, error=repr(exc))
                 await asyncio.sleep(0.5)
                 continue
+            finally:
+                self._idle.discard(me)
             for msg in msgs:
                 try:
                     await self._deliver(msg, agent_type)

@@ -6,11 +6,6 @@
     │   ├── NameInvalid         instance or type name cannot be addressed          name_invalid 400
     │   ├── PayloadTooLarge     body over the configured request limit             payload_too_large 413
     │   ├── SchemaMismatch      JSON does not match the handler's request model    schema_mismatch 422
-    │   ├── Unauthorized        HTTP bridge: no valid bearer token or ticket       unauthorized 401
-    │   ├── Forbidden           HTTP bridge: WebSocket Origin not allowed          forbidden 403
-    │   ├── NotFound            HTTP bridge: no such route, state or run           not_found 404
-    │   ├── MethodNotAllowed    HTTP bridge: route exists, method does not         method_not_allowed 405
-    │   ├── IdempotencyKeyReused  HTTP bridge: same key, different request         idempotency_key_reused 422
     │   ├── MethodNotFound      `Mesh-Method` names no method marked `@mesh.method`  method_not_found 404
     │   ├── ApprovalNotFound    no such approval on this LLM instance              approval_not_found 404
     │   ├── ApprovalDecided     the approval was already decided (or expired)      approval_decided 409
@@ -26,11 +21,13 @@
     ├── MeshTimeout             the deadline passed before a reply                 timeout 504
     ├── ConnectionFailed        cannot reach NATS                                  connection_failed 503
     ├── NotStored               a stream, bucket, key or message is not stored     not_stored 404
-    ├── BadReply                the agent's reply is not JSON                      bad_reply 502
-    └── IdempotencyInProgress   HTTP bridge: the first request with this key runs  idempotency_in_progress 409
+    └── BadReply                the agent's reply is not JSON                      bad_reply 502
 
 `code` is the stable identifier (the `Mesh-Error-Code` header); `status` is the HTTP-like number sent
 in `Nats-Service-Error-Code`, following the NATS micro convention.
+
+The HTTP bridge adds its own leaves to this tree (401, 403, 404, 405, 409, 422 answers that never
+travel on NATS) in `services/http/errors.py`.
 """
 
 from __future__ import annotations
@@ -154,39 +151,9 @@ class NotStored(MeshError):
     status = 404
 
 
-class Unauthorized(RequestError):
-    code = "unauthorized"
-    status = 401
-
-
-class Forbidden(RequestError):
-    code = "forbidden"
-    status = 403
-
-
-class NotFound(RequestError):
-    code = "not_found"
-    status = 404
-
-
-class MethodNotAllowed(RequestError):
-    code = "method_not_allowed"
-    status = 405
-
-
-class IdempotencyKeyReused(RequestError):
-    code = "idempotency_key_reused"
-    status = 422
-
-
 class BadReply(MeshError):
     code = "bad_reply"
     status = 502
-
-
-class IdempotencyInProgress(MeshError):
-    code = "idempotency_in_progress"
-    status = 409
 
 
 def _leaves(cls: type[MeshError]) -> list[type[MeshError]]:

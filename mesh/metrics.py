@@ -1,9 +1,10 @@
 """Prometheus metrics of a mesh process: one registry, the metric objects, and the runtime observer.
 
-Every metric a mesh process can expose is defined here, so a dashboard can be written against one
-list. The runtime's own metrics are fed by `MetricsObserver` (turns and state writes) and
-`RuntimeCollector` (instances held, read when scraped). The others are incremented by the services
-that own the events they count (the HTTP bridge, the mail service, durable delivery, approvals).
+Every metric of the library is defined here, in the one registry a process serves on `/metrics`.
+The runtime's own metrics are fed by `MetricsObserver` (turns and state writes) and
+`RuntimeCollector` (instances held, read when scraped); the others are incremented where the event
+happens (durable delivery, approvals, the flight recorder). The apps register theirs in the same
+`REGISTRY`, next to the code that counts them (`services/http/metrics.py`, `services/mail/metrics.py`).
 
 Label values are agent types, outcomes and status codes: small, bounded sets. Instance names never
 become labels (they are unbounded and may be personal data).
@@ -20,7 +21,6 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
@@ -48,7 +48,7 @@ EVENTS_DROPPED = Counter(
     registry=REGISTRY,
 )
 
-# -- other services (defined here, incremented where the event happens) ---------------------------
+# -- durable delivery and approvals (incremented where the event happens) ---------------------------
 APPROVALS_PENDING = Gauge(
     "mesh_approvals_pending",
     "Tool calls waiting for a human decision, by agent type.",
@@ -65,25 +65,6 @@ DEAD_LETTERS = Counter(
     "mesh_dead_letters",
     "Durable messages moved to the dead-letter stream, by agent type.",
     ["type"],
-    registry=REGISTRY,
-)
-MAIL_MESSAGES = Counter(
-    "mesh_mail_messages",
-    "Mail received over SMTP, by outcome (accepted or rejected) and reason.",
-    ["outcome", "reason"],
-    registry=REGISTRY,
-)
-HTTP_REQUESTS = Counter(
-    "mesh_http_requests",
-    "HTTP bridge requests, by method, route template and status code.",
-    ["method", "route", "status"],
-    registry=REGISTRY,
-)
-HTTP_SECONDS = Histogram(
-    "mesh_http_request_duration_seconds",
-    "HTTP bridge request latency, by method and route template.",
-    ["method", "route"],
-    buckets=TURN_BUCKETS,
     registry=REGISTRY,
 )
 

@@ -45,10 +45,6 @@ MAIL_INBOUND_SUBJECT: Final = "mesh_mail.in"
 MAIL_OUTBOX_SUBJECT: Final = "mesh_mail.out"
 MEMORY_STREAM: Final = "mesh_memory"  # LLM conversation memory, one subject per instance
 RUNS_BUCKET: Final = "mesh_runs"  # object store: paused LLM runs (serialized RunState)
-BENCH_RAW_BUCKET: Final = "mesh_bench_raw"  # only `mesh bench` creates it (its raw baseline)
-BENCH_RAW_PREFIX: Final = "_bench.raw"
-BENCH_RAW_MAIL_STREAM: Final = "mesh_bench_raw_mail"  # only `mesh bench` creates it (its raw SMTP baseline)
-BENCH_RAW_MAIL_SUBJECT: Final = "_bench.raw.mail"
 
 # Headers the mesh reads or writes.
 HEADER_ERROR_CODE: Final = "Nats-Service-Error-Code"
@@ -114,9 +110,6 @@ SUBJECT_PATTERNS: Final = (
     "$O.mesh_mail_raw.C|M.>",
     "mesh_memory.<type>.<name>",
     "$O.mesh_runs.C|M.>",
-    "_bench.raw.echo|turn|hot|slow[.<key>]",
-    "$KV.mesh_bench_raw.<key>",
-    "_bench.raw.mail",
 )
 
 

@@ -173,7 +173,7 @@ class WorkerProcess:
         self._log = open(log_path, "ab")
         full_env = {**os.environ, "NATS_URL": url, "MESH_LOG_FORMAT": "json", **(env or {})}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mesh", "worker", "--app", app],
+            [sys.executable, "-m", "services.cli", "worker", "--app", app],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

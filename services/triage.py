@@ -5,8 +5,10 @@
     mesh call clerk/desk '"add 5 to counter demo"'                 -> awaits approval
     mesh approvals clerk/desk ; mesh approve clerk/desk ap_...     -> the counter changes once
 
-The model comes from the environment (`OPENAI_API_KEY`, `OPENAI_BASE_URL`, `MESH_MODEL`); with
-none set, every agent here runs on the deterministic offline demo model, whose rules are below.
+Which model they use is a value given to `configure()`: the `mesh` command reads it from the
+environment (`OPENAI_API_KEY`, `OPENAI_BASE_URL`, `MESH_MODEL`, see `services.settings.LLMSettings`)
+before it starts a worker. Until then, and with none of those set, every agent here runs on the
+deterministic offline demo model, whose rules are below. Importing this module reads nothing.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import functools
 import operator
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesh.llm import LLMAgent
-from mesh.settings import LLMSettings
 from mesh.tools import agent_tool
 
 if TYPE_CHECKING:  # the SDK is imported when an instance first runs, not when a worker starts
@@ -30,7 +32,33 @@ if TYPE_CHECKING:  # the SDK is imported when an instance first runs, not when a
 
     from mesh.models import OfflineView, Policy
 
-SETTINGS = LLMSettings()
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The model of the demo agents, as plain values (nothing set: the offline demo model)."""
+
+    api_key: str | None = field(default=None, repr=False)
+    base_url: str | None = None
+    """Any OpenAI-compatible server (vLLM, Ollama, llama.cpp), used through Chat Completions."""
+    model: str | None = None
+    openai_tracing: bool = False
+    """Also upload the SDK's traces to OpenAI."""
+    approval_ttl: float = 3600.0
+    memory_max_items: int = 1000
+
+
+_settings = ModelSettings()
+
+
+def configure(settings: ModelSettings) -> None:
+    """Use `settings` from now on: for models built after this call, and for every instance's
+    approval expiry and memory size. The `mesh` command calls it before a worker starts."""
+    global _settings
+    _settings = settings
+    model_for.cache_clear()
+    for cls in (Triage, Clerk):
+        cls.approval_ttl = settings.approval_ttl
+        cls.memory_max_items = settings.memory_max_items
 
 
 @functools.cache
@@ -39,8 +67,8 @@ def model_for(policy: Policy) -> agents.Model:
     from mesh.models import select_model
     from mesh.sdk_tracing import configure_sdk_tracing
 
-    configure_sdk_tracing(export_to_openai=SETTINGS.openai_tracing)
-    return select_model(policy=policy, api_key=SETTINGS.api_key(), base_url=SETTINGS.openai_base_url, model=SETTINGS.model)
+    configure_sdk_tracing(export_to_openai=_settings.openai_tracing)
+    return select_model(policy=policy, api_key=_settings.api_key, base_url=_settings.base_url, model=_settings.model)
 
 
 def words(text: str) -> set[str]:
@@ -177,8 +205,6 @@ class Triage(LLMAgent):
     """The seed example: a Triage Agent that hands off to a History Tutor or a Math Tutor."""
 
     type = "triage"
-    approval_ttl = SETTINGS.approval_ttl
-    memory_max_items = SETTINGS.memory_max_items
 
     def build_agent(self) -> agents.Agent[Any]:
         import agents
@@ -236,8 +262,6 @@ class Clerk(LLMAgent):
     """An LLM agent using the `counter` agents as tools; changing a counter needs a person's approval."""
 
     type = "clerk"
-    approval_ttl = SETTINGS.approval_ttl
-    memory_max_items = SETTINGS.memory_max_items
 
     def build_agent(self) -> agents.Agent[Any]:
         import agents

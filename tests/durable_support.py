@@ -68,7 +68,7 @@ async def mesh_cli(url: str, *args: str, timeout: float = 30.0) -> subprocess.Co
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "mesh",
+        "services.cli",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -9,16 +9,17 @@ import pytest
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from mesh import bus, subjects
-from mesh.bench.runner import select
-from mesh.bench.scenarios import SCENARIOS
 from mesh.server import free_port
+from services.bench import names
+from services.bench.runner import select
+from services.bench.scenarios import SCENARIOS
 
 MEASURED = ["invoke", "turn", "hot", "activation", "slow", "http", "mail"]
 
 
 def run_mesh(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mesh", *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        [sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )
 
 
@@ -98,9 +99,9 @@ async def test_an_existing_server_is_used_and_left_clean(nats_server, mesh_clien
     assert [r["scenario"] for r in report["results"]] == ["turn", "hot", "mail"]
     js = mesh_client.nc.jetstream()
     with pytest.raises(BucketNotFoundError):
-        await js.key_value(subjects.BENCH_RAW_BUCKET)
+        await js.key_value(names.RAW_BUCKET)
     with pytest.raises(NotFoundError):
-        await js.stream_info(subjects.BENCH_RAW_MAIL_STREAM)
+        await js.stream_info(names.RAW_MAIL_STREAM)
     # The mails the mesh side stored (processing was off) were taken back out.
     assert (await js.stream_info(subjects.MAIL_INBOUND_STREAM)).state.messages == 0
     state = bus.Bucket(await js.key_value(subjects.STATE_BUCKET), js, subjects.STATE_BUCKET)

@@ -23,7 +23,7 @@ async def mesh(*args: str, url: str, timeout: float = 30) -> tuple[int, str, str
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "mesh",
+        "services.cli",
         *args,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -150,7 +150,7 @@ async def test_nats_user_password_auth_from_the_environment(tmp_path) -> None:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "mesh",
+                "services.cli",
                 "call",
                 "counter/a",
                 '{"add": 1}',
@@ -172,7 +172,7 @@ async def test_mesh_up_owns_its_nats_server(tmp_path) -> None:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "mesh",
+            "services.cli",
             "up",
             "--nats-port",
             str(port),

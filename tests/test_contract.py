@@ -41,6 +41,15 @@ def test_error_codes_agree() -> None:
     assert documented == in_code
 
 
+def test_http_error_codes_agree_and_stay_off_the_wire() -> None:
+    from services.http.errors import HTTP_ERRORS
+
+    documented = {ticked(row[0]): (int(row[1]), ticked(row[2])) for row in table("HTTP error codes")}
+    assert documented == {cls.code: (cls.status, cls.__name__) for cls in HTTP_ERRORS}
+    assert all(issubclass(cls, errors.MeshError) for cls in HTTP_ERRORS)
+    assert not set(documented) & set(errors.ERRORS_BY_CODE)
+
+
 def test_buckets_agree() -> None:
     documented = {ticked(row[0]) for row in table("Buckets")}
     assert documented == {
@@ -58,9 +67,15 @@ def test_buckets_agree() -> None:
         subjects.MAIL_OBJECTS,
         subjects.MEMORY_STREAM,
         subjects.RUNS_BUCKET,
-        subjects.BENCH_RAW_BUCKET,
-        subjects.BENCH_RAW_MAIL_STREAM,
     }
+
+
+def test_bench_names_are_documented_apart_from_the_mesh() -> None:
+    from services.bench import names
+
+    documented = {ticked(row[0]) for row in table("Bench names") if row[0].startswith("`")}
+    assert documented == set(names.SUBJECT_PATTERNS) | set(names.BUCKETS)
+    assert not any("bench" in pattern for pattern in subjects.SUBJECT_PATTERNS)
 
 
 def test_recorder_event_kinds_agree() -> None:

@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
 
-from mesh.cli import build_parser
 from mesh.server import find_binary
-from mesh.settings import MailSettings, MeshSettings
+from services.cli import build_parser
+from services.http.settings import HttpSettings
+from services.mail.settings import MailSettings
+from services.settings import LLMSettings, MeshSettings
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
@@ -22,7 +26,7 @@ PASSWORDS = {f"MESH_{role}_PASSWORD": "x" for role in ("ADMIN", "BRIDGE", "WORKE
 
 def cli_commands() -> set[str]:
     """The subcommands `mesh --help` lists."""
-    out = subprocess.run([sys.executable, "-m", "mesh", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "services.cli", "--help"], capture_output=True, text=True, check=True).stdout
     return set(re.search(r"\{([a-z,-]+)\}", out).group(1).split(","))
 
 
@@ -32,12 +36,21 @@ def check_command(argv: list[str], known: set[str]) -> None:
     build_parser().parse_args(argv[1:])  # exits (SystemExit) on an unknown flag or missing argument
 
 
+def environment_names(settings: type[BaseSettings]) -> set[str]:
+    """The environment variables a settings class reads: its prefixed field names, or their aliases."""
+    prefix = settings.model_config.get("env_prefix", "")
+    found = set()
+    for name, field in settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            found |= {str(choice) for choice in alias.choices}
+        else:
+            found.add(f"{prefix}{name}".upper())
+    return found
+
+
 def check_environment(names: set[str]) -> None:
-    fields = (
-        {f"MESH_{name.upper()}" for name in MeshSettings.model_fields}
-        | {f"MESH_SMTP_{name.upper()}" for name in MailSettings.model_fields}
-        | {"NATS_URL"}
-    )
+    fields = set().union(*(environment_names(s) for s in (MeshSettings, HttpSettings, MailSettings, LLMSettings)))
     for name in names:
         if name.startswith("MESH_") and not name.endswith("_PASSWORD") or name == "NATS_URL":
             assert name in fields, f"{name} is not a mesh setting"

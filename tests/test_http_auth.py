@@ -7,7 +7,7 @@ import pytest
 import websockets
 from pydantic import SecretStr
 
-from mesh.settings import MeshSettings
+from services.http.settings import HttpSettings
 from services.demo import Counter
 from services.http.auth import Auth
 from services.http.config import config_from_settings, parse_listen
@@ -120,18 +120,18 @@ async def test_websocket_origin_must_be_this_host_or_a_configured_origin(secured
 def test_tokens_come_from_the_environment_and_a_file(tmp_path) -> None:
     path = tmp_path / "tokens"
     path.write_text("# operators\nfile-token-1\n\n  file-token-2  \n")
-    settings = MeshSettings(
-        http_tokens=SecretStr("env-a, env-b"),
-        http_tokens_file=path,
-        http="0.0.0.0:9000",
-        http_cors_origins="http://a.example/, http://b.example",
+    settings = HttpSettings(
+        tokens=SecretStr("env-a, env-b"),
+        tokens_file=path,
+        listen="0.0.0.0:9000",
+        cors_origins="http://a.example/, http://b.example",
     )
     config = config_from_settings(settings)
     assert config.tokens == ("env-a", "env-b", "file-token-1", "file-token-2")
     assert (config.host, config.port) == ("0.0.0.0", 9000)
     assert config.cors_origins == ("http://a.example", "http://b.example")
     assert "env-a" not in repr(config)
-    assert not config_from_settings(MeshSettings()).auth_enabled
+    assert not config_from_settings(HttpSettings()).auth_enabled
     assert parse_listen("off") is None and parse_listen(":8081") == ("127.0.0.1", 8081)
     with pytest.raises(ValueError):
         parse_listen("localhost:http")

@@ -35,7 +35,7 @@ def mesh_up(tmp_path: Path) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "mesh",
+            "services.cli",
             "up",
             "--nats-port",
             str(free_port()),

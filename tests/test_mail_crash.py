@@ -33,7 +33,7 @@ class SmtpProcess:
         }
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mesh", "smtp"], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                [sys.executable, "-m", "services.cli", "smtp"], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
 
     def log(self) -> str:

@@ -65,7 +65,7 @@ async def test_mesh_up_serves_mail_by_default(tmp_path: Path, sink: Sink) -> Non
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "mesh",
+        "services.cli",
         "up",
         "--nats-port",
         str(nats_port),

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mesh import MeshClient, NatsServer, Runtime
 from mesh.bus import NatsOptions, connect
 from mesh.errors import AgentError
-from mesh.health import HealthServer
+from services.health import HealthServer
 from mesh.metrics import EVENTS_DROPPED
 from mesh.observe import TurnRecord
 from mesh.recorder import FlightRecorder
@@ -51,7 +51,7 @@ async def scrape(port: int) -> dict:
 
 async def test_worker_metrics_move_with_requests_and_probes_answer(nats_server, worker_factory) -> None:
     port = free_port()
-    await worker_factory(nats_server.url, "core_agents", {**ENV, "MESH_METRICS_PORT": str(port)})
+    worker_factory(nats_server.url, "core_agents", {**ENV, "MESH_METRICS_PORT": str(port)})
     client = MeshClient(await connect(NatsOptions.from_url(nats_server.url)), default_timeout=10)
     try:
         ok = ("mesh_turns_total", (("outcome", "ok"), ("type", "counter")))
@@ -107,7 +107,7 @@ async def run_mesh(*args: str, url: str, timeout: float = 30) -> tuple[int, str,
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "mesh",
+        "services.cli",
         *args,
         env={**os.environ, "NATS_URL": url, **ENV},
         stdout=asyncio.subprocess.PIPE,
@@ -122,11 +122,11 @@ async def test_tail_links_a_request_across_two_agents_and_history_survives_a_res
     server = NatsServer(store)
     await server.start()
     try:
-        workers = [await worker_factory(server.url, "core_agents", ENV) for _ in range(2)]
+        workers = [worker_factory(server.url, "core_agents", ENV) for _ in range(2)]
         tail = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "mesh",
+            "services.cli",
             "tail",
             "hop",
             "--json",
@@ -154,7 +154,7 @@ async def test_tail_links_a_request_across_two_agents_and_history_survives_a_res
         assert turns["b"]["data"]["caller"] == "hop/a" and calls[0]["data"]["to"] == "hop/b"
 
         for worker in workers:
-            assert await worker.terminate() == 0
+            assert worker.terminate() == 0
         server.stop()
         server = NatsServer(store, port=server.port)
         await server.start()

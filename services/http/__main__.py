@@ -2,6 +2,6 @@
 
 import sys
 
-from mesh.cli import main
+from services.cli import main
 
 sys.exit(main(["http", *sys.argv[1:]]))

@@ -19,7 +19,7 @@ import orjson
 from starlette.datastructures import Headers, QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mesh.errors import Forbidden, Unauthorized
+from services.http.errors import Forbidden, Unauthorized
 from services.http.problems import problem
 
 PUBLIC_PREFIXES = ("/static/",)

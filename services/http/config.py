@@ -1,15 +1,15 @@
-"""The bridge's configuration as plain values, built once from `MeshSettings` at the edge."""
+"""The bridge's configuration as plain values, built once from `HttpSettings` at the edge."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mesh.settings import MeshSettings
+from services.http.settings import HttpSettings
 
 
 @dataclass(frozen=True)
 class BridgeConfig:
-    """Everything the HTTP bridge needs to know; see `MeshSettings.http_*` for what each knob means."""
+    """Everything the HTTP bridge needs to know; see `HttpSettings` for what each knob means."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -49,31 +49,31 @@ def parse_listen(value: str) -> tuple[str, int] | None:
     return (host.strip("[]") or "127.0.0.1"), number
 
 
-def read_tokens(settings: MeshSettings) -> tuple[str, ...]:
+def read_tokens(settings: HttpSettings) -> tuple[str, ...]:
     """Bearer tokens from `MESH_HTTP_TOKENS` (comma separated) and `MESH_HTTP_TOKENS_FILE` (one a line)."""
     tokens: list[str] = []
-    if settings.http_tokens is not None:
-        tokens += [t.strip() for t in settings.http_tokens.get_secret_value().split(",")]
-    if settings.http_tokens_file is not None:
-        lines = settings.http_tokens_file.read_text().splitlines()
+    if settings.tokens is not None:
+        tokens += [t.strip() for t in settings.tokens.get_secret_value().split(",")]
+    if settings.tokens_file is not None:
+        lines = settings.tokens_file.read_text().splitlines()
         tokens += [line.strip() for line in lines if not line.lstrip().startswith("#")]
     return tuple(t for t in tokens if t)
 
 
-def config_from_settings(settings: MeshSettings, listen: tuple[str, int] | None = None) -> BridgeConfig:
-    host, port = listen or parse_listen(settings.http) or ("127.0.0.1", 8080)
+def config_from_settings(settings: HttpSettings, listen: tuple[str, int] | None = None) -> BridgeConfig:
+    host, port = listen or parse_listen(settings.listen) or ("127.0.0.1", 8080)
     return BridgeConfig(
         host=host,
         port=port,
         tokens=read_tokens(settings),
-        cors_origins=tuple(o.strip().rstrip("/") for o in settings.http_cors_origins.split(",") if o.strip()),
-        max_body=settings.http_max_body,
-        timeout=settings.http_timeout,
-        async_timeout=settings.http_async_timeout,
-        idempotency_ttl=settings.http_idempotency_ttl,
-        runs_ttl=settings.http_runs_ttl,
-        ticket_ttl=settings.http_ticket_ttl,
-        heartbeat=settings.http_heartbeat,
-        events_stream=settings.http_events_stream,
-        events_max_age=settings.http_events_max_age,
+        cors_origins=tuple(o.strip().rstrip("/") for o in settings.cors_origins.split(",") if o.strip()),
+        max_body=settings.max_body,
+        timeout=settings.timeout,
+        async_timeout=settings.async_timeout,
+        idempotency_ttl=settings.idempotency_ttl,
+        runs_ttl=settings.runs_ttl,
+        ticket_ttl=settings.ticket_ttl,
+        heartbeat=settings.heartbeat,
+        events_stream=settings.events_stream,
+        events_max_age=settings.events_max_age,
     )

@@ -17,7 +17,8 @@ import orjson
 from nats.js.kv import KeyValue
 from starlette.responses import Response
 
-from mesh.errors import IdempotencyInProgress, IdempotencyKeyReused, RequestError
+from mesh.errors import RequestError
+from services.http.errors import IdempotencyInProgress, IdempotencyKeyReused
 
 MAX_KEY_LENGTH = 255
 REPLAYED_HEADER = "Idempotent-Replayed"

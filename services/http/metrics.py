@@ -1,12 +1,28 @@
-"""Prometheus counts of the bridge's requests, by method, route template (never the raw path) and status."""
+"""Prometheus counts of the bridge's requests, by method, route template (never the raw path) and status,
+in the process's one registry (`mesh.metrics.REGISTRY`)."""
 
 from __future__ import annotations
 
 import time
 
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mesh.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from mesh.metrics import REGISTRY, TURN_BUCKETS
+
+HTTP_REQUESTS = Counter(
+    "mesh_http_requests",
+    "HTTP bridge requests, by method, route template and status code.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_SECONDS = Histogram(
+    "mesh_http_request_duration_seconds",
+    "HTTP bridge request latency, by method and route template.",
+    ["method", "route"],
+    buckets=TURN_BUCKETS,
+    registry=REGISTRY,
+)
 
 
 class MetricsMiddleware:

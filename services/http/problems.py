@@ -15,7 +15,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from mesh.errors import MeshError, MethodNotAllowed, NotFound, RequestError
+from mesh.errors import MeshError, RequestError
+from services.http.errors import MethodNotAllowed, NotFound
 
 PROBLEM_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = 1

@@ -29,11 +29,11 @@ from mesh.errors import (
     ConnectionFailed,
     MeshError,
     MeshTimeout,
-    NotFound,
     PayloadTooLarge,
     RequestError,
 )
 from services.http.bridge import Bridge
+from services.http.errors import NotFound
 from services.http.idempotency import IdempotencyStore, fingerprint
 from services.http.problems import problem
 from services.http.runs import RunStore, new_run_id

@@ -17,7 +17,8 @@ import orjson
 import structlog
 from nats.js.kv import KeyValue
 
-from mesh.errors import MeshError, NotFound
+from mesh.errors import MeshError
+from services.http.errors import NotFound
 from services.http.problems import problem_body
 
 log = structlog.get_logger("services.http")

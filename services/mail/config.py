@@ -6,7 +6,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mesh.settings import MailSettings
+from services.mail.settings import MailSettings
 
 
 def split_list(text: str) -> tuple[str, ...]:

@@ -18,8 +18,8 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from mesh.metrics import MAIL_MESSAGES
 from services.mail.config import MailConfig
+from services.mail.metrics import MAIL_MESSAGES
 from services.mail.parse import Unparseable, accept_check
 from services.mail.routing import Resolver
 from services.mail.store import MailEnvelope, MailStore, StoreUnavailable, message_key, short_hash

@@ -1,4 +1,9 @@
-"""Settings read from the environment once, at the edge (the CLI and `services/`)."""
+"""Settings of a mesh process, read from the environment once, at the edge (the `mesh` command).
+
+The library (`mesh/`) takes plain values (`NatsOptions`, `RuntimeOptions`, `DurableOptions`);
+these classes are where environment variables become those values. The HTTP bridge and the mail
+service keep their own knobs next to them (`services/http/settings.py`, `services/mail/settings.py`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from mesh.bus import NatsOptions
 from mesh.durable import DurableOptions
 from mesh.runtime import RuntimeOptions
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+"""Where the commands that need a server look for it when neither `--nats-url` nor `NATS_URL` says."""
 
 
 class MeshSettings(BaseSettings):
@@ -60,26 +68,9 @@ class MeshSettings(BaseSettings):
     durable_ack_wait: float = Field(default=10.0, gt=0, description="Seconds before JetStream redelivers a silent delivery.")
     durable_turn_timeout: float = Field(default=30.0, gt=0, description="Seconds a delivery waits for its turn.")
 
-    # HTTP bridge (services/http): `mesh up` serves it unless http is "off"; `mesh http` always does.
-    http: str = Field(default="127.0.0.1:8080", description="HOST:PORT of the HTTP bridge, or off.")
-    http_tokens: SecretStr | None = Field(
-        default=None, description="Bearer tokens, comma separated; unset and no file = no auth."
-    )
-    http_tokens_file: Path | None = Field(default=None, description="File with one bearer token per line.")
-    http_cors_origins: str = Field(
-        default="", description="Allowed browser origins, comma separated (CORS and WebSocket Origin)."
-    )
-    http_max_body: int = Field(default=256 * 1024, ge=1, description="Request body limit in bytes (kept below NATS max_payload).")
-    http_timeout: float = Field(default=30.0, gt=0, description="Longest wait for an agent's reply to a synchronous request.")
-    http_async_timeout: float = Field(default=600.0, gt=0, description="Longest wait for a `Prefer: respond-async` run.")
-    http_idempotency_ttl: int = Field(default=86400, ge=1, description="Seconds a response is kept for its Idempotency-Key.")
-    http_runs_ttl: int = Field(default=3600, ge=1, description="Seconds an async run's result is kept for polling.")
-    http_ticket_ttl: int = Field(default=60, ge=1, description="Seconds a browser ticket for SSE/WebSocket is valid.")
-    http_heartbeat: float = Field(default=15.0, gt=0, description="Seconds between keep-alive messages on idle live connections.")
-    http_events_stream: str = Field(
-        default="mesh_events", description="JetStream stream that keeps `events.>` for resuming; empty = none."
-    )
-    http_events_max_age: int = Field(default=3600, ge=1, description="Seconds the events stream keeps an event.")
+    def url(self) -> str:
+        """The NATS URL(s) to connect to: the configured ones, else a local server on the default port."""
+        return self.nats_url or DEFAULT_URL
 
     def nats_options(self, url: str, name: str) -> NatsOptions:
         return NatsOptions.from_url(
@@ -117,46 +108,8 @@ class MeshSettings(BaseSettings):
         )
 
 
-class MailSettings(BaseSettings):
-    """The SMTP ingestion service (`mesh smtp`, and `mesh up` unless `--smtp off`). Environment: `MESH_SMTP_*`.
-
-    Lists are comma separated. Secrets are `SecretStr` and never logged.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="MESH_SMTP_", extra="ignore")
-
-    listen: str = Field(default="127.0.0.1:2525", description="HOST:PORT to accept mail on, or `off`.")
-    domains: str = Field(default="localhost", description="Accepted recipient domains; the first one signs replies.")
-    hostname: str | None = Field(default=None, description="Name in the SMTP greeting (default: the first domain).")
-    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Larger mail is refused with 552.")
-    max_recipients: int = Field(default=20, ge=1, description="More RCPT TO are refused with 452.")
-    agent_types: str = Field(default="", description="Agent types mail may reach; empty: every type the mesh serves.")
-    relay: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("MESH_SMTP_RELAY"),
-        description="HOST:PORT of the relay replies are sent through; unset: replies wait in the outbox.",
-    )
-    relay_user: str | None = None
-    relay_password: SecretStr | None = None
-    relay_starttls: bool = Field(default=False, description="Upgrade the relay connection with STARTTLS.")
-    tls_cert: Path | None = Field(default=None, description="Certificate offered with STARTTLS (with tls_key).")
-    tls_key: Path | None = None
-    require_tls: bool = Field(default=False, description="Refuse mail before STARTTLS.")
-    auth_user: str | None = Field(default=None, description="Require AUTH with this user (relaying setups).")
-    auth_password: SecretStr | None = None
-    trusted_authserv: str = Field(default="", description="authserv-ids whose Authentication-Results are believed.")
-    reply_limit: int = Field(default=10, ge=0, description="Replies per sender per reply_window.")
-    reply_window: float = Field(default=3600.0, gt=0)
-    approvers: str = Field(default="", description="Addresses that may approve or reject by mail.")
-    secret: SecretStr | None = Field(default=None, description="Key that signs approval reply addresses.")
-    process: bool = Field(default=True, description="Process accepted mail here (false: accept and store only).")
-    ack_wait: float = Field(default=30.0, ge=1, description="Seconds before an unacknowledged mail is redelivered.")
-    store_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for JetStream before answering 451.")
-    call_timeout: float = Field(default=300.0, gt=0, description="Seconds an agent may take to answer a mail.")
-
-
 class LLMSettings(BaseSettings):
-    """How LLM agents reach a model. Environment: `OPENAI_API_KEY`, `OPENAI_BASE_URL`, `MESH_*`.
+    """How the demo LLM agents reach a model. Environment: `OPENAI_API_KEY`, `OPENAI_BASE_URL`, `MESH_*`.
 
     Nothing set means the deterministic offline demo model (labelled in replies and logs).
     """

@@ -32,8 +32,8 @@ class Child:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    async def wait_for_log(self, needle: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_for_log(self, needle: str, within: float = 30.0) -> None:
+        deadline = time.monotonic() + within
         while needle not in self.log_text():
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.process.args!r} exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
@@ -76,7 +76,7 @@ def service_env(url: str) -> dict[str, str]:
 async def start_worker(url: str, app: str, log_path: Path, env: dict[str, str] | None = None) -> Child:
     """A `mesh worker` process; returns once it serves its agent types."""
     worker = Child(
-        ["mesh", "worker", "--app", app],
+        ["services.cli", "worker", "--app", app],
         log_path,
         env={"NATS_URL": url, "MESH_LOG_FORMAT": "json", "MESH_LOG_LEVEL": "info", **(env or {})},
     )
@@ -90,4 +90,4 @@ async def start_worker(url: str, app: str, log_path: Path, env: dict[str, str] |
 
 def start_raw(url: str, model_url: str, log_path: Path) -> Child:
     """The raw nats-py responder; the caller waits until `_bench.raw.echo` answers."""
-    return Child(["mesh.bench.raw", url, model_url], log_path)
+    return Child(["services.bench.raw", url, model_url], log_path)

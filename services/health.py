@@ -105,8 +105,8 @@ async def open_health_server(
 ) -> AsyncIterator[HealthServer | None]:
     """Serve the operations endpoints for the duration of the block; nothing when `port` is None.
 
-    Any mesh process wraps its serving in this (`mesh worker`, `mesh up`, `mesh http`,
-    `mesh smtp`): `async with open_health_server(s.metrics_host, s.metrics_port, ready=...):`.
+    Every process the `mesh` command runs wraps its serving in this (`mesh worker`, `mesh up`,
+    `mesh http`, `mesh smtp`): `async with open_health_server(s.metrics_host, s.metrics_port, ready=...):`.
     `collector` (e.g. a `RuntimeCollector`) is registered for the same duration.
     """
     if port is None:

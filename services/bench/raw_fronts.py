@@ -2,11 +2,11 @@
 
 Run as its own process by `mesh bench`:
 
-- `python -m mesh.bench.raw_fronts http NATS_URL PORT`: a Starlette app on uvicorn whose single
+- `python -m services.bench.raw_fronts http NATS_URL PORT`: a Starlette app on uvicorn whose single
   route `POST /agents/{type}/{name}` makes the same NATS request as the HTTP bridge
   (`nc.request("agents.<type>.<name>", body)`) and returns the reply body. Served like the bridge
   (same uvicorn settings, a TCP_NODELAY socket) so that only the bridge's own work differs.
-- `python -m mesh.bench.raw_fronts smtp NATS_URL PORT`: an aiosmtpd server (same SMTP settings
+- `python -m services.bench.raw_fronts smtp NATS_URL PORT`: an aiosmtpd server (same SMTP settings
   as the mail service) whose handler only publishes each message to the JetStream stream
   `mesh_bench_raw_mail` and answers 250 once JetStream acknowledged it.
 
@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mesh import subjects
+from services.bench import names
 
 
 def http_app(nc: Client) -> Starlette:
@@ -82,7 +82,7 @@ class StoreOnly:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
         raw = envelope.original_content
         assert isinstance(raw, bytes)
-        await self.js.publish(subjects.BENCH_RAW_MAIL_SUBJECT, raw, stream=subjects.BENCH_RAW_MAIL_STREAM)
+        await self.js.publish(names.RAW_MAIL_SUBJECT, raw, stream=names.RAW_MAIL_STREAM)
         return "250 2.0.0 Stored"
 
 
@@ -90,8 +90,8 @@ async def serve_smtp(nc: Client, port: int, stop: asyncio.Event) -> None:
     js = nc.jetstream()
     await js.add_stream(
         StreamConfig(
-            name=subjects.BENCH_RAW_MAIL_STREAM,
-            subjects=[subjects.BENCH_RAW_MAIL_SUBJECT],
+            name=names.RAW_MAIL_STREAM,
+            subjects=[names.RAW_MAIL_SUBJECT],
             storage=StorageType.FILE,
         )
     )

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import orjson
 
-from mesh.bench.profile import find_py_spy
-from mesh.bench.runner import BenchOptions, render_table, run_bench
-from mesh.bench.scenarios import SCENARIOS
+from services.bench.profile import find_py_spy
+from services.bench.runner import BenchOptions, render_table, run_bench
+from services.bench.scenarios import SCENARIOS
 
 HELP = """\
 Measure the mesh against raw nats-py, scenario by scenario, in one run on one nats-server.
@@ -98,7 +98,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=Path,
         metavar="DIR",
         help="record py-spy profiles of the mesh workers and the raw responder into DIR "
-        "(needs the bench extra; summarize with python -m mesh.bench.profile)",
+        "(needs the bench extra; summarize with python -m services.bench.profile)",
     )
 
 
@@ -117,7 +117,7 @@ async def cmd_bench(args: argparse.Namespace) -> int:
             raise ValueError("--scale must be positive")
         if args.profile is not None and find_py_spy() is None:
             raise ValueError("--profile needs py-spy: pip install 'agent-mesh[bench]'")
-        from mesh.bench.runner import select
+        from services.bench.runner import select
 
         select(options.only)
     except ValueError as exc:

@@ -1,7 +1,7 @@
 """Sampling profiles of the bench's processes (py-spy, the `bench` extra), and their summary.
 
 `mesh bench --profile DIR` attaches `py-spy record --format raw` to each mesh worker and to the
-bench process itself; `python -m mesh.bench.profile DIR/worker.txt --ops N` then prints where the
+bench process itself; `python -m services.bench.profile DIR/worker.txt --ops N` then prints where the
 CPU went, as inclusive and self time per function and per operation (N = turns the worker ran).
 """
 
@@ -86,7 +86,7 @@ def _short(frame: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mesh.bench.profile", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m services.bench.profile", description=__doc__)
     parser.add_argument("file", type=Path, help="a py-spy raw (collapsed stacks) file")
     parser.add_argument("--ops", type=int, help="operations the process ran, for per-op figures")
     parser.add_argument("--top", type=int, default=25)

@@ -19,13 +19,13 @@ import orjson
 from nats.aio.client import Client
 
 from mesh import subjects
-from mesh.bench import procs
-from mesh.bench.clients import HttpPool, ProtocolError, SmtpPool, mail_message
-from mesh.bench.load import Measure, Op, Progress, drive, merge, process_cpu
-from mesh.bench.raw import SUBJECT_PREFIX
-from mesh.bench.stub_model import StubModel
 from mesh.client import MeshClient
 from mesh.server import free_port
+from services.bench import procs
+from services.bench.clients import HttpPool, ProtocolError, SmtpPool, mail_message
+from services.bench.load import Measure, Op, Progress, drive, merge, process_cpu
+from services.bench.raw import SUBJECT_PREFIX
+from services.bench.stub_model import StubModel
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ class Bench:
         """Profile `child` with py-spy when `--profile` asked for it; returns the recorder or None."""
         if self.profile_dir is None:
             return None
-        from mesh.bench.profile import Recorder
+        from services.bench.profile import Recorder
 
         recorder = Recorder(child.pid, self.profile_dir / f"{name}.txt")
         self.recorders.append(recorder)
@@ -178,13 +178,13 @@ class Bench:
         while self.recorders:
             self.recorders.pop().stop()
 
-    async def raw(self, subject: str, data: bytes, timeout: float = 30.0) -> bytes:
+    async def raw(self, subject: str, data: bytes, timeout: float = 30.0) -> bytes:  # noqa: ASYNC109 (the request's own)
         msg = await self.nc.request(f"{SUBJECT_PREFIX}.{subject}", data, timeout=timeout)
         if msg.data.startswith(b'{"error"'):
             raise RuntimeError(msg.data.decode(errors="replace"))
         return msg.data
 
-    async def mesh(self, agent_type: str, name: str, data: bytes, timeout: float = 30.0) -> Any:
+    async def mesh(self, agent_type: str, name: str, data: bytes, timeout: float = 30.0) -> Any:  # noqa: ASYNC109 (on the wire)
         return await self.client.call(agent_type, name, data, timeout=timeout)
 
 
@@ -236,7 +236,7 @@ async def activation(b: Bench) -> list[Result]:
     n = b.sizes.activations
     worker = await procs.start_worker(
         b.url,
-        "mesh.bench.agents:ACTIVATION_AGENTS",
+        "services.bench.agents:ACTIVATION_AGENTS",
         b.workdir / "worker-activation.log",
         env={"MESH_IDLE_TIMEOUT": str(b.sizes.idle_timeout)},
     )
@@ -252,7 +252,7 @@ async def activation(b: Bench) -> list[Result]:
             mesh_pid=worker.pid,
         )
         rss_end, rss_peak = worker.memory_mb()
-        evicted = await _wait_evicted(b, "bench-act", timeout=b.sizes.idle_timeout * 2 + 30)
+        evicted = await _wait_evicted(b, "bench-act", within=b.sizes.idle_timeout * 2 + 30)
         rss_idle, _ = worker.memory_mb()
         worker.check_alive()
     finally:
@@ -271,10 +271,10 @@ async def activation(b: Bench) -> list[Result]:
     return [Result("activation", f"{n} new instances c=64", "first touches", raw, mesh, target, met, notes=notes)]
 
 
-async def _wait_evicted(b: Bench, agent_type: str, timeout: float) -> bool:
+async def _wait_evicted(b: Bench, agent_type: str, within: float) -> bool:
     """Poll the worker's `$SRV.STATS` until it holds no activations of `agent_type`."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     b.progress.note(f"  activation: waiting for idle eviction (idle_timeout {b.sizes.idle_timeout}s)")
     while loop.time() < deadline:
         try:
@@ -311,9 +311,9 @@ async def http(b: Bench) -> list[Result]:
     n, concurrency = b.sizes.http_ops, 64
     mesh_port, raw_port = free_port(), free_port()
     bridge = procs.Child(
-        ["mesh", "http", "--http", f"127.0.0.1:{mesh_port}"], b.workdir / "http-bridge.log", env=procs.service_env(b.url)
+        ["services.cli", "http", "--http", f"127.0.0.1:{mesh_port}"], b.workdir / "http-bridge.log", env=procs.service_env(b.url)
     )
-    base = procs.Child(["mesh.bench.raw_fronts", "http", b.url, str(raw_port)], b.workdir / "http-raw.log")
+    base = procs.Child(["services.bench.raw_fronts", "http", b.url, str(raw_port)], b.workdir / "http-raw.log")
     raw_pool, mesh_pool = HttpPool("127.0.0.1", raw_port, concurrency), HttpPool("127.0.0.1", mesh_port, concurrency)
     path = "/agents/bench-echo/b"
     recorders = [b.watch(bridge, "http-bridge"), b.watch(base, "http-raw")]
@@ -343,11 +343,11 @@ async def mail(b: Bench) -> list[Result]:
     n, sessions = b.sizes.mail_ops, 8
     mesh_port, raw_port = free_port(), free_port()
     service = procs.Child(
-        ["mesh", "smtp", "--listen", f"127.0.0.1:{mesh_port}"],
+        ["services.cli", "smtp", "--listen", f"127.0.0.1:{mesh_port}"],
         b.workdir / "smtp-mesh.log",
         env={**procs.service_env(b.url), "MESH_SMTP_PROCESS": "false", "MESH_SMTP_AGENT_TYPES": "bench-echo"},
     )
-    base = procs.Child(["mesh.bench.raw_fronts", "smtp", b.url, str(raw_port)], b.workdir / "smtp-raw.log")
+    base = procs.Child(["services.bench.raw_fronts", "smtp", b.url, str(raw_port)], b.workdir / "smtp-raw.log")
     raw_pool, mesh_pool = SmtpPool("127.0.0.1", raw_port, sessions), SmtpPool("127.0.0.1", mesh_port, sessions)
     message, ids = mail_message(b.run_id), itertools.count()  # a new Message-ID for every mail
     sender, rcpt = f"bench-{b.run_id}@bench.invalid", "bench-echo+b@localhost"
@@ -380,10 +380,10 @@ async def mail(b: Bench) -> list[Result]:
     return [Result("mail", f"{sessions} SMTP sessions", "mails accepted", raw, mesh, target, None, notes=notes)]
 
 
-async def _until_serving(op: Op, child: procs.Child, timeout: float = 30.0) -> bytes:
+async def _until_serving(op: Op, child: procs.Child, within: float = 30.0) -> bytes:
     """Retry `op(0)` until the child answers it (a port that is not yet listening refuses)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while True:
         child.check_alive()
         try:
@@ -417,4 +417,4 @@ SCENARIOS: dict[str, Callable[[Bench], Awaitable[list[Any]]]] = {
     "mail": mail,
 }
 
-MAIN_APP = "mesh.bench.agents"  # its AGENTS; `activation` starts a worker of its own
+MAIN_APP = "services.bench.agents"  # its AGENTS; `activation` starts a worker of its own

@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from mesh import bus, subjects
-from mesh.bench import procs
-from mesh.bench.agents import MODEL_URL_ENV
-from mesh.bench.load import Progress
-from mesh.bench.raw import SUBJECT_PREFIX
-from mesh.bench.scenarios import FULL, MAIN_APP, QUICK, SCENARIOS, Bench, scaled
-from mesh.bench.stub_model import StubModel
 from mesh.client import MeshClient
 from mesh.server import NatsServer
+from services.bench import procs
+from services.bench.agents import MODEL_URL_ENV
+from services.bench.load import Progress
+from services.bench.names import RAW_BUCKET, RAW_MAIL_STREAM
+from services.bench.raw import SUBJECT_PREFIX
+from services.bench.scenarios import FULL, MAIN_APP, QUICK, SCENARIOS, Bench, scaled
+from services.bench.stub_model import StubModel
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
 
 
-async def _wait_raw_ready(nc: Any, raw: procs.Child, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_raw_ready(nc: Any, raw: procs.Child, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
     while True:
         raw.check_alive()
         try:
@@ -71,11 +72,11 @@ async def _clean_up(nc: Any) -> None:
     """On a server that outlives the run: drop the raw bucket and stream, and the bench agents' KV entries."""
     js = nc.jetstream()
     try:
-        await js.delete_key_value(subjects.BENCH_RAW_BUCKET)
+        await js.delete_key_value(RAW_BUCKET)
     except Exception:
         pass
     try:
-        await js.delete_stream(subjects.BENCH_RAW_MAIL_STREAM)
+        await js.delete_stream(RAW_MAIL_STREAM)
     except Exception:
         pass
     for bucket in (subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET):
@@ -135,7 +136,7 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
                     bench.watch(worker, "worker")
                     bench.watch(raw, "raw")
                     if options.profile is not None:
-                        from mesh.bench.profile import Recorder
+                        from services.bench.profile import Recorder
 
                         bench.recorders.append(Recorder(os.getpid(), options.profile / "bench.txt"))
                     results: list[dict[str, Any]] = []

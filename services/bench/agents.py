@@ -1,7 +1,7 @@
-"""The agents `mesh bench` runs in its worker processes (`--app mesh.bench.agents`).
+"""The agents `mesh bench` runs in its worker processes (`--app services.bench.agents`).
 
 They do the least work that still exercises the mesh path being measured, the same work as the
-raw nats-py responder in `mesh.bench.raw`: echo, or bump a counter that is persisted every turn,
+raw nats-py responder in `services.bench.raw`: echo, or bump a counter that is persisted every turn,
 or wait on the local stub model first.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from mesh.agent import Agent
-from mesh.bench import stub_model
+from services.bench import stub_model
 
 MODEL_URL_ENV = "MESH_BENCH_MODEL_URL"
 

@@ -1,6 +1,6 @@
 """The raw nats-py baseline: hand-written responders doing the same jobs as the bench agents.
 
-Run as its own process by `mesh bench`: `python -m mesh.bench.raw NATS_URL [MODEL_URL]`. This is
+Run as its own process by `mesh bench`: `python -m services.bench.raw NATS_URL [MODEL_URL]`. This is
 what a careful nats-py user writes without the mesh:
 
 - `_bench.raw.echo`: replies with the request, inside the subscription callback.
@@ -25,11 +25,10 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from mesh import subjects
-from mesh.bench import stub_model
+from services.bench import names, stub_model
 
-SUBJECT_PREFIX = subjects.BENCH_RAW_PREFIX
-BUCKET = subjects.BENCH_RAW_BUCKET
+SUBJECT_PREFIX = names.RAW_PREFIX
+BUCKET = names.RAW_BUCKET
 
 
 async def _bump(kv: KeyValue, key: str, data: bytes) -> bytes:

@@ -1,5 +1,0 @@
-import sys
-
-from mesh.cli import main
-
-sys.exit(main())

@@ -1,0 +1,212 @@
+"""The long-running `mesh` subcommands: each composes one process out of the library and the services.
+
+    mesh up       an embedded nats-server (unless --nats-url), a worker, the HTTP bridge, the SMTP service
+    mesh worker   one more worker for the same agents
+    mesh http     the HTTP bridge alone
+    mesh smtp     the SMTP ingestion service alone
+
+Each serves until SIGINT or SIGTERM, then stops what it started, in reverse order, and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import importlib
+import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from mesh import bus
+from mesh.agent import Agent
+from mesh.errors import MeshError, RequestError
+from mesh.logging import configure_logging
+from mesh.runtime import RuntimeOptions
+from mesh.server import NatsServer
+from services import triage
+from services.health import open_health_server
+from services.http.config import BridgeConfig, config_from_settings, parse_listen
+from services.http.server import serve_http
+from services.http.settings import HttpSettings
+from services.mail import MailConfig, MailService
+from services.mail.settings import MailSettings
+from services.settings import LLMSettings, MeshSettings
+from services.worker import close_connection, open_worker
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as Connection  # until mesh.bus names it
+
+log = structlog.get_logger("mesh.cli")
+
+
+def load_agents(spec: str) -> list[type[Agent[Any]]]:
+    """`module` (its `AGENTS` list) or `module:attribute` (a list of agent classes, or one class)."""
+    module_name, _, attribute = spec.partition(":")
+    module = importlib.import_module(module_name)
+    found = getattr(module, attribute or "AGENTS")
+    agents = [found] if isinstance(found, type) else list(found)
+    for cls in agents:
+        if not (isinstance(cls, type) and issubclass(cls, Agent)):
+            raise TypeError(f"{spec}: {cls!r} is not an Agent subclass")
+    return agents
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT (Ctrl-C) or SIGTERM: the process stops in order instead of dying."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def cmd_up(args: argparse.Namespace, settings: MeshSettings) -> int:
+    configure_logging(settings.log_format, settings.log_level)
+    http = _http_settings(args)
+    mail = MailSettings()
+    if args.smtp:
+        mail = mail.model_copy(update={"listen": args.smtp})
+    if settings.nats_url:
+        return await _serve(settings, settings.nats_url, http=http, mail=mail)
+    async with NatsServer(settings.store, port=settings.nats_port) as server:
+        print(
+            f"mesh is up: nats-server at {server.url} (store {settings.store}); "
+            f"try: mesh call counter/demo '{{\"add\": 1}}' "
+            f"or mesh call triage/alice '\"What is the capital of France?\"'",
+            file=sys.stderr,
+            flush=True,
+        )
+        # The server stops with this process, and with it every route to this worker: lingering
+        # for peers that might still forward here would only delay the exit.
+        options = dataclasses.replace(settings.runtime_options(), handover_linger=0.0)
+        return await _serve(settings, server.url, http=http, mail=mail, options=options)
+
+
+async def cmd_worker(args: argparse.Namespace, settings: MeshSettings) -> int:
+    configure_logging(settings.log_format, settings.log_level)
+    return await _serve(settings, settings.url())
+
+
+async def _serve(
+    settings: MeshSettings,
+    url: str,
+    *,
+    http: HttpSettings | None = None,
+    mail: MailSettings | None = None,
+    options: RuntimeOptions | None = None,
+) -> int:
+    """A worker for `settings.app`, plus the HTTP bridge and the SMTP service if asked, until a signal.
+
+    Stopping goes outside in: the bridge (its requests in flight still get their replies), then
+    mail, then the worker (`open_worker`).
+    """
+    stop = stop_on_signals()
+    configure_demo_model(LLMSettings())
+    agents = load_agents(settings.app)
+    listen = _listen(http) if http is not None else None
+    async with open_worker(settings, url, agents, options=options) as worker:
+        async with _open_mail(worker.nc, mail, tuple(a.type for a in agents)):
+            async with asyncio.TaskGroup() as tasks:
+                if listen is not None:
+                    assert http is not None
+                    config = config_from_settings(http, listen)
+                    tasks.create_task(serve_bridge(config, settings.nats_options(url, "mesh-http"), stop))
+                await stop.wait()
+    return 0
+
+
+def configure_demo_model(llm: LLMSettings) -> None:
+    """The demo LLM agents (`services.triage`, in the default app) get their model from here."""
+    triage.configure(
+        triage.ModelSettings(
+            api_key=llm.api_key(),
+            base_url=llm.openai_base_url,
+            model=llm.model,
+            openai_tracing=llm.openai_tracing,
+            approval_ttl=llm.approval_ttl,
+            memory_max_items=llm.memory_max_items,
+        )
+    )
+
+
+@contextlib.asynccontextmanager
+async def _open_mail(nc: Connection, settings: MailSettings | None, agent_types: tuple[str, ...]) -> AsyncIterator[None]:
+    """The SMTP service of `mesh up` on the worker's connection, unless its listen address is `off`.
+
+    Mail is an add-on there: if its port cannot be bound, the agents still serve, and the log says why.
+    """
+    if settings is None or settings.listen == "off":
+        yield
+        return
+    service = MailService(nc, MailConfig.from_settings(settings, agent_types=agent_types))
+    try:
+        await service.start()
+    except OSError as exc:
+        log.error("mail.unavailable", listen=settings.listen, error=str(exc))
+        yield
+        return
+    try:
+        yield
+    finally:
+        await service.stop()
+
+
+async def serve_bridge(config: BridgeConfig, nats: bus.NatsOptions, stop: asyncio.Event) -> None:
+    """Serve the HTTP bridge until `stop` is set; a bridge that ends for any reason stops the process."""
+    print(f"HTTP bridge and dashboard at http://{config.host}:{config.port}/", file=sys.stderr, flush=True)
+    try:
+        await serve_http(config, nats, stop)
+    except OSError as exc:
+        raise MeshError(f"cannot serve the HTTP bridge on {config.host}:{config.port}: {exc.strerror or exc}") from exc
+    finally:
+        stop.set()
+
+
+def _http_settings(args: argparse.Namespace) -> HttpSettings:
+    settings = HttpSettings()
+    return settings.model_copy(update={"listen": args.http}) if args.http else settings
+
+
+def _listen(settings: HttpSettings) -> tuple[str, int] | None:
+    try:
+        return parse_listen(settings.listen)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+
+
+async def cmd_http(args: argparse.Namespace, settings: MeshSettings) -> int:
+    configure_logging(settings.log_format, settings.log_level)
+    http = _http_settings(args)
+    listen = _listen(http)
+    if listen is None:
+        print("mesh http: --http off leaves nothing to serve", file=sys.stderr)
+        return 2
+    stop = stop_on_signals()
+    async with open_health_server(settings.metrics_host, settings.metrics_port):
+        await serve_bridge(config_from_settings(http, listen), settings.nats_options(settings.url(), "mesh-http"), stop)
+    return 0
+
+
+async def cmd_smtp(args: argparse.Namespace, settings: MeshSettings) -> int:
+    configure_logging(settings.log_format, settings.log_level)
+    mail = MailSettings()
+    if args.listen:
+        mail = mail.model_copy(update={"listen": args.listen})
+    stop = stop_on_signals()
+    nc = await bus.connect(settings.nats_options(settings.url(), "mesh-smtp"))
+    try:
+        service = MailService(nc, MailConfig.from_settings(mail))
+        async with open_health_server(settings.metrics_host, settings.metrics_port, ready=lambda: nc.is_connected):
+            await service.start()
+            try:
+                await stop.wait()
+            finally:
+                await service.stop()
+    finally:
+        await close_connection(nc)
+    return 0
