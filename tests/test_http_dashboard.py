@@ -10,6 +10,7 @@ import pytest
 from http_agents import Mailer
 from playwright.async_api import Browser, async_playwright, expect
 
+from mesh.testing import eventually
 from services.demo import Counter
 from services.triage import Clerk
 
@@ -122,11 +123,12 @@ async def test_dashboard_approves_a_real_llm_agents_tool_call(browser, mesh_fact
         await row.get_by_role("button", name="Approve").click()
         await expect(page.locator("#approvals")).to_contain_text("none")
         async with httpx.AsyncClient(base_url=bridge.url) as other:
-            for _ in range(100):
+
+            async def saved() -> httpx.Response | None:
                 response = await other.get("/agents/counter/demo/state")
-                if response.status_code == 200:
-                    break
-                await page.wait_for_timeout(100)
+                return response if response.status_code == 200 else None
+
+            response = await eventually(saved, timeout=10, interval=0.1)
             assert response.json()["state"] == {"value": 5}  # the approved tool ran, once
         assert errors == []
     finally:

@@ -18,13 +18,13 @@ from mesh import bus
 from mesh.client import MeshClient
 from mesh.models import OFFLINE_PREFIX, OfflineModel, select_model
 from mesh.server import NatsServer, free_port
-from mesh.testing import WorkerProcess
+from mesh.testing import WorkerFactory
 
 NO_MODEL_ENV = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "MESH_MODEL": ""}
 
 
 async def test_triage_routes_to_the_right_tutor_through_the_chat_completions_client(
-    nats_server: NatsServer, mesh_client: MeshClient, worker_factory: Callable[..., WorkerProcess]
+    nats_server: NatsServer, mesh_client: MeshClient, worker_factory: WorkerFactory
 ) -> None:
     async with ChatCompletionsStub() as stub:
         env = {"OPENAI_BASE_URL": stub.base_url, "OPENAI_API_KEY": "test-key", "MESH_MODEL": "stub-model"}
@@ -70,7 +70,7 @@ async def test_mesh_up_serves_the_triage_demo_on_the_offline_model(tmp_path: Pat
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
         up = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up", "--nats-port", str(port), "--store", str(tmp_path / "store")],
+            [sys.executable, "-m", "mesh", "up", "--nats-port", str(port), "--store", str(tmp_path / "store")],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -83,7 +83,7 @@ async def test_mesh_up_serves_the_triage_demo_on_the_offline_model(tmp_path: Pat
             [
                 sys.executable,
                 "-m",
-                "services.cli",
+                "mesh",
                 "call",
                 "--nats-url",
                 f"nats://127.0.0.1:{port}",
@@ -137,12 +137,13 @@ async def test_events_show_the_handoff_and_the_streamed_text(
         sub = await nc.subscribe("events.triage.carol.>")
         reply = await mesh_client.call("triage", "carol", "What is the capital of Italy?", timeout=60)
         kinds: list[str] = []
-        while "run_completed" not in kinds:
-            msg = await sub.next_msg(timeout=10)
-            kinds.append(msg.subject.rsplit(".", 1)[1])
-            data = json.loads(msg.data)
-            assert data["run_id"] == reply["run_id"]
-            assert "traceparent" in (msg.headers or {})
+        async with asyncio.timeout(10):
+            while "run_completed" not in kinds:
+                msg = await sub.next_msg(timeout=10)
+                kinds.append(msg.subject.rsplit(".", 1)[1])
+                data = json.loads(msg.data)
+                assert data["run_id"] == reply["run_id"]
+                assert "traceparent" in (msg.headers or {})
     finally:
         await nc.close()
     assert kinds.index("handoff") < kinds.index("text_delta") < kinds.index("run_completed")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 from mail_support import Inbox, send
 
+from mesh.testing import eventually
 from services.mail.parse import Unparseable, parse_message
 
 CORPUS = Path(__file__).parent / "mail_corpus"
@@ -73,12 +73,13 @@ async def test_the_corpus_through_smtp_while_the_server_keeps_serving(mesh_facto
         if code != 250:
             assert reply.startswith(b"5.6.0"), reply
     expected = [v for v in EXPECTED.values() if v[0] == 250]
-    async with asyncio.timeout(30):
-        while True:
-            state = await mesh_client.state("inbox", "corpus")
-            if state is not None and len(state["mails"]) == len(expected):
-                break
-            await asyncio.sleep(0.05)
+
+    async def all_delivered() -> dict:
+        state = await mesh_client.state("inbox", "corpus")
+        assert state is not None and len(state["mails"]) == len(expected), state and len(state["mails"])
+        return state
+
+    state = await eventually(all_delivered, timeout=30)
     by_subject = {m["subject"]: m for m in state["mails"]}
     for _, subject, text, attachments in expected:
         assert subject in by_subject

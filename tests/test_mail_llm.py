@@ -11,7 +11,7 @@ from mail_support import MailFactory, Sink, compose, send
 from mesh.client import MeshClient
 from mesh.memory import MemorySession
 from mesh.server import NatsServer
-from mesh.testing import WorkerFactory
+from mesh.testing import WorkerFactory, eventually
 from services.mail.routing import sign_token
 
 OFFLINE = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "MESH_MODEL": ""}
@@ -101,9 +101,7 @@ async def test_a_pending_approval_is_decided_by_the_approvers_reply(
     ]
     for message, sender, rcpt in attempts:
         assert (await send(service.port, message, sender=sender, rcpts=[rcpt]))[0] == 250
-    async with asyncio.timeout(30):
-        while service.handler.accepted < 4:
-            await asyncio.sleep(0.05)
+    await eventually(lambda: service.handler.accepted >= 4, timeout=30)
     await asyncio.sleep(1.0)
     assert len(sink.received) == 2
     assert await mesh_client.state("counter", "t1") is None

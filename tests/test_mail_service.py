@@ -7,16 +7,17 @@ import asyncio
 from mail_support import Inbox, Notes, Sink, compose, send
 
 from mesh.client import MeshClient
+from mesh.testing import eventually
 from services.mail.routing import agent_address
 
 
-async def wait_state(client: MeshClient, agent_type: str, name: str, check, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while True:
-            state = await client.state(agent_type, name)
-            if state is not None and check(state):
-                return state
-            await asyncio.sleep(0.05)
+async def wait_state(client: MeshClient, agent_type: str, name: str, check):  # type: ignore[no-untyped-def]
+    async def reached() -> dict:
+        state = await client.state(agent_type, name)
+        assert state is not None and check(state), state
+        return state
+
+    return await eventually(reached, timeout=20)
 
 
 async def test_a_mail_becomes_a_request_and_the_answer_a_threaded_reply(mesh_factory, mesh_client, mail_factory, sink):
@@ -145,10 +146,13 @@ async def test_nats_down_means_451_and_the_sender_retries_later(nats_server, mes
     code, reply = await send(service.port, compose(body="while down", message_id="<down@example.com>"))
     assert code == 451, reply
     await nats_server.start()
-    async with asyncio.timeout(20):
-        while (code := (await send(service.port, compose(body="while down", message_id="<down@example.com>")))[0]) != 250:
-            assert code == 451
-            await asyncio.sleep(0.2)
+
+    async def stored() -> bool:  # the sender's retry, once nats-server is back
+        code, reply = await send(service.port, compose(body="while down", message_id="<down@example.com>"))
+        assert code in (250, 451), reply
+        return code == 250
+
+    await eventually(stored, timeout=20, interval=0.2)
     (answer,) = await sink.wait_for(1, timeout=30)
     assert answer.get_content().strip() == "Noted #1: while down"
 
@@ -237,22 +241,18 @@ async def test_relay_4xx_is_retried_and_5xx_recorded_as_failed(mesh_factory, mai
     service = await mail_factory()
     sink.answer = "451 4.3.0 try later"
     assert (await send(service.port, compose(body="retry me")))[0] == 250
-    async with asyncio.timeout(20):
-        while True:
-            records = [e for e in await _records(service, "out") if e.get("status") == "retrying"]
-            if records:
-                break
-            await asyncio.sleep(0.05)
+    await eventually(lambda: _records_with(service, "out", "retrying"), timeout=20)
     sink.answer = "250 OK"
     (answer,) = await sink.wait_for(1)
     assert answer.get_content().strip() == "Noted #1: retry me"
     sink.answer = "550 5.1.1 no such user"
     assert (await send(service.port, compose(body="fail me")))[0] == 250
-    async with asyncio.timeout(20):
-        while not [e for e in await _records(service, "out") if e.get("status") == "failed"]:
-            await asyncio.sleep(0.05)
-    (failed,) = [e for e in await _records(service, "out") if e.get("status") == "failed"]
+    (failed,) = await eventually(lambda: _records_with(service, "out", "failed"), timeout=20)
     assert failed["error"].startswith("550")
+
+
+async def _records_with(service, kind: str, status: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [e for e in await _records(service, kind) if e.get("status") == status]
 
 
 async def _records(service, kind: str) -> list[dict]:  # type: ignore[no-untyped-def]

@@ -1,6 +1,5 @@
 """Security: the permissions example in deploy/, TLS for every mesh process, no secret in any log."""
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from mesh import MeshClient, NatsServer, Runtime
 from mesh.bus import NatsOptions, connect
 from mesh.errors import ConnectionFailed
 from mesh.recorder import FlightRecorder
+from mesh.testing import eventually
 from services.demo import Counter
 
 ROOT = Path(__file__).parent.parent
@@ -40,15 +40,15 @@ class Session:
         return self
 
     async def refused(self, action) -> bool:
-        """True when the server answers `action` with a permissions violation."""
+        """True when the server answers `action` with a permissions violation (within 2 s)."""
         before = len(self.errors)
         await action()
         await self.nc.flush()
-        for _ in range(100):
-            if any("permissions violation" in e.lower() for e in self.errors[before:]):
-                return True
-            await asyncio.sleep(0.02)
-        return False
+        try:
+            await eventually(lambda: any("permissions violation" in e.lower() for e in self.errors[before:]), timeout=2)
+        except AssertionError:
+            return False
+        return True
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ async def test_a_worker_process_runs_with_the_example_worker_permissions(secured
         "MESH_APP": "services.demo:Counter",
         "PYTHONPATH": str(ROOT),
     }
-    worker = worker_factory(url, "services.demo:Counter", env)
+    worker = await worker_factory(url, "services.demo:Counter", env)
     admin = MeshClient(
         await connect(NatsOptions.from_url(url, user="admin", password=PASSWORDS["MESH_ADMIN_PASSWORD"])),
         default_timeout=10,
@@ -125,19 +125,16 @@ async def test_a_worker_process_runs_with_the_example_worker_permissions(secured
         default_timeout=10,
     )
     try:
-        for _ in range(100):
-            if "durable.started" in worker.log_text():
-                break
-            await asyncio.sleep(0.1)
-        assert "durable.started" in worker.log_text(), worker.log_text()[-2000:]
+        await worker.wait_logged("durable.started")
         assert await bridge.call("counter", "w", {"add": 1}) == {"value": 1}
         await admin.send_durable("counter", "w", {"add": 10})
-        for _ in range(100):
-            if await bridge.state("counter", "w") == {"value": 11}:
-                break
-            await asyncio.sleep(0.1)
-        assert await bridge.state("counter", "w") == {"value": 11}
-        assert worker.terminate() == 0
+
+        async def delivered() -> bool:
+            assert await bridge.state("counter", "w") == {"value": 11}
+            return True
+
+        await eventually(delivered, timeout=10)
+        assert await worker.terminate() == 0
         server_log = (secured_server.store_dir / "nats-server.log").read_text()
         assert "Violation" not in server_log  # the worker never needed more than the example grants
     finally:
@@ -208,9 +205,9 @@ async def test_tls_with_client_certificates_for_workers_and_cli(tmp_path, worker
             "MESH_NATS_TLS_KEY": str(certs["client.key"]),
             "PYTHONPATH": str(ROOT),
         }
-        worker = worker_factory(url, "services.demo", env)
+        worker = await worker_factory(url, "services.demo", env)
         result = subprocess.run(
-            [sys.executable, "-m", "services.cli", "call", "counter/tls", '{"add": 7}'],
+            [sys.executable, "-m", "mesh", "call", "counter/tls", '{"add": 7}'],
             env={**os.environ, **env, "NATS_URL": url},
             capture_output=True,
             text=True,
@@ -218,14 +215,14 @@ async def test_tls_with_client_certificates_for_workers_and_cli(tmp_path, worker
         )
         assert (result.returncode, result.stdout) == (0, '{"value":7}\n'), result.stderr
         result = subprocess.run(
-            [sys.executable, "-m", "services.cli", "call", "counter/tls", '{"add": 7}'],
+            [sys.executable, "-m", "mesh", "call", "counter/tls", '{"add": 7}'],
             env={**os.environ, "NATS_URL": url, "PYTHONPATH": str(ROOT), "MESH_NATS_TLS_CA": str(certs["ca.pem"])},
             capture_output=True,
             text=True,
             timeout=30,
         )
         assert result.returncode == 1 and "[connection_failed]" in result.stderr
-        assert worker.terminate() == 0  # over TLS, before its server goes
+        assert await worker.terminate() == 0  # over TLS, before its server goes
 
 
 async def test_no_secret_appears_in_any_log_line(tmp_path, worker_factory) -> None:
@@ -241,12 +238,12 @@ async def test_no_secret_appears_in_any_log_line(tmp_path, worker_factory) -> No
             "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
             "MESH_METRICS_PORT": "0",
         }
-        worker = worker_factory(server.url, "core_agents", env)
+        worker = await worker_factory(server.url, "core_agents", env)
         outputs = []
 
         def mesh(*args: str, **extra: str) -> None:
             result = subprocess.run(
-                [sys.executable, "-m", "services.cli", *args],
+                [sys.executable, "-m", "mesh", *args],
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -277,7 +274,7 @@ async def test_no_secret_appears_in_any_log_line(tmp_path, worker_factory) -> No
             MESH_NATS_PASSWORD="",
         )
         assert "[connection_failed]" in outputs[-1] and "***@127.0.0.1:1" in outputs[-1]
-        assert worker.terminate() == 0
+        assert await worker.terminate() == 0
         logs = worker.log_text()
         assert '"turn.finished"' in logs and "worker.stopped" in logs  # debug logging was on
         for text in [logs, *outputs]:
@@ -297,16 +294,18 @@ async def test_nkey_and_token_authentication_from_settings(tmp_path, worker_fact
     async with NatsServer(tmp_path / "store", config_file=conf) as server:
         with pytest.raises(ConnectionFailed):
             await connect(NatsOptions.from_url(server.url))
-        worker = worker_factory(server.url, "services.demo", {"MESH_NATS_NKEY_SEED": str(seed_file), "PYTHONPATH": str(ROOT)})
+        worker = await worker_factory(
+            server.url, "services.demo", {"MESH_NATS_NKEY_SEED": str(seed_file), "PYTHONPATH": str(ROOT)}
+        )
         client = await MeshClient.connect(NatsOptions.from_url(server.url, nkey_seed_file=str(seed_file)))
         assert await client.call("counter", "nk", {"add": 1}) == {"value": 1}
         await client.close()
-        assert worker.terminate() == 0
+        assert await worker.terminate() == 0
     async with NatsServer(tmp_path / "store2", extra_args=["--auth", "tok-3c9a-secret"]) as server:
         with pytest.raises(ConnectionFailed):
             await connect(NatsOptions.from_url(server.url, token="wrong"))
         result = subprocess.run(
-            [sys.executable, "-m", "services.cli", "call", "echo/t", '"hi"'],
+            [sys.executable, "-m", "mesh", "call", "echo/t", '"hi"'],
             capture_output=True,
             text=True,
             timeout=30,
