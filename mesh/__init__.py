@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 from mesh.agent import Agent  # noqa: E402
-from mesh.bus import NatsOptions, connect  # noqa: E402
+from mesh.bus import NatsOptions, NatsServer, connect  # noqa: E402
 from mesh.client import MeshClient  # noqa: E402
 from mesh.context import TurnContext, current_turn  # noqa: E402
 from mesh.delivery import DurableDelivery  # noqa: E402
@@ -21,6 +21,7 @@ from mesh.errors import (  # noqa: E402
     MethodNotFound,
     NameInvalid,
     NoResponders,
+    NotStored,
     PayloadTooLarge,
     RequestError,
     SchemaMismatch,
@@ -34,7 +35,6 @@ from mesh.llm import LLMAgent, LLMReply  # noqa: E402
 from mesh.mail import InboundEmail  # noqa: E402
 from mesh.methods import method  # noqa: E402
 from mesh.runtime import Runtime, RuntimeOptions  # noqa: E402
-from mesh.server import NatsServer  # noqa: E402
 from mesh.subjects import agent_subject, decode_name, encode_name, instance_key  # noqa: E402
 from mesh.tools import agent_tool  # noqa: E402
 
@@ -60,6 +60,7 @@ __all__ = [
     "NatsOptions",
     "NatsServer",
     "NoResponders",
+    "NotStored",
     "PayloadTooLarge",
     "RequestError",
     "Runtime",

@@ -17,15 +17,10 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-import nats.errors
-import nats.js.errors as jse
-from nats.js import JetStreamContext
-from nats.js.api import ObjectStoreConfig, StorageType
-from nats.js.object_store import ObjectStore
 from pydantic import BaseModel, Field
 
 from mesh import subjects
-from mesh.errors import Unavailable
+from mesh._nats import JetStream, Objects, open_objects
 
 MAX_DECISIONS = 100
 MAX_RUNS = 10
@@ -120,44 +115,24 @@ def expiry_after(seconds: float, at: datetime | None = None) -> datetime:
 class RunStore:
     """Serialized `RunState` snapshots in the object store bucket `mesh_runs`."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: Objects) -> None:
         self._store = store
 
     @classmethod
-    async def open(cls, js: JetStreamContext) -> RunStore:
-        try:
-            return cls(await js.object_store(subjects.RUNS_BUCKET))
-        except jse.BucketNotFoundError:
-            pass
-        config = ObjectStoreConfig(
-            bucket=subjects.RUNS_BUCKET, storage=StorageType.FILE, description="paused LLM runs (RunState)"
-        )
-        try:
-            return cls(await js.create_object_store(subjects.RUNS_BUCKET, config=config))
-        except jse.BadRequestError:
-            return cls(await js.object_store(subjects.RUNS_BUCKET))
+    async def open(cls, js: JetStream) -> RunStore:
+        return cls(await open_objects(js, subjects.RUNS_BUCKET, description="paused LLM runs (RunState)"))
 
     @staticmethod
     def key(instance_key: str, run_id: str) -> str:
         return f"{instance_key}.{run_id}"
 
     async def save(self, instance_key: str, run_id: str, blob: str) -> None:
-        try:
-            await self._store.put(self.key(instance_key, run_id), blob.encode())
-        except (nats.errors.TimeoutError, jse.ServiceUnavailableError) as exc:
-            raise Unavailable(f"run store did not confirm the snapshot: {exc}") from exc
+        """Store the snapshot; `Unavailable` if the object store did not confirm it."""
+        await self._store.put(self.key(instance_key, run_id), blob.encode())
 
     async def load(self, instance_key: str, run_id: str) -> str | None:
-        try:
-            result = await self._store.get(self.key(instance_key, run_id))
-        except jse.NotFoundError:
-            return None
-        except (nats.errors.TimeoutError, jse.ServiceUnavailableError) as exc:
-            raise Unavailable(f"run store did not answer: {exc}") from exc
-        return bytes(result.data or b"").decode()
+        data = await self._store.get(self.key(instance_key, run_id))
+        return None if data is None else data.decode()
 
     async def delete(self, instance_key: str, run_id: str) -> None:
-        try:
-            await self._store.delete(self.key(instance_key, run_id))
-        except jse.NotFoundError:
-            pass
+        await self._store.delete(self.key(instance_key, run_id))

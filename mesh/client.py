@@ -6,12 +6,20 @@ import asyncio
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import nats.errors
-from nats.aio.client import Client
-
-from mesh import bus, subjects, wire
+from mesh import subjects, wire
+from mesh._nats import (
+    Connection,
+    NatsOptions,
+    bind_bucket,
+    connect,
+    next_message,
+    publish,
+    request,
+    subscribe,
+    unsubscribe,
+)
 from mesh.context import current_turn
-from mesh.errors import MeshTimeout, PayloadTooLarge
+from mesh.errors import MeshTimeout
 from mesh.tracing import child_traceparent
 
 if TYPE_CHECKING:
@@ -27,13 +35,13 @@ class MeshClient:
     (A calls B calls A) fails fast instead of waiting for the deadline.
     """
 
-    def __init__(self, nc: Client, *, default_timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, nc: Connection, *, default_timeout: float = DEFAULT_TIMEOUT) -> None:
         self.nc = nc
         self.default_timeout = default_timeout
 
     @classmethod
-    async def connect(cls, options: bus.NatsOptions, **kwargs: Any) -> MeshClient:
-        return cls(await bus.connect(options), **kwargs)
+    async def connect(cls, options: NatsOptions, **kwargs: Any) -> MeshClient:
+        return cls(await connect(options), **kwargs)
 
     async def close(self) -> None:
         if not self.nc.is_closed:
@@ -45,7 +53,7 @@ class MeshClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def call(self, agent_type: str, name: str, payload: Any = None, *, timeout: float | None = None) -> Any:
+    async def call(self, agent_type: str, name: str, payload: Any = None, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - the deadline travels with the request
         """Send a request to `(agent_type, name)` and return its decoded JSON reply.
 
         Raises the callee's error as its typed `MeshError` subclass.
@@ -54,15 +62,12 @@ class MeshClient:
         return wire.loads(await self.call_raw(subjects.agent_subject(agent_type, name), data, timeout=timeout))
 
     async def call_raw(
-        self, subject: str, data: bytes, *, timeout: float | None = None, headers: dict[str, str] | None = None
+        self, subject: str, data: bytes, *, timeout: float | None = None, headers: dict[str, str] | None = None  # noqa: ASYNC109 - the deadline travels with the request
     ) -> bytes:
         """Request/reply with raw bytes; `headers` are sent along with the call's context headers."""
         timeout, context = self._outgoing(timeout)
         headers = {**(headers or {}), **context}
-        try:
-            msg = await bus.request(self.nc, subject, data, timeout=timeout, headers=headers)
-        except nats.errors.MaxPayloadError as exc:
-            raise PayloadTooLarge(f"request of {len(data)} bytes is over NATS max_payload") from exc
+        msg = await request(self.nc, subject, data, timeout=timeout, headers=headers)
         err = wire.error_of(msg.headers, msg.data)
         if err is not None:
             raise err
@@ -72,10 +77,7 @@ class MeshClient:
         """Fire-and-forget: the instance runs a turn for it; nobody waits for the reply."""
         _, headers = self._outgoing(None)
         data = payload if isinstance(payload, bytes) else wire.dumps(payload)
-        try:
-            await self.nc.publish(subjects.agent_subject(agent_type, name), data, headers=headers)
-        except nats.errors.MaxPayloadError as exc:
-            raise PayloadTooLarge(f"message of {len(data)} bytes is over NATS max_payload") from exc
+        await publish(self.nc, subjects.agent_subject(agent_type, name), data, headers)
 
     async def send_durable(
         self, agent_type: str, name: str, payload: Any = None, *, msg_id: str | None = None, method: str | None = None
@@ -133,36 +135,34 @@ class MeshClient:
     async def emit(self, agent_type: str, name: str, kind: str, data: Any = None) -> None:
         """Publish an event on `events.<type>.<name>.<kind>`."""
         _, headers = self._outgoing(None)
-        await self.nc.publish(subjects.event_subject(agent_type, name, kind), wire.dumps(data), headers=headers)
+        await publish(self.nc, subjects.event_subject(agent_type, name, kind), wire.dumps(data), headers)
 
     async def state(self, agent_type: str, name: str) -> Any | None:
         """The stored state of an instance as JSON, or None if it has never saved any."""
-        js = self.nc.jetstream()
         key = subjects.instance_key(agent_type, name)
-        kv = await bus.bind_bucket(js, subjects.STATE_BUCKET)
-        if kv is None:
+        bucket = await bind_bucket(self.nc, subjects.STATE_BUCKET)
+        if bucket is None:
             return None  # no worker has started yet
-        found = await bus.Bucket(kv, js, subjects.STATE_BUCKET).get(key)
+        found = await bucket.get(key)
         return None if found is None else wire.loads(found[0])
 
     async def services(self, *, wait: float = 0.5) -> list[dict[str, Any]]:
         """Every agent-type service instance that answers `$SRV.INFO` within `wait` seconds."""
         inbox = self.nc.new_inbox()
         replies: list[dict[str, Any]] = []
-        sub = await self.nc.subscribe(inbox)
+        sub = await subscribe(self.nc, inbox)
         try:
-            await self.nc.publish("$SRV.INFO", b"", reply=inbox)
+            await publish(self.nc, "$SRV.INFO", b"", reply=inbox)
             deadline = asyncio.get_running_loop().time() + wait
             while (left := deadline - asyncio.get_running_loop().time()) > 0:
-                try:
-                    msg = await sub.next_msg(timeout=left)
-                except nats.errors.TimeoutError:
+                msg = await next_message(sub, left)
+                if msg is None:
                     break
                 info = wire.loads(msg.data)
                 if (info.get("metadata") or {}).get("mesh.kind") == "agent":
                     replies.append(info)
         finally:
-            await sub.unsubscribe()
+            await unsubscribe(sub)
         return replies
 
     def _outgoing(self, timeout: float | None) -> tuple[float, dict[str, str]]:

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import nats.js.errors as jse
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import PubAck
 from pydantic import BaseModel
 
 from mesh import subjects, wire
+from mesh._nats import Ack, JetStream, Message, delete_stored, get_stored
 from mesh.durable import publish_retrying
-from mesh.errors import MeshError
+from mesh.errors import MeshError, NotStored
 
 # Headers of the failed delivery that are not carried over (the server sets or owns them).
 _DROP = ("Nats-", "Status")
@@ -44,15 +41,15 @@ def _carried(headers: dict[str, str] | None) -> dict[str, str]:
 
 
 async def bury(
-    js: JetStreamContext,
-    msg: Msg,
+    js: JetStream,
+    msg: Message,
     agent_type: str,
     token: str,
     msg_id: str,
     error: MeshError,
     attempts: int,
     replicas: int = 1,
-) -> PubAck:
+) -> Ack:
     """Store a failed durable message in MESH_DEAD (the caller acks the original afterwards)."""
     headers = _carried(msg.headers)
     headers.update(wire.error_headers(error))
@@ -62,18 +59,16 @@ async def bury(
     return await publish_retrying(js, subjects.dead_subject(agent_type, token), msg.data, headers, replicas=replicas)
 
 
-async def list_dead(js: JetStreamContext, *, limit: int = 1000) -> list[DeadLetter]:
-    """The dead letters in stored order (at most `limit`)."""
+async def list_dead(js: JetStream, *, limit: int = 1000) -> list[DeadLetter]:
+    """The dead letters in stored order (at most `limit`; none if MESH_DEAD does not exist)."""
     found: list[DeadLetter] = []
     seq = 1
     while len(found) < limit:
-        try:
-            raw = await js.get_msg(subjects.DEAD_STREAM, seq=seq, subject="dead.>", next=True)
-        except jse.NotFoundError:
+        raw = await get_stored(js, subjects.DEAD_STREAM, seq=seq, subject="dead.>", next=True)
+        if raw is None:
             break
-        assert raw.seq is not None
         seq = raw.seq + 1
-        found.append(_letter(raw.seq, raw.subject or "", raw.headers or {}, raw.data or b"", raw.time))
+        found.append(_letter(raw.seq, raw.subject, raw.headers, raw.data, raw.time))
     return found
 
 
@@ -94,12 +89,11 @@ def _letter(seq: int, subject: str, headers: dict[str, str], data: bytes, time: 
     )
 
 
-async def redrive(js: JetStreamContext, seq: int, *, replicas: int = 1) -> PubAck:
+async def redrive(js: JetStream, seq: int, *, replicas: int = 1) -> Ack:
     """Send dead letter `seq` to its instance again and remove it from MESH_DEAD."""
-    try:
-        raw = await js.get_msg(subjects.DEAD_STREAM, seq=seq)
-    except jse.NotFoundError as exc:
-        raise MeshError(f"there is no dead letter {seq}") from exc
+    raw = await get_stored(js, subjects.DEAD_STREAM, seq=seq)
+    if raw is None:
+        raise NotStored(f"there is no dead letter {seq}")
     headers = {
         k: v
         for k, v in _carried(raw.headers).items()
@@ -112,17 +106,14 @@ async def redrive(js: JetStreamContext, seq: int, *, replicas: int = 1) -> PubAc
             subjects.HEADER_MSG_ID,
         )
     }
-    original = (raw.headers or {}).get(subjects.HEADER_MSG_ID, "")
+    original = raw.headers.get(subjects.HEADER_MSG_ID, "")
     headers[subjects.HEADER_NATS_MSG_ID] = f"redrive:{seq}:{original}"[:256]
-    _, agent_type, token = (raw.subject or "").split(".", 2)
-    ack = await publish_retrying(js, f"durable.{agent_type}.{token}", raw.data or b"", headers, replicas=replicas)
-    await js.delete_msg(subjects.DEAD_STREAM, seq)
+    _, agent_type, token = raw.subject.split(".", 2)
+    ack = await publish_retrying(js, f"durable.{agent_type}.{token}", raw.data, headers, replicas=replicas)
+    await delete_stored(js, subjects.DEAD_STREAM, seq)
     return ack
 
 
-async def drop(js: JetStreamContext, seq: int) -> bool:
-    """Delete dead letter `seq` without re-driving it."""
-    try:
-        return await js.delete_msg(subjects.DEAD_STREAM, seq)
-    except jse.APIError:
-        return False
+async def drop(js: JetStream, seq: int) -> bool:
+    """Delete dead letter `seq` without re-driving it; False if there was none."""
+    return await delete_stored(js, subjects.DEAD_STREAM, seq)

@@ -25,21 +25,26 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import nats.errors
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
-from mesh import bus, deadletters, subjects, wire
+from mesh import deadletters, subjects, wire
+from mesh._nats import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    JetStream,
+    Message,
+    PullConsumer,
+    add_pull_consumer,
+    map_errors,
+    request,
+)
 from mesh.durable import DurableOptions, ensure_streams
-from mesh.errors import AgentError, MeshError, MeshTimeout, RequestError, StateError
+from mesh.errors import AgentError, ConnectionFailed, MeshError, MeshTimeout, RequestError, StateError
 from mesh.metrics import DEAD_LETTERS, DURABLE_BACKLOG
 from mesh.recorder import FlightRecorder
 from mesh.tasks import TaskSet
 from mesh.tracing import child_traceparent, trace_id
 
 if TYPE_CHECKING:
-    from nats.js.client import JetStreamContext
-
     from mesh.runtime import Runtime
 
 
@@ -62,9 +67,9 @@ class DurableDelivery:
         self.options = options or DurableOptions()
         self.stats = DeliveryStats()
         self.log = runtime.log.bind(component="durable")
-        self._js: JetStreamContext = runtime.nc.jetstream(timeout=5.0)
+        self._js: JetStream = runtime.nc.jetstream(timeout=5.0)
         self._tasks = TaskSet(self.log, "durable.loop_failed")
-        self._subs: list[Any] = []
+        self._subs: list[PullConsumer] = []
         self._stopping = False
         self._idle: set[asyncio.Task[Any]] = set()  # loops waiting in a pull, holding no message
         self._recorders = [o for o in runtime.observers if isinstance(o, FlightRecorder)]
@@ -75,7 +80,8 @@ class DurableDelivery:
         for agent_type in self.runtime.agents:
             for partition in self.options.partitions:
                 name = consumer_name(agent_type, partition)
-                await self._js.add_consumer(
+                sub = await add_pull_consumer(
+                    self._js,
                     subjects.DURABLE_STREAM,
                     ConsumerConfig(
                         durable_name=name,
@@ -88,7 +94,6 @@ class DurableDelivery:
                         description=f"agent-mesh durable delivery to {agent_type}, partition {partition}",
                     ),
                 )
-                sub = await self._js.pull_subscribe_bind(durable=name, stream=subjects.DURABLE_STREAM)
                 self._subs.append(sub)
                 self._tasks.spawn(self._serve(sub, agent_type))
         self.log.info("durable.started", consumers=len(self._subs))
@@ -113,22 +118,20 @@ class DurableDelivery:
             await asyncio.gather(*pending, return_exceptions=True)
         for sub in self._subs:
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await sub.close()
         self.log.info("durable.stopped", delivered=self.stats.delivered, dead=self.stats.dead)
 
     def statistics(self) -> dict[str, int]:
         return {"delivered": self.stats.delivered, "retried": self.stats.retried, "dead": self.stats.dead}
 
-    async def _serve(self, sub: Any, agent_type: str) -> None:
+    async def _serve(self, sub: PullConsumer, agent_type: str) -> None:
         me = asyncio.current_task()
         assert me is not None
         while not self._stopping:
             self._idle.add(me)
             try:
                 msgs = await sub.fetch(1, timeout=self.options.fetch_wait)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except nats.errors.ConnectionClosedError:
+            except ConnectionFailed:
                 return
             except Exception as exc:  # leader election, reconnect: wait and pull again
                 self.log.debug("durable.fetch_failed", agent_type=agent_type, error=repr(exc))
@@ -143,7 +146,7 @@ class DurableDelivery:
                     self.log.warning("durable.delivery_failed", agent_type=agent_type, error=repr(exc))
                     await asyncio.sleep(0.5)
 
-    async def _deliver(self, msg: Msg, agent_type: str) -> None:
+    async def _deliver(self, msg: Message, agent_type: str) -> None:
         meta = msg.metadata
         attempts = meta.num_delivered or 1
         token = msg.subject.split(".", 3)[3]
@@ -162,7 +165,7 @@ class DurableDelivery:
             self.log.warning("durable.observe_failed", error=repr(exc))
         keepalive = self._tasks.spawn(self._keep_alive(msg))
         try:
-            reply = await bus.request(
+            reply = await request(
                 self.runtime.nc,
                 f"agents.{agent_type}.{token}",
                 msg.data,
@@ -175,15 +178,16 @@ class DurableDelivery:
         finally:
             keepalive.cancel()
         try:
-            if error is None:
-                await msg.ack()
-                self.stats.delivered += 1
-            else:
-                await self._failed(msg, agent_type, token, msg_id, error, attempts)
-        except nats.errors.ConnectionClosedError:
+            with map_errors(f"settle a delivery to {agent_type}"):
+                if error is None:
+                    await msg.ack()
+                    self.stats.delivered += 1
+                else:
+                    await self._failed(msg, agent_type, token, msg_id, error, attempts)
+        except ConnectionFailed:
             pass  # not acked: JetStream redelivers it after ack_wait
 
-    async def _failed(self, msg: Msg, agent_type: str, token: str, msg_id: str, error: MeshError, attempts: int) -> None:
+    async def _failed(self, msg: Message, agent_type: str, token: str, msg_id: str, error: MeshError, attempts: int) -> None:
         log = self.log.bind(agent_type=agent_type, token=token, msg_id=msg_id, attempts=attempts, code=error.code)
         turn_failed = isinstance(error, (AgentError, StateError, MeshTimeout)) or type(error) is MeshError
         if isinstance(error, RequestError) or (turn_failed and attempts >= self.options.max_attempts):
@@ -245,7 +249,7 @@ class DurableDelivery:
         for recorder in self._recorders:
             recorder.record(agent_type, name, kind, body, traceparent)
 
-    async def _keep_alive(self, msg: Msg) -> None:
+    async def _keep_alive(self, msg: Message) -> None:
         """Tell JetStream the message is being worked on, so a long turn is not redelivered meanwhile."""
         period = max(0.2, self.options.ack_wait / 3)
         started = time.monotonic()

@@ -19,13 +19,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats.errors
-import nats.js.errors as jse
-from nats.js import JetStreamContext
-from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig, SubjectTransform
-
-from mesh import bus, subjects, wire
-from mesh.errors import MeshError, NameInvalid, PayloadTooLarge, RequestError, Unavailable
+from mesh import subjects, wire
+from mesh._nats import (
+    Ack,
+    JetStream,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    SubjectTransform,
+    ensure_stream,
+    store,
+)
+from mesh.errors import MeshError, NameInvalid, NoResponders, RequestError, Unavailable
 
 DEAD_MAX_AGE = 30 * 24 * 3600.0
 
@@ -80,10 +85,10 @@ def dead_stream_config(replicas: int = 1) -> StreamConfig:
     )
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+async def ensure_streams(js: JetStream, replicas: int = 1) -> None:
     """Create MESH_DURABLE and MESH_DEAD if missing; existing streams are left as they are."""
     for config in (durable_stream_config(replicas), dead_stream_config(replicas)):
-        await bus.ensure_stream(js, config)
+        await ensure_stream(js, config)
 
 
 def new_msg_id() -> str:
@@ -91,7 +96,7 @@ def new_msg_id() -> str:
 
 
 async def publish_durable(
-    js: JetStreamContext,
+    js: JetStream,
     agent_type: str,
     name: str,
     payload: Any = None,
@@ -101,8 +106,8 @@ async def publish_durable(
     headers: dict[str, str] | None = None,
     replicas: int = 1,
     retry_for: float = 15.0,
-) -> PubAck:
-    """Store a message for `(agent_type, name)`; returns once JetStream has it (PubAck).
+) -> Ack:
+    """Store a message for `(agent_type, name)`; returns once JetStream has it (its `Ack`).
 
     `msg_id` (default: random) is the `Nats-Msg-Id`: publishing the same id again within two minutes
     stores nothing new (`ack.duplicate`), so a caller may retry a send whose ack it did not see.
@@ -120,42 +125,35 @@ async def publish_durable(
 
 
 async def publish_retrying(
-    js: JetStreamContext,
+    js: JetStream,
     subject: str,
     data: bytes,
     headers: dict[str, str],
     *,
     replicas: int = 1,
     retry_for: float = 15.0,
-) -> PubAck:
-    """JetStream publish that creates the streams on first use and rides out leader elections."""
+) -> Ack:
+    """JetStream publish that creates the streams on first use and rides out leader elections.
+
+    Refusals (`RequestError`: too large, a bad header; `NotStored`, ...) are raised at once;
+    `Unavailable` (no answer, 5xx, reconnecting) is retried, for `retry_for` seconds in all.
+    """
     deadline = time.monotonic() + retry_for
     created = False
     while True:
         try:
-            return await js.publish(subject, data, timeout=2.0, headers=dict(headers))
-        except nats.errors.MaxPayloadError as exc:
-            raise PayloadTooLarge(f"message of {len(data)} bytes is over NATS max_payload") from exc
-        except jse.NoStreamResponseError as exc:
-            error: Exception = exc  # no stream yet, or its leader is being elected
+            return await store(js, subject, data, headers=dict(headers), timeout=2.0)
+        except NoResponders as exc:
+            error: MeshError = exc  # no stream yet, or its leader is being elected
             if not created:
                 created = True
                 try:
                     await ensure_streams(js, replicas)
                     continue
-                except (nats.errors.TimeoutError, jse.APIError, nats.errors.NoRespondersError) as exc2:
+                except (Unavailable, NoResponders, RequestError) as exc2:
                     error = exc2
-        except (nats.errors.TimeoutError, jse.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
-            error = exc
-        except jse.APIError as exc:
-            if exc.code in (500, 503):
-                error = exc
-            elif exc.code == 400:
-                raise RequestError(f"JetStream refused the message on {subject}: {exc.description}") from exc
-            else:
-                raise MeshError(f"JetStream refused the message on {subject}: {exc.description}") from exc
-        except nats.errors.ConnectionReconnectingError as exc:
+        except Unavailable as exc:
             error = exc
         if time.monotonic() >= deadline:
-            raise Unavailable(f"JetStream did not store the message on {subject}: {error!r}") from error
+            raise Unavailable(f"JetStream did not store the message on {subject}: [{error.code}] {error.message}") from error
         await asyncio.sleep(0.25)

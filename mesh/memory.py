@@ -12,15 +12,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import nats.errors
-import nats.js.errors as jse
 import orjson
-from nats.aio.client import Client
-from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
-from mesh import bus, subjects
-from mesh.errors import Unavailable
+from mesh import subjects
+from mesh._nats import (
+    Connection,
+    DiscardPolicy,
+    JetStream,
+    StorageType,
+    StreamConfig,
+    delete_stored,
+    ensure_stream,
+    purge,
+    read_subject,
+    store,
+)
+from mesh.errors import NoResponders, Unavailable
 
 if TYPE_CHECKING:
     from agents.items import TResponseInputItem
@@ -29,7 +36,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_ITEMS = 1000
 
 
-async def open_memory_stream(js: JetStreamContext) -> None:
+async def open_memory_stream(js: JetStream) -> None:
     """Create the memory stream the first time (file storage, direct gets); idempotent."""
     config = StreamConfig(
         name=subjects.MEMORY_STREAM,
@@ -39,7 +46,7 @@ async def open_memory_stream(js: JetStreamContext) -> None:
         discard=DiscardPolicy.OLD,
         description="agent-mesh conversation memory",
     )
-    await bus.ensure_stream(js, config)
+    await ensure_stream(js, config)
 
 
 class MemorySession:
@@ -50,7 +57,7 @@ class MemorySession:
     would otherwise hand the model an orphan tool result, which model APIs reject.
     """
 
-    def __init__(self, nc: Client, agent_type: str, name: str, *, max_items: int = DEFAULT_MAX_ITEMS) -> None:
+    def __init__(self, nc: Connection, agent_type: str, name: str, *, max_items: int = DEFAULT_MAX_ITEMS) -> None:
         self.session_id = subjects.instance_key(agent_type, name)
         self.session_settings: SessionSettings | None = None
         self.subject = subjects.memory_subject(agent_type, name)
@@ -70,22 +77,22 @@ class MemorySession:
             return
         try:
             for item in items:
-                await self._js.publish(self.subject, orjson.dumps(item), stream=subjects.MEMORY_STREAM)
-            await self._js.purge_stream(subjects.MEMORY_STREAM, subject=self.subject, keep=self.max_items)
-        except (nats.errors.TimeoutError, jse.ServiceUnavailableError, jse.NoStreamResponseError) as exc:
-            raise Unavailable(f"memory stream did not confirm the write: {exc}") from exc
+                await store(self._js, self.subject, orjson.dumps(item), stream=subjects.MEMORY_STREAM)
+            await purge(self._js, subjects.MEMORY_STREAM, self.subject, keep=self.max_items)
+        except (Unavailable, NoResponders) as exc:
+            raise Unavailable(f"memory stream did not confirm the write: {exc.message}") from exc
 
     async def pop_item(self) -> TResponseInputItem | None:
         found = await self._read()
         if not found:
             return None
         seq, data = found[-1]
-        await self._js.delete_msg(subjects.MEMORY_STREAM, seq)
+        await delete_stored(self._js, subjects.MEMORY_STREAM, seq)
         item: TResponseInputItem = orjson.loads(data)
         return item
 
     async def clear_session(self) -> None:
-        await self._js.purge_stream(subjects.MEMORY_STREAM, subject=self.subject)
+        await purge(self._js, subjects.MEMORY_STREAM, self.subject)
 
     async def count(self) -> int:
         """How many items are stored (before the read-side trimming of `get_items`)."""
@@ -93,33 +100,7 @@ class MemorySession:
 
     async def _read(self) -> list[tuple[int, bytes]]:
         """Every stored message of this subject, oldest first, via batched direct gets."""
-        found: list[tuple[int, bytes]] = []
-        inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox)
-        try:
-            start = 0
-            while True:
-                request = {"seq": start, "next_by_subj": self.subject, "batch": 1000}
-                await self._nc.publish(f"$JS.API.DIRECT.GET.{subjects.MEMORY_STREAM}", orjson.dumps(request), reply=inbox)
-                pending = 0
-                while True:
-                    try:
-                        msg = await sub.next_msg(timeout=5)
-                    except (nats.errors.TimeoutError, TimeoutError) as exc:
-                        raise Unavailable(f"memory stream did not answer a read of {self.subject}") from exc
-                    headers: dict[str, Any] = msg.headers or {}
-                    status = headers.get("Status")
-                    if status == "404":
-                        return found
-                    if status:  # 204 end of batch
-                        pending = int(headers.get("Nats-Num-Pending", "0") or 0)
-                        break
-                    found.append((int(headers["Nats-Sequence"]), msg.data))
-                if pending <= 0 or not found:
-                    return found
-                start = found[-1][0] + 1
-        finally:
-            await sub.unsubscribe()
+        return await read_subject(self._nc, subjects.MEMORY_STREAM, self.subject)
 
 
 def _from_user_message(items: list[Any]) -> list[Any]:

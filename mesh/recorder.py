@@ -29,17 +29,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import nats.errors
 import structlog
-from nats.aio.client import Client
-from nats.js import JetStreamContext
-from nats.js import errors as jse
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from mesh import subjects, wire
+from mesh._nats import Connection, DiscardPolicy, JetStream, StorageType, StreamConfig, publish, publish_now, stream_for
+from mesh.errors import MeshError, Unavailable
 from mesh.metrics import EVENTS_DROPPED
 from mesh.observe import StateRecord, TurnRecord
-from mesh.outbox import publish_now
 from mesh.tasks import TaskSet
 from mesh.tracing import trace_id
 
@@ -74,24 +70,15 @@ def events_stream_config(limits: EventsLimits, name: str = subjects.EVENTS_STREA
     )
 
 
-async def ensure_events_stream(js: JetStreamContext, limits: EventsLimits, name: str = subjects.EVENTS_STREAM) -> str | None:
+async def ensure_events_stream(js: JetStream, limits: EventsLimits, name: str = subjects.EVENTS_STREAM) -> str | None:
     """The name of the stream that keeps `events.>`, created with `limits` if there is none.
 
     The flight recorder and the HTTP bridge both call this; whichever starts first sets the limits.
     """
-    try:
-        return await js.find_stream_name_by_subject("events.>")
-    except jse.NotFoundError:
-        pass
-    try:
-        await js.add_stream(events_stream_config(limits, name))
-        return name
-    except jse.BadRequestError:
-        try:  # another process created it first
-            return await js.find_stream_name_by_subject("events.>")
-        except jse.NotFoundError:
-            log.warning("recorder.stream_unavailable")
-            return None
+    found = await stream_for(js, "events.>", events_stream_config(limits, name))
+    if found is None:
+        log.warning("recorder.stream_unavailable")
+    return found
 
 
 def address(key: str) -> str:
@@ -106,7 +93,7 @@ def address(key: str) -> str:
 class FlightRecorder:
     """An `Observer` that turns runtime records into events; `start()` it before the runtime."""
 
-    def __init__(self, nc: Client, *, limits: EventsLimits | None = None, buffer: int = 10_000) -> None:
+    def __init__(self, nc: Connection, *, limits: EventsLimits | None = None, buffer: int = 10_000) -> None:
         self.nc = nc
         self.limits = limits or EventsLimits()
         self._buffer: deque[tuple[str, bytes, dict[str, str]]] = deque()
@@ -210,10 +197,10 @@ class FlightRecorder:
         data = wire.dumps(body)
         if self._task is not None and not self._buffer:
             try:
-                publish_now(self.nc, subject, data, headers)
-            except nats.errors.Error:
-                pass  # kept below and published later, or dropped
-            else:
+                sent = publish_now(self.nc, subject, data, headers)
+            except MeshError:
+                sent = False  # kept below and published later, or dropped
+            if sent:
                 self.published += 1  # the usual case: out with the next write, in order, nothing to wait for
                 return
         if len(self._buffer) >= self._max:
@@ -234,15 +221,15 @@ class FlightRecorder:
             while self._buffer:
                 subject, data, headers = self._buffer[0]
                 try:
-                    publish_now(self.nc, subject, data, headers)
-                except nats.errors.OutboundBufferLimitError:
+                    await publish(self.nc, subject, data, headers)  # waits while the outgoing buffer is full
+                except Unavailable:
                     await asyncio.sleep(RETRY)  # reconnecting with a full buffer: wait, keep the order
                     continue
-                except nats.errors.Error as exc:  # closed, oversized: it will never go out
+                except MeshError as exc:  # closed, oversized: it will never go out
                     self._buffer.popleft()
                     self.dropped += 1
                     EVENTS_DROPPED.inc()
-                    log.warning("recorder.publish_failed", subject=subject, error=str(exc) or type(exc).__name__)
+                    log.warning("recorder.publish_failed", subject=subject, code=exc.code, error=exc.message)
                     continue
                 self._buffer.popleft()
                 self.published += 1

@@ -19,15 +19,10 @@ from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import nats.errors
 import structlog
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.micro import add_service
-from nats.micro.request import Request
-from nats.micro.service import EndpointStats, Service
 
-from mesh import __version__, bus, subjects, wire
+from mesh import __version__, subjects, wire
+from mesh._nats import Bucket, Connection, Message, Service, open_bucket, publish, publish_now, request
 from mesh.activation import Activation, Status
 from mesh.agent import Agent
 from mesh.client import MeshClient
@@ -43,7 +38,6 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.observe import Observer
-from mesh.outbox import publish_now
 from mesh.tasks import TaskSet
 from mesh.turns import Envelope, Outcome, Turns, TypeStats, run_turn
 
@@ -73,7 +67,7 @@ class Runtime:
 
     def __init__(
         self,
-        nc: Client,
+        nc: Connection,
         agents: Iterable[type[Agent[Any]]],
         *,
         options: RuntimeOptions | None = None,
@@ -108,7 +102,7 @@ class Runtime:
         self._forward_sub: Any = None
         self._accepting = False
         self.directory: Directory
-        self.state: bus.Bucket
+        self.state: Bucket
 
     async def __aenter__(self) -> Runtime:
         await self.start()
@@ -118,9 +112,8 @@ class Runtime:
         await self.stop()
 
     async def start(self) -> None:
-        js = self.nc.jetstream()
         buckets = {
-            name: bus.Bucket(await bus.open_bucket(js, name, replicas=self.options.replicas), js, name)
+            name: await open_bucket(self.nc, name, replicas=self.options.replicas)
             for name in (subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET, subjects.WORKERS_BUCKET)
         }
         self.state = buckets[subjects.STATE_BUCKET]
@@ -145,18 +138,19 @@ class Runtime:
     async def _add_service(self, agent_type: str) -> Service:
         stats = self.stats[agent_type]
 
-        def stats_data(_: EndpointStats) -> dict[str, int]:
+        def stats_data() -> dict[str, int]:
             return {"turns": stats.turns, "turn_errors": stats.errors, "activations": len(self.activations)}
 
-        service = await add_service(
+        service = Service(
             self.nc,
             name=agent_type,
             version=__version__,
             description=f"agent-mesh agent type {agent_type}",
             metadata={"mesh.kind": "agent", "mesh.type": agent_type, "mesh.worker": self.worker_id},
             queue_group="mesh",
-            stats_handler=stats_data,
+            stats_data=stats_data,
         )
+        await service.start()
         await service.add_endpoint(
             name="request",
             subject=subjects.agent_wildcard(agent_type),
@@ -211,15 +205,14 @@ class Runtime:
     async def _drain_services(self) -> None:
         """Unsubscribe the agent endpoints, but first handle what the server already routed here
         (answered `unavailable` from now on, so callers retry elsewhere) instead of dropping it,
-        as a plain unsubscribe does with messages still queued in the client."""
+        as a plain unsubscribe does with messages still queued in the client; then stop answering
+        discovery."""
         for service in self._services:
-            for endpoint in service._endpoints:
-                await self._drain(endpoint._subscription)
-            service._endpoints = []  # drained; stop() now only removes the $SRV subscriptions
-            try:
-                await service.stop()
-            except Exception as exc:
-                self.log.warning("worker.drain_failed", error=str(exc) or type(exc).__name__)
+            for step in (service.drain_endpoints, service.stop):
+                try:
+                    await step()
+                except MeshError as exc:  # NATS is gone: nothing more can arrive anyway
+                    self.log.warning("worker.drain_failed", code=exc.code, error=exc.message)
 
     async def _drain(self, sub: Any) -> None:
         if sub is None:
@@ -244,13 +237,13 @@ class Runtime:
 
     # -- routing -----------------------------------------------------------------------------
 
-    async def _on_request(self, request: Request) -> None:
-        self._dispatch(request._msg, request._msg.subject.split(".", 2)[1:])
+    async def _on_request(self, msg: Message) -> None:
+        self._dispatch(msg, msg.subject.split(".", 2)[1:])
 
-    async def _on_forwarded(self, msg: Msg) -> None:
+    async def _on_forwarded(self, msg: Message) -> None:
         self._dispatch(msg, msg.subject.split(".", 4)[3:])
 
-    def _dispatch(self, msg: Msg, parts: list[str]) -> None:
+    def _dispatch(self, msg: Message, parts: list[str]) -> None:
         """Route one message; never raises, so the subscription keeps serving."""
         try:
             agent_type, token = parts
@@ -303,7 +296,7 @@ class Runtime:
             return
         headers[subjects.HEADER_TIMEOUT] = str(max(1, int(left * 1000)))
         try:
-            response = await bus.request(self.nc, subject, envelope.data, timeout=left, headers=headers)
+            response = await request(self.nc, subject, envelope.data, timeout=left, headers=headers)
         except NoResponders:
             response = None
         except MeshTimeout:
@@ -330,14 +323,16 @@ class Runtime:
         reply = outcome.envelope.reply
         if not reply:
             return
+        if outcome.error is not None:
+            body, headers = wire.error_body(outcome.error), wire.error_headers(outcome.error)
+        else:
+            body, headers = outcome.body or b"null", None
         try:
-            if outcome.error is not None:
-                publish_now(self.nc, reply, wire.error_body(outcome.error), wire.error_headers(outcome.error))
-            else:
-                publish_now(self.nc, reply, outcome.body or b"null")
-        except nats.errors.MaxPayloadError:
+            if not publish_now(self.nc, reply, body, headers):
+                await publish(self.nc, reply, body, headers)  # the outgoing buffer is full: wait for it
+        except PayloadTooLarge:
             err = PayloadTooLarge("the reply is over NATS max_payload")
-            publish_now(self.nc, reply, wire.error_body(err), wire.error_headers(err))
+            await publish(self.nc, reply, wire.error_body(err), wire.error_headers(err))
 
     def forget(self, activation: Activation) -> None:
         if self.activations.get(activation.key) is activation:
@@ -410,7 +405,7 @@ def _find_malloc_trim() -> Any:
 _malloc_trim = _find_malloc_trim()
 
 
-def _leaving(response: Msg) -> bool:
+def _leaving(response: Message) -> bool:
     """True when the owner answered that it is shutting down (so it ran nothing)."""
     headers = response.headers or {}
     return headers.get(subjects.HEADER_MESH_ERROR) == Unavailable.code and headers.get(subjects.HEADER_ERROR) == SHUTTING_DOWN

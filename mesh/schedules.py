@@ -16,11 +16,10 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import nats.js.errors as jse
-from nats.js import JetStreamContext
 from pydantic import BaseModel
 
 from mesh import subjects, wire
+from mesh._nats import JetStream, last_stored, purge, stream_subjects
 from mesh.durable import publish_retrying
 from mesh.errors import NameInvalid, RequestError
 
@@ -78,7 +77,7 @@ def _seconds(duration: str) -> float:
 
 
 async def put_schedule(
-    js: JetStreamContext,
+    js: JetStream,
     agent_type: str,
     name: str,
     schedule_id: str,
@@ -104,18 +103,16 @@ async def put_schedule(
     return ack.seq
 
 
-async def cancel_schedule(js: JetStreamContext, agent_type: str, name: str, schedule_id: str) -> bool:
+async def cancel_schedule(js: JetStream, agent_type: str, name: str, schedule_id: str) -> bool:
     """Remove the schedule; False if there was none (never registered, cancelled, or a fired `@at`)."""
     subject = subjects.schedule_subject(agent_type, name, schedule_id)
-    try:
-        await js.get_last_msg(subjects.DURABLE_STREAM, subject)
-    except jse.NotFoundError:
+    if await last_stored(js, subjects.DURABLE_STREAM, subject) is None:
         return False
-    await js.purge_stream(subjects.DURABLE_STREAM, subject=subject)
+    await purge(js, subjects.DURABLE_STREAM, subject)
     return True
 
 
-async def list_schedules(js: JetStreamContext, agent_type: str | None = None, name: str | None = None) -> list[ScheduleInfo]:
+async def list_schedules(js: JetStream, agent_type: str | None = None, name: str | None = None) -> list[ScheduleInfo]:
     """The registered schedules, optionally of one type or one instance."""
     if agent_type is None:
         pattern = "schedules.>"
@@ -123,18 +120,13 @@ async def list_schedules(js: JetStreamContext, agent_type: str | None = None, na
         pattern = f"schedules.{subjects.check_type(agent_type)}.>"
     else:
         pattern = f"schedules.{subjects.instance_key(agent_type, name)}.*"
-    try:
-        info = await js.stream_info(subjects.DURABLE_STREAM, subjects_filter=pattern)
-    except jse.NotFoundError:
-        return []
     found = []
-    for subject in sorted(info.state.subjects or {}):
-        try:
-            raw = await js.get_last_msg(subjects.DURABLE_STREAM, subject)
-        except jse.NotFoundError:
+    for subject in sorted(await stream_subjects(js, subjects.DURABLE_STREAM, pattern)):
+        raw = await last_stored(js, subjects.DURABLE_STREAM, subject)
+        if raw is None:
             continue
         _, type_, token, schedule_id = subject.split(".")
-        headers = raw.headers or {}
+        headers = raw.headers
         found.append(
             ScheduleInfo(
                 agent_type=type_,
@@ -142,7 +134,7 @@ async def list_schedules(js: JetStreamContext, agent_type: str | None = None, na
                 id=schedule_id,
                 spec=headers.get(subjects.HEADER_NATS_SCHEDULE, ""),
                 method=headers.get(subjects.HEADER_METHOD),
-                payload=(raw.data or b"").decode(errors="replace"),
+                payload=raw.data.decode(errors="replace"),
             )
         )
     return found

@@ -19,15 +19,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-import nats.errors
 import orjson
 import pytest_asyncio
 
-from mesh import bus
+from mesh._nats import NatsOptions, NatsServer, connect, next_message, publish, subscribe, unsubscribe
 from mesh.agent import Agent
 from mesh.client import MeshClient
 from mesh.runtime import Runtime, RuntimeOptions
-from mesh.server import NatsServer
 
 RuntimeFactory = Callable[..., Awaitable[Runtime]]
 T = TypeVar("T")
@@ -106,7 +104,7 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
 
 @pytest_asyncio.fixture
 async def mesh_client(nats_server: NatsServer) -> AsyncIterator[MeshClient]:
-    client = MeshClient(await bus.connect(bus.NatsOptions.from_url(nats_server.url)), default_timeout=10.0)
+    client = MeshClient(await connect(NatsOptions.from_url(nats_server.url)), default_timeout=10.0)
     try:
         yield client
     finally:
@@ -119,7 +117,7 @@ async def mesh_factory(nats_server: NatsServer) -> AsyncIterator[RuntimeFactory]
     started: list[Runtime] = []
 
     async def start(agents: Sequence[type[Agent[Any]]], options: RuntimeOptions | None = None) -> Runtime:
-        nc = await bus.connect(bus.NatsOptions.from_url(nats_server.url, name="mesh-test-worker"))
+        nc = await connect(NatsOptions.from_url(nats_server.url, name="mesh-test-worker"))
         runtime = Runtime(nc, agents, options=options)
         await runtime.start()
         started.append(runtime)
@@ -137,23 +135,20 @@ async def mesh_factory(nats_server: NatsServer) -> AsyncIterator[RuntimeFactory]
 async def wait_serving(url: str, agent_types: Sequence[str], worker_id: str, timeout: float = 10.0) -> None:
     """Return once another connection sees `worker_id` answer `$SRV.PING.<type>` for every type,
     so a test's first request never races the worker's subscriptions."""
-    probe = await bus.connect(bus.NatsOptions.from_url(url, name="mesh-test-probe"))
+    probe = await connect(NatsOptions.from_url(url, name="mesh-test-probe"))
     try:
         deadline = asyncio.get_running_loop().time() + timeout
         for agent_type in agent_types:
             while True:
                 inbox = probe.new_inbox()
-                sub = await probe.subscribe(inbox)
-                await probe.publish(f"$SRV.PING.{agent_type}", b"", reply=inbox)
+                sub = await subscribe(probe, inbox)
+                await publish(probe, f"$SRV.PING.{agent_type}", b"", reply=inbox)
                 seen = False
                 try:
-                    while not seen:
-                        msg = await sub.next_msg(timeout=0.2)
+                    while not seen and (msg := await next_message(sub, 0.2)) is not None:
                         seen = orjson.loads(msg.data).get("metadata", {}).get("mesh.worker") == worker_id
-                except nats.errors.TimeoutError:
-                    pass
                 finally:
-                    await sub.unsubscribe()
+                    await unsubscribe(sub)
                 if seen:
                     break
                 if asyncio.get_running_loop().time() > deadline:

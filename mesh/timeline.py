@@ -12,14 +12,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import nats.errors
 import orjson
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js import errors as jse
-from nats.js.api import DeliverPolicy
 
 from mesh import subjects
+from mesh._nats import (
+    Connection,
+    Message,
+    find_stream,
+    follow_stream,
+    map_errors,
+    next_message,
+    stream_subjects,
+    subscribe,
+    unsubscribe,
+)
 from mesh.tracing import trace_id
 
 
@@ -72,7 +78,7 @@ def filter_subject(address: str | None) -> str:
     return f"events.{subjects.instance_key(agent_type, name)}.>"
 
 
-def decode(msg: Msg, stored_at: float | None = None) -> Event | None:
+def decode(msg: Message, stored_at: float | None = None) -> Event | None:
     """The event in a message, or None when its subject is not an instance event subject.
 
     Its time is when it happened (a turn's start) if the body says so, else when it was stored
@@ -103,41 +109,37 @@ def _time_of(data: Any) -> float | None:
     return None
 
 
-async def follow(nc: Client, subject: str) -> AsyncGenerator[Event, None]:
+async def follow(nc: Connection, subject: str) -> AsyncGenerator[Event, None]:
     """Live events on `subject` (core subscription: works with or without the events stream)."""
-    sub = await nc.subscribe(subject)
-    await nc.flush()
+    sub = await subscribe(nc, subject)
     try:
+        with map_errors(f"subscribe to {subject}"):
+            await nc.flush()
         while True:
-            msg = await sub.next_msg(timeout=None)
-            event = decode(msg)
+            msg = await next_message(sub, None)
+            event = None if msg is None else decode(msg)
             if event is not None:
                 yield event
     finally:
-        await sub.unsubscribe()
+        await unsubscribe(sub)
 
 
-async def history(nc: Client, subject: str, *, limit: int = 100, wait: float = 5.0) -> list[Event]:
+async def history(nc: Connection, subject: str, *, limit: int = 100, wait: float = 5.0) -> list[Event]:
     """The last `limit` stored events on `subject` in the order they happened ([] when none are stored).
 
     Stream order is publication order, and a turn is published when it ends, after the calls it
     made; sorting by each event's own time puts a turn before its calls.
     """
     js = nc.jetstream()
-    try:
-        stream = await js.find_stream_name_by_subject(subject)
-    except jse.NotFoundError:
-        return []
-    info = await js.stream_info(stream, subjects_filter=subject)
-    if not info.state.subjects:
+    stream = await find_stream(js, subject)
+    if stream is None or not await stream_subjects(js, stream, subject):
         return []
     kept: deque[Event] = deque(maxlen=limit)
-    sub = await js.subscribe(subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    sub = await follow_stream(js, subject, stream)
     try:
         while True:
-            try:
-                msg = await sub.next_msg(timeout=wait)
-            except (TimeoutError, nats.errors.TimeoutError):
+            msg = await next_message(sub, wait)
+            if msg is None:
                 break
             event = decode(msg, stored_at=msg.metadata.timestamp.timestamp())
             if event is not None:
@@ -145,5 +147,5 @@ async def history(nc: Client, subject: str, *, limit: int = 100, wait: float = 5
             if msg.metadata.num_pending == 0:
                 break
     finally:
-        await sub.unsubscribe()
+        await unsubscribe(sub)
     return sorted(kept, key=lambda e: e.at)

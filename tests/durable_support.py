@@ -86,8 +86,7 @@ async def mesh_cli(url: str, *args: str, timeout: float = 30.0) -> subprocess.Co
 
 
 async def owner_of(client: MeshClient, key: str) -> str | None:
-    js = client.nc.jetstream()
-    directory = bus.Bucket(await bus.open_bucket(js, subjects.DIRECTORY_BUCKET), js, subjects.DIRECTORY_BUCKET)
+    directory = await bus.open_bucket(client.nc, subjects.DIRECTORY_BUCKET)
     found = await directory.get(key)
     return None if found is None else found[0].decode()
 

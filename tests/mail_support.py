@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from mesh import Agent, bus
 from mesh.mail import InboundEmail
-from mesh.server import NatsServer, free_port
+from mesh.bus import NatsServer, free_port
 from services.mail import MailConfig, MailService
 from services.mail.routing import Resolver
 

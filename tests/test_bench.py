@@ -9,7 +9,7 @@ import pytest
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from mesh import bus, subjects
-from mesh.server import free_port
+from mesh.bus import free_port
 from services.bench import names
 from services.bench.runner import select
 from services.bench.scenarios import SCENARIOS
@@ -104,7 +104,7 @@ async def test_an_existing_server_is_used_and_left_clean(nats_server, mesh_clien
         await js.stream_info(names.RAW_MAIL_STREAM)
     # The mails the mesh side stored (processing was off) were taken back out.
     assert (await js.stream_info(subjects.MAIL_INBOUND_STREAM)).state.messages == 0
-    state = bus.Bucket(await js.key_value(subjects.STATE_BUCKET), js, subjects.STATE_BUCKET)
+    state = await bus.open_bucket(mesh_client.nc, subjects.STATE_BUCKET)
     assert await state.keys("bench-turn.") == []
 
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from core_agents import AGENTS
 
-from mesh.server import free_port
+from mesh.bus import free_port
 
 ROOT = Path(__file__).parent.parent
 

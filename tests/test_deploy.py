@@ -13,7 +13,7 @@ import yaml
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
-from mesh.server import find_binary
+from mesh.bus import find_binary
 from services.cli import build_parser
 from services.http.settings import HttpSettings
 from services.mail.settings import MailSettings

@@ -13,7 +13,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from mesh import bus, subjects
 from mesh.client import MeshClient
 from mesh.errors import MeshError
-from mesh.server import NatsServer, free_port
+from mesh.bus import NatsServer, free_port
 from mesh.testing import eventually
 
 SENDS = 500

@@ -9,7 +9,7 @@ import sys
 
 import httpx
 
-from mesh.server import free_port
+from mesh.bus import free_port
 from services.demo import Counter
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mesh.server import free_port
+from mesh.bus import free_port
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent

@@ -19,7 +19,7 @@ from mesh.approvals import RunStore
 from mesh.client import MeshClient
 from mesh.errors import ApprovalDecided, ApprovalNotFound, ApprovalPending, SchemaMismatch
 from mesh.llm import LLMAgent
-from mesh.server import NatsServer
+from mesh.bus import NatsServer
 from mesh.testing import WorkerFactory
 from services.demo import Counter
 from services.triage import Clerk

@@ -11,7 +11,7 @@ from mesh import bus
 from mesh.client import MeshClient
 from mesh.memory import MemorySession, open_memory_stream
 from mesh.models import OFFLINE_PREFIX
-from mesh.server import NatsServer
+from mesh.bus import NatsServer
 from mesh.testing import WorkerFactory
 
 TESTS = str(Path(__file__).parent)

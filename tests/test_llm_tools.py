@@ -12,7 +12,7 @@ from mesh import Agent, subjects
 from mesh.client import MeshClient
 from mesh.context import current_turn
 from mesh.llm import LLMAgent
-from mesh.server import NatsServer
+from mesh.bus import NatsServer
 from mesh.testing import WorkerFactory
 from mesh.tools import agent_tool
 from mesh.tracing import trace_id

@@ -17,7 +17,7 @@ from llm_stub import ChatCompletionsStub
 from mesh import bus
 from mesh.client import MeshClient
 from mesh.models import OFFLINE_PREFIX, OfflineModel, select_model
-from mesh.server import NatsServer, free_port
+from mesh.bus import NatsServer, free_port
 from mesh.testing import WorkerFactory
 
 NO_MODEL_ENV = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "MESH_MODEL": ""}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mail_support import Notes, Sink, compose, send
 
-from mesh.server import NatsServer, free_port
+from mesh.bus import NatsServer, free_port
 
 ROOT = Path(__file__).parent.parent
 

@@ -10,7 +10,7 @@ from mail_support import MailFactory, Sink, compose, send
 
 from mesh.client import MeshClient
 from mesh.memory import MemorySession
-from mesh.server import NatsServer
+from mesh.bus import NatsServer
 from mesh.testing import WorkerFactory, eventually
 from services.mail.routing import sign_token
 

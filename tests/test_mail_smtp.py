@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mail_support import MailFactory, Notes, Sink, compose, send
 
-from mesh.server import free_port
+from mesh.bus import free_port
 
 TLS = Path(__file__).parent / "mail_tls"  # a self-signed certificate for localhost / 127.0.0.1 (tests only)
 ROOT = Path(__file__).parent.parent

@@ -20,7 +20,7 @@ from services.health import HealthServer
 from mesh.metrics import EVENTS_DROPPED
 from mesh.observe import TurnRecord
 from mesh.recorder import FlightRecorder
-from mesh.server import free_port
+from mesh.bus import free_port
 
 ROOT = Path(__file__).parent.parent
 ENV = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "MESH_LEASE_TTL": "3"}

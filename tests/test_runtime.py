@@ -33,8 +33,7 @@ from mesh.testing import eventually
 
 
 async def state_bucket(client: MeshClient) -> Bucket:
-    js = client.nc.jetstream()
-    return Bucket(await open_bucket(js, "mesh_state"), js, "mesh_state")
+    return await open_bucket(client.nc, "mesh_state")
 
 
 async def test_counter_keeps_state_per_name(mesh_factory, mesh_client) -> None:
@@ -158,8 +157,7 @@ async def test_idle_instances_are_released_and_come_back_with_their_state(mesh_f
     runtime = await mesh_factory(AGENTS, RuntimeOptions(idle_timeout=0.3))
     await mesh_client.call("faulty", "idle", {"action": "ok"})
     assert instance_key("faulty", "idle") in runtime.activations
-    js = mesh_client.nc.jetstream()
-    directory = Bucket(await open_bucket(js, "mesh_dir"), js, "mesh_dir")
+    directory = await open_bucket(mesh_client.nc, "mesh_dir")
 
     async def released() -> bool:
         assert not runtime.activations

@@ -15,7 +15,7 @@ from typing import Any
 
 from mesh import bus, subjects
 from mesh.client import MeshClient
-from mesh.server import NatsServer
+from mesh.bus import NatsServer
 from services.bench import procs
 from services.bench.agents import MODEL_URL_ENV
 from services.bench.load import Progress

@@ -49,9 +49,8 @@ async def cmd_ls(args: argparse.Namespace, settings: MeshSettings) -> int:
     async with await _client(args, settings) as client:
         if args.type:
             subjects.check_type(args.type)
-            js = client.nc.jetstream()
-            kv = await bus.bind_bucket(js, subjects.STATE_BUCKET)
-            keys = [] if kv is None else await bus.Bucket(kv, js, subjects.STATE_BUCKET).keys(f"{args.type}.")
+            bucket = await bus.bind_bucket(client.nc, subjects.STATE_BUCKET)
+            keys = [] if bucket is None else await bucket.keys(f"{args.type}.")
             for key in sorted(keys):
                 print(subjects.decode_name(key.split(".", 1)[1]))
             return 0

@@ -27,7 +27,7 @@ from mesh.agent import Agent
 from mesh.errors import MeshError, RequestError
 from mesh.logging import configure_logging
 from mesh.runtime import RuntimeOptions
-from mesh.server import NatsServer
+from mesh.bus import NatsServer
 from services import triage
 from services.health import open_health_server
 from services.http.config import BridgeConfig, config_from_settings, parse_listen

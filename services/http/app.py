@@ -6,7 +6,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from nats.aio.client import Client
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -41,7 +40,7 @@ async def docs(request: Request) -> Response:
     return FileResponse(STATIC / "docs.html", headers={"Cache-Control": "no-cache"})
 
 
-def create_app(config: BridgeConfig, *, nats: bus.NatsOptions | None = None, nc: Client | None = None) -> Starlette:
+def create_app(config: BridgeConfig, *, nats: bus.NatsOptions | None = None, nc: bus.Connection | None = None) -> Starlette:
     """The bridge app. It connects to NATS with `nats` at startup, or uses the connection `nc`."""
     if (nats is None) == (nc is None):
         raise ValueError("pass exactly one of nats= or nc=")

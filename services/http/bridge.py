@@ -12,17 +12,13 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats.errors
-import nats.js.errors as jse
 import orjson
 import structlog
-from nats.aio.client import Client
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.kv import KeyValue
 
-from mesh import bus, subjects
+from mesh import subjects
+from mesh.bus import Bucket, Connection, find_stream, open_bucket
 from mesh.client import MeshClient
-from mesh.errors import BadReply, Unavailable
+from mesh.errors import BadReply
 from mesh.recorder import EventsLimits, ensure_events_stream
 from mesh.tasks import TaskSet
 from services.http.config import BridgeConfig
@@ -44,13 +40,13 @@ class AgentType:
 class Bridge:
     """Shared by every request of one bridge process. `await start()` before serving."""
 
-    def __init__(self, nc: Client, config: BridgeConfig) -> None:
+    def __init__(self, nc: Connection, config: BridgeConfig) -> None:
         self.nc = nc
         self.config = config
         self.client = MeshClient(nc, default_timeout=config.timeout)
-        self.state: bus.Bucket
-        self.idempotency: KeyValue
-        self.runs: KeyValue
+        self.state: Bucket
+        self.idempotency: Bucket
+        self.runs: Bucket
         self.events_stream: str | None = None
         self._types: list[AgentType] = []
         self._types_at = 0.0
@@ -58,10 +54,9 @@ class Bridge:
         self._tasks = TaskSet(log)
 
     async def start(self) -> None:
-        js = self.nc.jetstream()
-        self.state = bus.Bucket(await bus.open_bucket(js, subjects.STATE_BUCKET), js, subjects.STATE_BUCKET)
-        self.idempotency = await _open_ttl_bucket(self.nc, subjects.IDEMPOTENCY_BUCKET, self.config.idempotency_ttl)
-        self.runs = await _open_ttl_bucket(self.nc, subjects.HTTP_RUNS_BUCKET, self.config.runs_ttl)
+        self.state = await open_bucket(self.nc, subjects.STATE_BUCKET)
+        self.idempotency = await open_bucket(self.nc, subjects.IDEMPOTENCY_BUCKET, ttl=float(self.config.idempotency_ttl))
+        self.runs = await open_bucket(self.nc, subjects.HTTP_RUNS_BUCKET, ttl=float(self.config.runs_ttl))
         self.events_stream = await self._ensure_events_stream()
         log.info("bridge.started", events_stream=self.events_stream, auth=self.config.auth_enabled)
 
@@ -75,7 +70,7 @@ class Bridge:
 
     # -- agents ------------------------------------------------------------------------------
 
-    async def call(self, agent_type: str, name: str, body: bytes, timeout: float) -> bytes:
+    async def call(self, agent_type: str, name: str, body: bytes, timeout: float) -> bytes:  # noqa: ASYNC109 - the deadline travels with the request
         """Send one request; returns the reply's JSON bytes or raises the agent's `MeshError`."""
         reply = await self.client.call_raw(subjects.agent_subject(agent_type, name), body, timeout=timeout)
         check_json(reply, f"{agent_type}/{name}")
@@ -112,10 +107,7 @@ class Bridge:
         """The stream that keeps `events.>` (so live views resume without gaps), created if missing."""
         js = self.nc.jetstream()
         if not self.config.events_stream:  # configured not to create one: use one if it exists
-            try:
-                return await js.find_stream_name_by_subject("events.>")
-            except jse.NotFoundError:
-                return None
+            return await find_stream(js, "events.>")
         limits = EventsLimits(max_age=float(self.config.events_max_age), max_bytes=256 * 1024 * 1024)
         return await ensure_events_stream(js, limits, name=self.config.events_stream)
 
@@ -160,18 +152,3 @@ def _group(infos: list[dict[str, Any]]) -> list[AgentType]:
     for entry in found.values():
         entry.workers.sort()
     return sorted(found.values(), key=lambda t: t.type)
-
-
-async def _open_ttl_bucket(nc: Client, name: str, ttl: int) -> KeyValue:
-    js = nc.jetstream()
-    try:
-        return await js.key_value(name)
-    except jse.BucketNotFoundError:
-        pass
-    config = KeyValueConfig(bucket=name, history=1, ttl=float(ttl), storage=StorageType.FILE, direct=True)
-    try:
-        return await js.create_key_value(config)
-    except jse.BadRequestError:
-        return await js.key_value(name)
-    except (nats.errors.TimeoutError, jse.ServiceUnavailableError) as exc:
-        raise Unavailable(f"JetStream did not create bucket {name}: {exc}") from exc

@@ -12,12 +12,11 @@ import base64
 import hashlib
 from dataclasses import dataclass
 
-import nats.js.errors as jse
 import orjson
-from nats.js.kv import KeyValue
 from starlette.responses import Response
 
-from mesh.errors import RequestError
+from mesh.bus import Bucket
+from mesh.errors import RequestError, StateConflict
 from services.http.errors import IdempotencyInProgress, IdempotencyKeyReused
 
 MAX_KEY_LENGTH = 255
@@ -39,8 +38,8 @@ def check_key(value: str) -> str:
 
 
 class IdempotencyStore:
-    def __init__(self, kv: KeyValue) -> None:
-        self.kv = kv
+    def __init__(self, bucket: Bucket) -> None:
+        self.bucket = bucket
 
     @staticmethod
     def storage_key(principal: str, method: str, path: str, key: str) -> str:
@@ -51,17 +50,13 @@ class IdempotencyStore:
         """Claim `key` for this request, or return the stored response of the first one."""
         record = orjson.dumps({"state": "pending", "fingerprint": fingerprint})
         try:
-            return Claim(key, await self.kv.create(key, record), fingerprint)
-        except jse.KeyWrongLastSequenceError:
+            return Claim(key, await self.bucket.create(key, record), fingerprint)
+        except StateConflict:
             pass
-        try:
-            entry = await self.kv.get(key)
-        except jse.KeyNotFoundError:  # expired between the two calls: claim again
-            return Claim(key, await self.kv.create(key, record), fingerprint)
-        if entry.value is None:
-            assert entry.revision is not None
-            return Claim(key, await self.kv.update(key, record, last=entry.revision), fingerprint)
-        stored = orjson.loads(entry.value)
+        found = await self.bucket.get(key)
+        if found is None:  # expired between the two calls: claim again
+            return Claim(key, await self.bucket.create(key, record), fingerprint)
+        stored = orjson.loads(found[0])
         if stored.get("fingerprint") != fingerprint:
             raise IdempotencyKeyReused("this Idempotency-Key was used with a different request body")
         if stored.get("state") != "done":
@@ -87,13 +82,10 @@ class IdempotencyStore:
             "headers": {k: v for k, v in response.headers.items() if k in KEPT_HEADERS},
             "body": base64.b64encode(body).decode(),
         }
-        await self.kv.update(claim.key, orjson.dumps(record), last=claim.revision)
+        await self.bucket.write(claim.key, orjson.dumps(record), claim.revision)
 
     async def release(self, claim: Claim) -> None:
-        try:
-            await self.kv.delete(claim.key, last=claim.revision)
-        except jse.BadRequestError:
-            pass
+        await self.bucket.delete(claim.key, last=claim.revision)  # False: it had moved on already
 
 
 def fingerprint(body: bytes) -> str:

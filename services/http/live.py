@@ -14,9 +14,10 @@ from typing import Any
 
 import orjson
 import structlog
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from mesh import subjects
+from mesh.bus import Message, Subscription, Watch, follow_stream, subscribe, unsubscribe
+from mesh.errors import MeshError
 from services.http.bridge import Bridge
 
 log = structlog.get_logger("services.http")
@@ -62,14 +63,14 @@ class LiveFeed:
         self.resume = resume
         self.cursor = resume or Cursor()
         self._queue: asyncio.Queue[tuple[str, dict[str, Any], int]] = asyncio.Queue(QUEUE_SIZE)
-        self._watcher: Any = None
-        self._sub: Any = None
+        self._watcher: Watch | None = None
+        self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> LiveFeed:
         try:
             await self._subscribe_events()
-            self._watcher = await self.bridge.state.kv.watch(self.key)
+            self._watcher = await self.bridge.state.watch(self.key)
         except BaseException:
             await self.aclose()
             raise
@@ -84,15 +85,16 @@ class LiveFeed:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for closer in (self._watcher.stop if self._watcher else None, self._sub.unsubscribe if self._sub else None):
+        watcher, sub = self._watcher, self._sub
+        for closer in (watcher.stop() if watcher else None, unsubscribe(sub) if sub else None):
             if closer is not None:
                 try:
-                    await closer()
-                except Exception as exc:  # the connection may be closing; nothing left to release
-                    log.debug("live.close_failed", error=str(exc))
+                    await closer
+                except MeshError as exc:  # the connection may be closing; nothing left to release
+                    log.debug("live.close_failed", error=exc.message)
         self._watcher = self._sub = self._task = None
 
-    async def next(self, timeout: float) -> LiveMessage | None:
+    async def next(self, timeout: float) -> LiveMessage | None:  # noqa: ASYNC109 - None on timeout (a heartbeat is due)
         """The next message, or None if nothing happened for `timeout` seconds (time for a heartbeat)."""
         try:
             kind, data, number = await asyncio.wait_for(self._queue.get(), timeout)
@@ -106,6 +108,7 @@ class LiveFeed:
 
     async def _pump_state(self) -> None:
         sent = False
+        assert self._watcher is not None
         async for entry in self._watcher:
             if entry is None:
                 if not sent and self.resume is None:  # never saved: say so, so the client can render
@@ -113,11 +116,11 @@ class LiveFeed:
                 sent = True
                 continue
             sent = True
-            revision = entry.revision or 0
+            revision = entry.revision
             if self.resume is not None and revision <= self.resume.state_revision:
                 continue  # the client already has this state
             state = None
-            if entry.operation is None and entry.value:
+            if entry.value:
                 try:
                     state = orjson.loads(entry.value)
                 except orjson.JSONDecodeError:
@@ -128,7 +131,7 @@ class LiveFeed:
         subject = subjects.event_wildcard(self.agent_type, self.name)
         stream = self.bridge.events_stream
 
-        async def on_event(msg: Any) -> None:
+        async def on_event(msg: Message) -> None:
             seq = 0
             if stream is not None:
                 seq = msg.metadata.sequence.stream
@@ -143,11 +146,7 @@ class LiveFeed:
                 log.warning("live.event_dropped", key=self.key, kind=kind)
 
         if stream is None:
-            self._sub = await self.bridge.nc.subscribe(subject, cb=on_event)
+            self._sub = await subscribe(self.bridge.nc, subject, cb=on_event)
             return
-        js = self.bridge.nc.jetstream()
-        if self.resume is not None and self.resume.event_seq > 0:
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.resume.event_seq + 1)
-        else:
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
-        self._sub = await js.subscribe(subject, stream=stream, cb=on_event, ordered_consumer=True, config=config)
+        after = self.resume.event_seq if self.resume is not None and self.resume.event_seq > 0 else -1  # -1: new ones
+        self._sub = await follow_stream(self.bridge.nc.jetstream(), subject, stream, after=after, cb=on_event)

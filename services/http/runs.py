@@ -12,11 +12,10 @@ import os
 import time
 from typing import Any
 
-import nats.js.errors as jse
 import orjson
 import structlog
-from nats.js.kv import KeyValue
 
+from mesh.bus import Bucket
 from mesh.errors import MeshError
 from services.http.errors import NotFound
 from services.http.problems import problem_body
@@ -29,8 +28,8 @@ def new_run_id() -> str:
 
 
 class RunStore:
-    def __init__(self, kv: KeyValue) -> None:
-        self.kv = kv
+    def __init__(self, bucket: Bucket) -> None:
+        self.bucket = bucket
 
     async def create(self, run_id: str, agent_type: str, name: str) -> dict[str, Any]:
         record = {
@@ -39,7 +38,7 @@ class RunStore:
             "agent": {"type": agent_type, "name": name},
             "created_at": time.time(),
         }
-        await self.kv.create(run_id, orjson.dumps(record))
+        await self.bucket.create(run_id, orjson.dumps(record))
         return record
 
     async def finish(self, record: dict[str, Any], reply: bytes | None, error: MeshError | None) -> None:
@@ -50,16 +49,13 @@ class RunStore:
         else:
             done["status"] = "failed"
             done["problem"] = problem_body(error)
-        await self.kv.put(record["id"], orjson.dumps(done))
+        await self.bucket.put(record["id"], orjson.dumps(done))
 
     async def get(self, run_id: str) -> dict[str, Any]:
         if not run_id.isalnum() or len(run_id) > 64:
             raise NotFound(f"no run {run_id[:80]!r}")
-        try:
-            entry = await self.kv.get(run_id)
-        except jse.KeyNotFoundError:
-            entry = None
-        if entry is None or entry.value is None:
+        found = await self.bucket.get(run_id)
+        if found is None:
             raise NotFound(f"no run {run_id!r} (unknown, or its result expired)")
-        record: dict[str, Any] = orjson.loads(entry.value)
+        record: dict[str, Any] = orjson.loads(found[0])
         return record

@@ -20,7 +20,7 @@ from typing import Any
 import pytest_asyncio
 
 from mesh import bus
-from mesh.server import NatsServer, free_port
+from mesh.bus import NatsServer, free_port
 from services.http.bridge import Bridge
 from services.http.config import BridgeConfig
 from services.http.server import build_server

@@ -17,12 +17,11 @@ from email.utils import formatdate, make_msgid
 from typing import Any
 
 import aiosmtplib
-import nats.errors
 import structlog
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
 
 from mesh import subjects
+from mesh.bus import AckPolicy, ConsumerConfig, Message, store
+from mesh.errors import ConnectionFailed
 from mesh.mail import InboundEmail
 from services.mail.config import MailConfig
 from services.mail.store import MailEnvelope, MailStore, pull_subscription, short_hash
@@ -123,7 +122,8 @@ class Outbox:
 
     async def enqueue(self, reply: Reply, dedupe_id: str) -> None:
         envelope = MailEnvelope(mail_id=reply.message_id, mail_from=reply.sender, rcpt_tos=reply.recipients)
-        await self.store.js.publish(
+        await store(
+            self.store.js,
             subjects.MAIL_OUTBOX_SUBJECT,
             reply.message.as_bytes(),
             stream=subjects.MAIL_OUTBOX_STREAM,
@@ -153,9 +153,7 @@ class Outbox:
         while True:
             try:
                 msgs = await sub.fetch(1, timeout=5.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except nats.errors.ConnectionClosedError:
+            except ConnectionFailed:
                 return
             except Exception as exc:  # NATS reconnecting; try again shortly
                 log.warning("mail.outbox_fetch_failed", error=str(exc) or type(exc).__name__)
@@ -164,7 +162,7 @@ class Outbox:
             for msg in msgs:
                 await self._send(msg)
 
-    async def _send(self, msg: Msg) -> None:
+    async def _send(self, msg: Message) -> None:
         envelope = MailEnvelope.from_header((msg.headers or {})[subjects.HEADER_MAIL_ENVELOPE])
         attempt = msg.metadata.num_delivered or 1
         record = {"to": envelope.rcpt_tos, "message_id": envelope.mail_id, "attempts": attempt, "at": time.time()}
@@ -201,7 +199,7 @@ class Outbox:
         await msg.ack()
         log.info("mail.reply_sent", message_id=envelope.mail_id, to=envelope.rcpt_tos, relay=f"{host}:{port}")
 
-    async def _retry(self, msg: Msg, envelope: MailEnvelope, record: dict[str, object], error: str) -> None:
+    async def _retry(self, msg: Message, envelope: MailEnvelope, record: dict[str, object], error: str) -> None:
         attempt = int(record["attempts"])  # type: ignore[call-overload]
         if attempt >= MAX_ATTEMPTS:
             await self.store.put_record("out", _key(envelope.mail_id), {**record, "status": "failed", "error": error[:500]})

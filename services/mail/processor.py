@@ -14,13 +14,10 @@ import asyncio
 import time
 from typing import Any
 
-import nats.errors
-import nats.js.errors as jse
 import structlog
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
 
 from mesh import subjects, wire
+from mesh.bus import AckPolicy, ConsumerConfig, Message, map_errors
 from mesh.client import MeshClient
 from mesh.errors import ConnectionFailed, MeshError, MeshTimeout, NoResponders, Unavailable
 from mesh.mail import InboundEmail
@@ -71,9 +68,7 @@ class Processor:
                     continue
                 try:
                     msgs = await sub.fetch(free, timeout=5.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                except nats.errors.ConnectionClosedError:
+                except ConnectionFailed:
                     return
                 except Exception as exc:  # NATS reconnecting
                     log.warning("mail.fetch_failed", error=str(exc) or type(exc).__name__)
@@ -88,7 +83,7 @@ class Processor:
                 task.cancel()  # unacknowledged: JetStream redelivers them after ack_wait
             await asyncio.gather(*inflight, return_exceptions=True)
 
-    async def process(self, msg: Msg) -> None:
+    async def process(self, msg: Message) -> None:
         """Handle one stored mail; never raises (the message is acked, retried later, or terminated)."""
         keepalive = asyncio.create_task(self._keep_alive(msg))
         try:
@@ -198,7 +193,7 @@ class Processor:
         )
         await self.outbox.enqueue(reply, dedupe_id)
 
-    async def _keep_alive(self, msg: Msg) -> None:
+    async def _keep_alive(self, msg: Message) -> None:
         """Tell JetStream the mail is still being worked on while a long agent turn runs."""
         while True:
             await asyncio.sleep(max(0.5, self.config.ack_wait / 3))
@@ -207,6 +202,7 @@ class Processor:
 
 async def _quietly(op: Any) -> None:
     try:
-        await op
-    except (TimeoutError, nats.errors.Error, jse.Error) as exc:
-        log.warning("mail.ack_failed", error=str(exc) or type(exc).__name__)
+        with map_errors("acknowledge a mail"):
+            await op
+    except MeshError as exc:
+        log.warning("mail.ack_failed", code=exc.code, error=exc.message)

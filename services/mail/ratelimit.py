@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 
-import nats.js.errors as jse
-
+from mesh.errors import StateConflict
 from services.mail.store import MailStore, short_hash
 
 
@@ -30,6 +29,6 @@ class ReplyRateLimit:
             try:
                 await self.store.put_record("rate", key, {"times": [*recent, now]}, last=revision)
                 return True
-            except jse.KeyWrongLastSequenceError:
+            except StateConflict:
                 continue  # another process counted a reply at the same moment
         return False

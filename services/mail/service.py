@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import structlog
-from nats.aio.client import Client
 
+from mesh.bus import Connection
 from mesh.client import MeshClient
 from mesh.tasks import TaskSet
 from services.mail.config import MailConfig
@@ -44,7 +44,7 @@ class ServedTypes:
 class MailService:
     """Accept mail on `config.host:config.port`, process it and send replies. `async with` or start/stop."""
 
-    def __init__(self, nc: Client, config: MailConfig, *, resolver: Resolver | None = None) -> None:
+    def __init__(self, nc: Connection, config: MailConfig, *, resolver: Resolver | None = None) -> None:
         self.nc = nc
         self.config = config
         self.resolver = resolver or address_resolver(config.domains)
@@ -66,9 +66,7 @@ class MailService:
         await self.stop()
 
     async def start(self) -> None:
-        store = await MailStore.open(
-            self.nc.jetstream(), stream_limit=self.config.stream_limit, timeout=self.config.store_timeout
-        )
+        store = await MailStore.open(self.nc, stream_limit=self.config.stream_limit, timeout=self.config.store_timeout)
         types = ServedTypes(self.client, self.config.agent_types)
         self.handler = IngestHandler(self.config, store, self.resolver, types.allowed)
         outbox = Outbox(store, self.config)

@@ -19,24 +19,28 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import nats.errors
-import nats.js.errors as jse
 import structlog
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import (
+
+from mesh import subjects
+from mesh.bus import (
+    Bucket,
+    Connection,
     ConsumerConfig,
     DiscardPolicy,
-    KeyValueConfig,
-    ObjectStoreConfig,
+    JetStream,
+    Message,
+    Objects,
+    PullConsumer,
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    ensure_stream,
+    open_bucket,
+    open_objects,
+    pull_consumer,
+    store,
 )
-from nats.js.kv import KeyValue
-from nats.js.object_store import ObjectStore
-
-from mesh import bus, subjects
+from mesh.errors import ConnectionFailed, MeshError, NotStored
 
 log = structlog.get_logger("mesh.mail")
 
@@ -77,21 +81,22 @@ def short_hash(*parts: str) -> str:
 class MailStore:
     """The mail service's JetStream resources, created on first use (idempotent)."""
 
-    def __init__(self, js: JetStreamContext, *, stream_limit: int, timeout: float) -> None:
+    def __init__(self, js: JetStream, *, stream_limit: int, timeout: float) -> None:
         self.js = js
         self.stream_limit = stream_limit
         self.timeout = timeout
-        self.kv: KeyValue
-        self._objects: ObjectStore | None = None
+        self.kv: Bucket
+        self._objects: Objects | None = None
 
     @classmethod
-    async def open(cls, js: JetStreamContext, *, stream_limit: int = 512 * 1024, timeout: float = 5.0) -> MailStore:
-        store = cls(js, stream_limit=stream_limit, timeout=timeout)
+    async def open(cls, nc: Connection, *, stream_limit: int = 512 * 1024, timeout: float = 5.0) -> MailStore:  # noqa: ASYNC109 - JetStream's ack wait for each store
+        js = nc.jetstream()
+        mail = cls(js, stream_limit=stream_limit, timeout=timeout)
         for name, subject in (
             (subjects.MAIL_INBOUND_STREAM, subjects.MAIL_INBOUND_SUBJECT),
             (subjects.MAIL_OUTBOX_STREAM, subjects.MAIL_OUTBOX_SUBJECT),
         ):
-            await bus.ensure_stream(
+            await ensure_stream(
                 js,
                 StreamConfig(
                     name=name,
@@ -103,32 +108,12 @@ class MailStore:
                     description="agent-mesh mail",
                 ),
             )
-        try:
-            store.kv = await js.key_value(subjects.MAIL_BUCKET)
-        except jse.BucketNotFoundError:
-            try:
-                store.kv = await js.create_key_value(
-                    KeyValueConfig(
-                        bucket=subjects.MAIL_BUCKET,
-                        history=1,
-                        storage=StorageType.FILE,
-                        direct=True,
-                    )
-                )
-            except jse.BadRequestError:
-                store.kv = await js.key_value(subjects.MAIL_BUCKET)
-        return store
+        mail.kv = await open_bucket(nc, subjects.MAIL_BUCKET)
+        return mail
 
-    async def objects(self) -> ObjectStore:
+    async def objects(self) -> Objects:
         if self._objects is None:
-            try:
-                self._objects = await self.js.object_store(subjects.MAIL_OBJECTS)
-            except (jse.BucketNotFoundError, jse.NotFoundError):
-                # nats-py overwrites config.bucket with the `bucket` argument, so pass both.
-                self._objects = await self.js.create_object_store(
-                    bucket=subjects.MAIL_OBJECTS,
-                    config=ObjectStoreConfig(bucket=subjects.MAIL_OBJECTS, storage=StorageType.FILE),
-                )
+            self._objects = await open_objects(self.js, subjects.MAIL_OBJECTS)
         return self._objects
 
     # -- inbound ---------------------------------------------------------------------------------
@@ -142,66 +127,59 @@ class MailStore:
                 await (await self.objects()).put(envelope.mail_id, raw)
                 headers[subjects.HEADER_MAIL_OBJECT] = envelope.mail_id
                 body = b""
-            ack = await self.js.publish(
+            ack = await store(
+                self.js,
                 subjects.MAIL_INBOUND_SUBJECT,
                 body,
                 timeout=self.timeout,
                 headers=headers,
                 stream=subjects.MAIL_INBOUND_STREAM,
             )
-        except Exception as exc:  # timeouts, no JetStream, closed or reconnecting connection
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except MeshError as exc:  # timeouts, no JetStream, closed or reconnecting connection
+            raise StoreUnavailable(f"[{exc.code}] {exc.message}") from exc
         return bool(ack.duplicate)
 
-    async def load(self, msg: Msg) -> tuple[MailEnvelope, bytes]:
+    async def load(self, msg: Message) -> tuple[MailEnvelope, bytes]:
         headers = msg.headers or {}
         envelope = MailEnvelope.from_header(headers[subjects.HEADER_MAIL_ENVELOPE])
         name = headers.get(subjects.HEADER_MAIL_OBJECT)
         if name:
-            result = await (await self.objects()).get(name)
-            return envelope, bytes(result.data or b"")
+            raw = await (await self.objects()).get(name)
+            if raw is None:
+                raise NotStored(f"the raw mail {name} is gone from {subjects.MAIL_OBJECTS}")
+            return envelope, raw
         return envelope, msg.data
 
-    async def discard_object(self, msg: Msg) -> None:
+    async def discard_object(self, msg: Message) -> None:
         name = (msg.headers or {}).get(subjects.HEADER_MAIL_OBJECT)
         if name:
-            try:
-                await (await self.objects()).delete(name)
-            except jse.NotFoundError:
-                pass
+            await (await self.objects()).delete(name)
 
     # -- records ---------------------------------------------------------------------------------
 
     async def get_record(self, kind: str, key: str) -> tuple[dict[str, Any], int] | None:
-        try:
-            entry = await self.kv.get(f"{kind}.{key}")
-        except jse.KeyNotFoundError:
+        found = await self.kv.get(f"{kind}.{key}")
+        if found is None:
             return None
-        if entry.value is None or entry.revision is None:
-            return None
-        return json.loads(entry.value), entry.revision
+        return json.loads(found[0]), found[1]
 
     async def put_record(self, kind: str, key: str, value: dict[str, Any], last: int | None = None) -> int:
-        """Write a record; with `last`, compare-and-set (0: must not exist) raising KeyWrongLastSequenceError."""
+        """Write a record; with `last`, compare-and-set (0: must not exist) raising `StateConflict`."""
         data = json.dumps(value).encode()
         if last is None:
             return await self.kv.put(f"{kind}.{key}", data)
-        if last == 0:
-            return await self.kv.create(f"{kind}.{key}", data)
-        return await self.kv.update(f"{kind}.{key}", data, last=last)
+        return await self.kv.write(f"{kind}.{key}", data, last)
 
 
-async def pull_subscription(
-    js: JetStreamContext, subject: str, stream: str, durable: str, config: ConsumerConfig
-) -> JetStreamContext.PullSubscription:
+async def pull_subscription(js: JetStream, subject: str, stream: str, durable: str, config: ConsumerConfig) -> PullConsumer:
     """Bind (or create) a durable pull consumer, waiting out a NATS outage instead of failing."""
     delay = 0.2
     while True:
         try:
-            return await js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
-        except nats.errors.ConnectionClosedError:
+            return await pull_consumer(js, subject, stream, durable, config)
+        except ConnectionFailed:
             raise
-        except Exception as exc:  # no JetStream yet, timeouts while reconnecting
-            log.warning("mail.subscribe_failed", durable=durable, error=str(exc) or type(exc).__name__)
+        except MeshError as exc:  # no JetStream yet, timeouts while reconnecting
+            log.warning("mail.subscribe_failed", durable=durable, code=exc.code, error=exc.message)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

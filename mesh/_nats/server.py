@@ -68,21 +68,26 @@ class NatsServer:
     async def __aexit__(self, *exc_info: object) -> None:
         self.stop()
 
-    async def start(self, timeout: float = 10.0) -> None:
+    async def start(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - start-up deadline, reported with the server log
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [find_binary()]
         if self.config_file:
             args += ["-c", str(self.config_file)]
         args += ["-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir), *self.extra_args]
         log_path = self.store_dir / "nats-server.log"
+        offset = self._launch(args, log_path)
+        await self._wait_ready(timeout, log_path, offset)
+
+    def _launch(self, args: list[str], log_path: Path) -> int:
+        """Start the process with its output appended to `log_path`; returns where this run's log starts."""
         with open(log_path, "ab") as log_file:
             offset = log_file.tell()
             self.process = subprocess.Popen(
                 args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_detach
             )
-        await self._wait_ready(timeout, log_path, offset)
+        return offset
 
-    async def _wait_ready(self, timeout: float, log_path: Path, offset: int) -> None:
+    async def _wait_ready(self, timeout: float, log_path: Path, offset: int) -> None:  # noqa: ASYNC109 - see start
         deadline = time.monotonic() + timeout
         assert self.process is not None
         while time.monotonic() < deadline:

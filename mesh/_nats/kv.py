@@ -1,0 +1,263 @@
+"""KV buckets and object stores with the mesh's error mapping: misses are None, conflicts `StateConflict`.
+
+A JetStream API call that does not answer in time (a leader election, a restarting server) is
+`Unavailable`, not `MeshTimeout`: the caller should retry, nobody's deadline passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors as jse
+import orjson
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from mesh._nats.connection import Connection, JetStream
+from mesh._nats.errors import map_errors
+from mesh._nats.inbox import inbox_of
+from mesh.errors import MeshTimeout, NoResponders, StateConflict, Unavailable
+
+EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+_GONE = ("DEL", "PURGE")
+
+
+async def bind_bucket(nc: Connection, name: str, *, timeout: float = 5.0) -> Bucket | None:  # noqa: ASYNC109 - the bucket's per-operation timeout
+    """Bind an existing KV bucket, or None: readers (the CLI, clients) never create buckets, so
+    none is ever created with another replica count than the workers'."""
+    with map_errors(f"KV bucket {name} (JetStream leader election?)", timeout=Unavailable):
+        try:
+            return Bucket(nc, await nc.jetstream().key_value(name), name, timeout=timeout)
+        except jse.BucketNotFoundError:
+            return None
+
+
+async def open_bucket(
+    nc: Connection, name: str, *, history: int = 1, replicas: int = 1, ttl: float | None = None, timeout: float = 5.0  # noqa: ASYNC109 - the bucket's per-operation timeout
+) -> Bucket:
+    """Bind a KV bucket, creating it (file storage, direct gets, `replicas` copies, entries expiring
+    after `ttl` seconds if given) the first time.
+
+    An existing bucket is bound as it is: its replica count is fixed when it is first created, so
+    on a cluster the first worker must already run with `replicas=3`.
+    """
+    found = await bind_bucket(nc, name, timeout=timeout)
+    if found is not None:
+        return found
+    js = nc.jetstream()
+    config = KeyValueConfig(bucket=name, history=history, storage=StorageType.FILE, direct=True, replicas=replicas)
+    if ttl is not None:
+        config.ttl = ttl
+    with map_errors(f"KV bucket {name}", timeout=Unavailable):
+        try:
+            kv = await js.create_key_value(config)
+        except jse.BadRequestError:
+            kv = await js.key_value(name)  # another process created it with the same name first
+    return Bucket(nc, kv, name, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One state of a watched key: its revision and value (None once deleted or purged)."""
+
+    revision: int
+    value: bytes | None
+
+
+class Bucket:
+    """A KV bucket with the mesh's error mapping: conflicts are `StateConflict`, misses are None."""
+
+    def __init__(self, nc: Connection, kv: KeyValue, name: str, *, timeout: float = 5.0) -> None:
+        self._nc = nc
+        self._kv = kv
+        self._js = nc.jetstream(timeout=timeout)
+        self.name = name
+        self._timeout = timeout
+
+    async def get(self, key: str) -> tuple[bytes, int] | None:
+        with map_errors(f"KV {self.name}", timeout=Unavailable):
+            try:
+                entry = await self._kv.get(key)
+            except jse.KeyNotFoundError:
+                return None
+        if entry.value is None or entry.revision is None:
+            return None  # an expiry marker (see NOTES 1.5) counts as absent
+        return entry.value, entry.revision
+
+    async def write(
+        self, key: str, value: bytes, last: int, headers: dict[str, str] | None = None, *, fresh: bool = False
+    ) -> int:
+        """Compare-and-set: `last=0` means the key must not exist (or is deleted; with `fresh`, the
+        key must never have been written at all). Returns the new revision.
+
+        `headers` are stored in the same message as the value, so atomically with it. This is the
+        hot path of every turn: one JetStream publish through the reply inbox whose ack is parsed
+        with orjson, skipping nats-py's key regex, PubAck dataclass and stdlib-json parsing.
+        """
+        subject = f"$KV.{self.name}.{key}"
+        try:
+            return await self._publish_expecting(subject, value, last, headers)
+        except StateConflict:
+            if last != 0 or fresh:
+                raise
+            # "Must not exist" also accepts a delete tombstone, as KeyValue.create does.
+            tombstone = await self._tombstone_revision(subject)
+            if tombstone is None:
+                raise
+            return await self._publish_expecting(subject, value, tombstone, headers)
+
+    async def create(self, key: str, value: bytes) -> int:
+        """Write `key` only if it does not exist (or was deleted); `StateConflict` if it does."""
+        return await self.write(key, value, 0)
+
+    async def put(self, key: str, value: bytes) -> int:
+        """Write `key` whatever it holds; returns the new revision."""
+        with map_errors(f"KV {self.name}", timeout=Unavailable):
+            return await self._kv.put(key, value)
+
+    async def _publish_expecting(self, subject: str, value: bytes, last: int, headers: dict[str, str] | None) -> int:
+        expected = {EXPECTED_LAST: str(last)}
+        try:
+            msg = await inbox_of(self._nc).request(
+                subject, value, timeout=self._timeout, headers={**headers, **expected} if headers else expected
+            )
+        except (MeshTimeout, NoResponders) as exc:
+            raise Unavailable(f"KV {self.name} did not confirm the write: {exc.message}") from exc
+        ack = orjson.loads(msg.data)
+        error = ack.get("error")
+        if error is None:
+            return int(ack["seq"])
+        if error.get("err_code") in (10071, 10164):
+            raise StateConflict(f"{self.name}: {subject} changed since revision {last}")
+        raise Unavailable(f"KV {self.name} refused the write: {error.get('description')}")
+
+    async def _tombstone_revision(self, subject: str) -> int | None:
+        with map_errors(f"KV {self.name}", timeout=Unavailable):
+            try:
+                msg = await self._js.get_msg(f"KV_{self.name}", subject=subject, direct=True)
+            except jse.NotFoundError:
+                return None
+        headers = msg.headers or {}
+        if headers.get("KV-Operation") not in _GONE and "Nats-Marker-Reason" not in headers:
+            return None
+        return msg.seq
+
+    async def get_with_headers(self, key: str) -> tuple[bytes, int, dict[str, str]] | None:
+        """Like `get`, plus the headers stored with the value (e.g. the processed-ids record)."""
+        stream, subject = f"KV_{self.name}", f"$KV.{self.name}.{key}"
+        with map_errors(f"KV {self.name}", timeout=Unavailable):
+            try:
+                try:
+                    msg = await self._js.get_msg(stream, subject=subject, direct=True)
+                except nats.errors.NoRespondersError:  # a bucket created without direct gets
+                    msg = await self._js.get_msg(stream, subject=subject)
+            except jse.NotFoundError:
+                return None
+        headers = dict(msg.headers or {})
+        if headers.get("KV-Operation") in _GONE or "Nats-Marker-Reason" in headers or msg.seq is None:
+            return None
+        return msg.data or b"", msg.seq, headers
+
+    async def write_with_headers(self, key: str, value: bytes, last: int, headers: dict[str, str]) -> int:
+        """Compare-and-set like `write`, storing `headers` in the same message (so atomically)."""
+        return await self.write(key, value, last, headers)
+
+    async def put_with_ttl(self, key: str, value: bytes, ttl_seconds: int) -> int:
+        with map_errors(f"KV {self.name}", timeout=Unavailable):
+            ack = await self._js.publish(f"$KV.{self.name}.{key}", value, msg_ttl=ttl_seconds)
+        return ack.seq
+
+    async def delete(self, key: str, last: int | None = None) -> bool:
+        """Delete, with compare-and-set when `last` is given; False when the key had moved on."""
+        try:
+            with map_errors(f"KV {self.name}", timeout=Unavailable):
+                await self._kv.delete(key, last=last)
+        except StateConflict:  # nats-py reports it as a plain BadRequestError (err_code 10071)
+            return False
+        return True
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        found: list[str] = []
+        with map_errors(f"KV {self.name}", timeout=Unavailable):
+            watcher = await self._kv.watch(f"{prefix}>" if prefix else ">", meta_only=True, ignore_deletes=True)
+            try:
+                async for entry in watcher:
+                    if entry is None:
+                        break
+                    found.append(entry.key)
+            finally:
+                await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
+
+    async def watch(self, key: str) -> Watch:
+        """Follow `key`: its current state (if any), then None, then every later change."""
+        with map_errors(f"KV {self.name}", timeout=Unavailable):
+            return Watch(await self._kv.watch(key), self.name)
+
+
+class Watch:
+    """`async for change in watch`: `Change`s of one key, with None after the initial state; `stop()`."""
+
+    def __init__(self, watcher: KeyValue.KeyWatcher, name: str) -> None:
+        self._watcher = watcher
+        self._name = name
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> Change | None:
+        entry = await self._watcher.__anext__()  # type: ignore[no-untyped-call]  # StopAsyncIteration once stopped
+        if entry is None:
+            return None
+        gone = entry.operation is not None or entry.value is None
+        return Change(entry.revision or 0, None if gone else entry.value)
+
+    async def stop(self) -> None:
+        with map_errors(f"KV {self._name}", timeout=Unavailable):
+            await self._watcher.stop()  # type: ignore[no-untyped-call]
+
+
+class Objects:
+    """An object store bucket (large values, chunked) with the mesh's error mapping."""
+
+    def __init__(self, store: ObjectStore, name: str) -> None:
+        self._store = store
+        self.name = name
+
+    async def put(self, key: str, data: bytes) -> None:
+        with map_errors(f"object store {self.name}", timeout=Unavailable):
+            await self._store.put(key, data)
+
+    async def get(self, key: str) -> bytes | None:
+        with map_errors(f"object store {self.name}", timeout=Unavailable):
+            try:
+                result = await self._store.get(key)
+            except jse.NotFoundError:
+                return None
+        return bytes(result.data or b"")
+
+    async def delete(self, key: str) -> bool:
+        """Remove `key`; False if there was none."""
+        with map_errors(f"object store {self.name}", timeout=Unavailable):
+            try:
+                await self._store.delete(key)
+            except jse.NotFoundError:
+                return False
+        return True
+
+
+async def open_objects(js: JetStream, name: str, *, description: str | None = None) -> Objects:
+    """Bind an object store bucket, creating it (file storage) the first time."""
+    with map_errors(f"object store {name}", timeout=Unavailable):
+        try:
+            return Objects(await js.object_store(name), name)
+        except jse.NotFoundError:  # BucketNotFoundError, or a stream lookup's plain 404
+            pass
+        config = ObjectStoreConfig(bucket=name, storage=StorageType.FILE, description=description)
+        try:
+            # nats-py overwrites config.bucket with the `bucket` argument, so pass both.
+            return Objects(await js.create_object_store(bucket=name, config=config), name)
+        except jse.BadRequestError:
+            return Objects(await js.object_store(name), name)  # another process created it first
