@@ -30,7 +30,7 @@ WORKER_ENV = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "MESH_MODEL": ""}
 def mesh_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **WORKER_ENV}
     return subprocess.run(
-        [sys.executable, "-m", "mesh", *args[:1], "--nats-url", url, *args[1:]],
+        [sys.executable, "-m", "services.cli", *args[:1], "--nats-url", url, *args[1:]],
         check=False,
         capture_output=True,
         text=True,
@@ -153,6 +153,20 @@ async def test_an_approval_nobody_decides_is_rejected_on_expiry(
     assert await mesh_client.state("counter", "t4") is None
     with pytest.raises(ApprovalDecided):
         await mesh_client.call("quick-clerk", "q", {"op": "approve", "id": paused["approvals"][0]["id"]})
+
+
+async def test_the_expiry_timer_is_a_task_of_the_worker_and_is_cancelled_when_the_worker_stops(
+    mesh_factory: Any, mesh_client: MeshClient
+) -> None:
+    runtime = await mesh_factory([Clerk, Counter])  # approvals wait an hour: the timer is still armed at stop
+    paused = await mesh_client.call("clerk", "t5", "add 9 to counter t5", timeout=60)
+    assert paused["status"] == "awaiting_approval"
+    agent = runtime.activations[subjects.instance_key("clerk", "t5")].agent
+    assert isinstance(agent, Clerk)
+    timer = agent._timer
+    assert timer is not None and timer in runtime.background and not timer.done()
+    await runtime.stop(grace=2.0)
+    assert timer.cancelled() and not runtime.background
 
 
 sent: list[str] = []

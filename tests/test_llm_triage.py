@@ -70,7 +70,7 @@ async def test_mesh_up_serves_the_triage_demo_on_the_offline_model(tmp_path: Pat
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
         up = subprocess.Popen(
-            [sys.executable, "-m", "mesh", "up", "--nats-port", str(port), "--store", str(tmp_path / "store")],
+            [sys.executable, "-m", "services.cli", "up", "--nats-port", str(port), "--store", str(tmp_path / "store")],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -83,7 +83,7 @@ async def test_mesh_up_serves_the_triage_demo_on_the_offline_model(tmp_path: Pat
             [
                 sys.executable,
                 "-m",
-                "mesh",
+                "services.cli",
                 "call",
                 "--nats-url",
                 f"nats://127.0.0.1:{port}",

@@ -51,7 +51,7 @@ async def scrape(port: int) -> dict:
 
 async def test_worker_metrics_move_with_requests_and_probes_answer(nats_server, worker_factory) -> None:
     port = free_port()
-    worker_factory(nats_server.url, "core_agents", {**ENV, "MESH_METRICS_PORT": str(port)})
+    await worker_factory(nats_server.url, "core_agents", {**ENV, "MESH_METRICS_PORT": str(port)})
     client = MeshClient(await connect(NatsOptions.from_url(nats_server.url)), default_timeout=10)
     try:
         ok = ("mesh_turns_total", (("outcome", "ok"), ("type", "counter")))
@@ -122,7 +122,7 @@ async def test_tail_links_a_request_across_two_agents_and_history_survives_a_res
     server = NatsServer(store)
     await server.start()
     try:
-        workers = [worker_factory(server.url, "core_agents", ENV) for _ in range(2)]
+        workers = [await worker_factory(server.url, "core_agents", ENV) for _ in range(2)]
         tail = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -154,7 +154,7 @@ async def test_tail_links_a_request_across_two_agents_and_history_survives_a_res
         assert turns["b"]["data"]["caller"] == "hop/a" and calls[0]["data"]["to"] == "hop/b"
 
         for worker in workers:
-            assert worker.terminate() == 0
+            assert await worker.terminate() == 0
         server.stop()
         server = NatsServer(store, port=server.port)
         await server.start()

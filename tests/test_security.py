@@ -207,7 +207,7 @@ async def test_tls_with_client_certificates_for_workers_and_cli(tmp_path, worker
         }
         worker = await worker_factory(url, "services.demo", env)
         result = subprocess.run(
-            [sys.executable, "-m", "mesh", "call", "counter/tls", '{"add": 7}'],
+            [sys.executable, "-m", "services.cli", "call", "counter/tls", '{"add": 7}'],
             env={**os.environ, **env, "NATS_URL": url},
             capture_output=True,
             text=True,
@@ -215,7 +215,7 @@ async def test_tls_with_client_certificates_for_workers_and_cli(tmp_path, worker
         )
         assert (result.returncode, result.stdout) == (0, '{"value":7}\n'), result.stderr
         result = subprocess.run(
-            [sys.executable, "-m", "mesh", "call", "counter/tls", '{"add": 7}'],
+            [sys.executable, "-m", "services.cli", "call", "counter/tls", '{"add": 7}'],
             env={**os.environ, "NATS_URL": url, "PYTHONPATH": str(ROOT), "MESH_NATS_TLS_CA": str(certs["ca.pem"])},
             capture_output=True,
             text=True,
@@ -243,7 +243,7 @@ async def test_no_secret_appears_in_any_log_line(tmp_path, worker_factory) -> No
 
         def mesh(*args: str, **extra: str) -> None:
             result = subprocess.run(
-                [sys.executable, "-m", "mesh", *args],
+                [sys.executable, "-m", "services.cli", *args],
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -305,7 +305,7 @@ async def test_nkey_and_token_authentication_from_settings(tmp_path, worker_fact
         with pytest.raises(ConnectionFailed):
             await connect(NatsOptions.from_url(server.url, token="wrong"))
         result = subprocess.run(
-            [sys.executable, "-m", "mesh", "call", "echo/t", '"hi"'],
+            [sys.executable, "-m", "services.cli", "call", "echo/t", '"hi"'],
             capture_output=True,
             text=True,
             timeout=30,
