@@ -6,18 +6,16 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from llm_stub import ChatCompletionsStub
+from mesh_up import MESH, open_mesh_up
 
 from mesh import bus
+from mesh.bus import NatsServer
 from mesh.client import MeshClient
 from mesh.models import OFFLINE_PREFIX, OfflineModel, select_model
-from mesh.bus import NatsServer, free_port
 from mesh.testing import WorkerFactory
 
 NO_MODEL_ENV = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "MESH_MODEL": ""}
@@ -65,53 +63,31 @@ def test_model_selection_follows_the_configuration() -> None:
 
 
 async def test_mesh_up_serves_the_triage_demo_on_the_offline_model(tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, **NO_MODEL_ENV, "MESH_LOG_FORMAT": "json"}
-    log_path = tmp_path / "up.log"
-    with open(log_path, "wb") as log:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up", "--nats-port", str(port), "--store", str(tmp_path / "store")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
+    async with open_mesh_up(tmp_path / "store", env=NO_MODEL_ENV) as up:
+        call = await asyncio.create_subprocess_exec(
+            *MESH,
+            "call",
+            "--nats-url",
+            up.nats_url,
+            "--timeout",
+            "60",
+            "triage/alice",
+            '"What is the capital of France?"',
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **NO_MODEL_ENV},
         )
-    try:
-        await _wait_for(lambda: "worker.started" in log_path.read_text(errors="replace"), up, log_path)
-        call = await asyncio.to_thread(
-            subprocess.run,
-            [
-                sys.executable,
-                "-m",
-                "services.cli",
-                "call",
-                "--nats-url",
-                f"nats://127.0.0.1:{port}",
-                "--timeout",
-                "60",
-                "triage/alice",
-                '"What is the capital of France?"',
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=90,
-        )
-        assert call.returncode == 0, call.stderr
-        reply = json.loads(call.stdout)
+        async with asyncio.timeout(90):
+            out, err = await call.communicate()
+        assert call.returncode == 0, err.decode()
+        reply = json.loads(out)
         assert reply["agent"] == "History Tutor"
         assert reply["model"] == "offline-demo"
         assert reply["output"].startswith(OFFLINE_PREFIX)
         assert "Paris" in reply["output"]
-        logs = log_path.read_text(errors="replace")
-        assert '"model": "offline-demo"' in logs and '"offline": true' in logs
-    finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(15)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait()
+        await up.stop(signal.SIGTERM, whole_group=False)
+    assert up.process.returncode == 0, up.output()[-3000:]
+    assert '"model": "offline-demo"' in up.output() and '"offline": true' in up.output()
 
 
 async def test_offline_triage_routes_math_and_answers_the_rest_itself(
@@ -148,13 +124,3 @@ async def test_events_show_the_handoff_and_the_streamed_text(
         await nc.close()
     assert kinds.index("handoff") < kinds.index("text_delta") < kinds.index("run_completed")
     assert reply["output"] == OFFLINE_PREFIX + "History Tutor: the capital of Italy is Rome."
-
-
-async def _wait_for(check: Callable[[], bool], process: subprocess.Popen[bytes], log_path: Path) -> None:
-    for _ in range(600):
-        if check():
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"mesh up exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"mesh up did not start:\n{log_path.read_text()[-3000:]}")

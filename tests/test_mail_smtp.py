@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import signal
 import smtplib
 import ssl
-import sys
 from pathlib import Path
 
 from mail_support import MailFactory, Notes, Sink, compose, send
-
-from mesh.bus import free_port
+from mesh_up import open_mesh_up
 
 TLS = Path(__file__).parent / "mail_tls"  # a self-signed certificate for localhost / 127.0.0.1 (tests only)
 ROOT = Path(__file__).parent.parent
@@ -53,41 +51,13 @@ async def test_starttls_and_auth_are_required_when_configured(mesh_factory, mail
 
 
 async def test_mesh_up_serves_mail_by_default(tmp_path: Path, sink: Sink) -> None:
-    nats_port, smtp_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "MESH_SMTP_RELAY": f"127.0.0.1:{sink.port}",
-        "MESH_SMTP_LISTEN": f"127.0.0.1:{smtp_port}",
-        "MESH_LOG_FORMAT": "json",
-    }
-    env.pop("NATS_URL", None)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli",
-        "up",
-        "--nats-port",
-        str(nats_port),
-        "--store",
-        str(tmp_path / "s"),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stderr is not None
-        async with asyncio.timeout(30):
-            while b"mail.started" not in (line := await process.stderr.readline()):
-                assert line, "mesh up exited"
-        code, reply = await send(smtp_port, compose(to="echo+x@localhost", body="ping by mail"), rcpts=["echo+x@localhost"])
+    async with open_mesh_up(tmp_path / "s", relay_port=sink.port) as up:
+        assert up.smtp_port is not None
+        code, reply = await send(up.smtp_port, compose(to="echo+x@localhost", body="ping by mail"), rcpts=["echo+x@localhost"])
         assert code == 250, reply
         (answer,) = await sink.wait_for(1, timeout=30)
         assert answer.get_content().strip() == "ping by mail"
-        code, _ = await send(smtp_port, compose(to="nobody@localhost"), rcpts=["nobody+x@localhost"])
+        code, _ = await send(up.smtp_port, compose(to="nobody@localhost"), rcpts=["nobody+x@localhost"])
         assert code == 550  # only the app's agent types are reachable
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            await asyncio.wait_for(process.wait(), 30)
-    assert process.returncode == 0
+        await up.stop(signal.SIGTERM, whole_group=False)
+    assert up.process.returncode == 0, up.output()[-3000:]
