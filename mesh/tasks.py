@@ -1,8 +1,10 @@
 """Background tasks that are kept referenced until they finish, and whose failures are logged.
 
 asyncio keeps only a weak reference to a task, and an exception nobody awaits is lost; every
-long-lived object of the mesh (runtime, durable delivery, HTTP bridge, mail service) spawns its
-background work through one of these instead of a bare `create_task`.
+long-lived object of the mesh (runtime, durable delivery, flight recorder, HTTP bridge, mail
+service) spawns its background work through one of these instead of a bare `create_task`, and on
+stop either waits for the set to empty (`wait_empty`, woken by the last task's end) or cancels it
+(`cancel_all`).
 """
 
 from __future__ import annotations
@@ -72,8 +74,9 @@ class TaskSet(set[asyncio.Task[Any]]):
             self._empty.clear()
             await self._empty.wait()
 
-    async def cancel_all(self, timeout: float = 5.0) -> set[asyncio.Task[Any]]:
-        """Cancel every task and wait; returns those still running after `timeout`.
+    async def cancel_all(self, timeout: float = 5.0) -> set[asyncio.Task[Any]]:  # noqa: ASYNC109 - returns the stragglers
+        """Cancel every task and wait; returns those still running after `timeout` (rather than
+        raising, as a surrounding `asyncio.timeout()` would).
 
         Cancels again until done: on Python 3.11 a cancellation can be swallowed by an
         `asyncio.wait_for` inside nats-py whose own timeout fires at the same moment.

@@ -333,3 +333,14 @@ async def test_state_without_a_directory_entry_is_never_overwritten(mesh_factory
         await mesh_client.call("counter", "ghost", {"add": 1})
     assert await mesh_client.state("counter", "ghost") == {"value": 10}
     assert await mesh_client.call("counter", "ghost", {"add": 1}) == {"value": 11}
+
+
+async def test_stop_lets_the_turns_in_flight_finish_and_returns_as_soon_as_the_last_one_ends(mesh_factory, mesh_client) -> None:
+    runtime = await mesh_factory(AGENTS)
+    calls = [asyncio.create_task(mesh_client.call("sleeper", f"s{i}", 0.3 + 0.2 * i)) for i in range(2)]
+    await eventually(lambda: len(runtime._tasks) == 2)  # both turns are waiting in their handlers
+    started = time.monotonic()
+    await runtime.stop(grace=10.0)
+    took = time.monotonic() - started
+    assert await asyncio.gather(*calls) == [0.3, 0.5]  # answered, not cut off
+    assert 0.3 < took < 2.0  # woken when the last turn ended, not at the end of the grace period
