@@ -115,7 +115,7 @@ class Agent(Generic[S]):
     async def on_deactivate(self) -> None:
         """Called when this process lets the instance go (idle eviction or shutdown)."""
 
-    async def call(self, agent_type: str, name: str, payload: Any = None, *, timeout: float | None = None) -> Any:
+    async def call(self, agent_type: str, name: str, payload: Any = None, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - the deadline travels with the request
         """Request/reply to another instance; the deadline and trace of this turn travel with it."""
         return await self.mesh.call(agent_type, name, payload, timeout=timeout)
 

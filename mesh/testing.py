@@ -10,6 +10,7 @@ Enable them in a `conftest.py` with `pytest_plugins = ["mesh.testing"]`, then:
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
 import signal
@@ -132,27 +133,28 @@ async def mesh_factory(nats_server: NatsServer) -> AsyncIterator[RuntimeFactory]
             await runtime.nc.close()
 
 
-async def wait_serving(url: str, agent_types: Sequence[str], worker_id: str, timeout: float = 10.0) -> None:
+async def wait_serving(url: str, agent_types: Sequence[str], worker_id: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - see eventually
     """Return once another connection sees `worker_id` answer `$SRV.PING.<type>` for every type,
     so a test's first request never races the worker's subscriptions."""
     probe = await connect(NatsOptions.from_url(url, name="mesh-test-probe"))
+
+    async def answers(agent_type: str) -> bool:
+        inbox = probe.new_inbox()
+        sub = await subscribe(probe, inbox)
+        try:
+            await publish(probe, f"$SRV.PING.{agent_type}", b"", reply=inbox)
+            while (msg := await next_message(sub, 0.2)) is not None:
+                if orjson.loads(msg.data).get("metadata", {}).get("mesh.worker") == worker_id:
+                    return True
+        finally:
+            await unsubscribe(sub)
+        raise AssertionError(f"worker {worker_id} does not answer $SRV.PING.{agent_type}")
+
     try:
-        deadline = asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         for agent_type in agent_types:
-            while True:
-                inbox = probe.new_inbox()
-                sub = await subscribe(probe, inbox)
-                await publish(probe, f"$SRV.PING.{agent_type}", b"", reply=inbox)
-                seen = False
-                try:
-                    while not seen and (msg := await next_message(sub, 0.2)) is not None:
-                        seen = orjson.loads(msg.data).get("metadata", {}).get("mesh.worker") == worker_id
-                finally:
-                    await unsubscribe(sub)
-                if seen:
-                    break
-                if asyncio.get_running_loop().time() > deadline:
-                    raise TimeoutError(f"worker {worker_id} does not answer $SRV.PING.{agent_type}")
+            await eventually(functools.partial(answers, agent_type), timeout=max(deadline - loop.time(), 0.0), interval=0)
     finally:
         await probe.close()
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import nats.errors
+from mesh_up import run_mesh
 
 from mesh import bus, subjects
 from mesh.client import MeshClient
@@ -48,7 +47,7 @@ def worker_id(worker: WorkerProcess) -> str:
     raise AssertionError("worker has not logged worker.started")
 
 
-async def wait_log(worker: WorkerProcess, event: str, timeout: float = 20.0) -> None:  # noqa: ASYNC109
+async def wait_log(worker: WorkerProcess, event: str, timeout: float = 20.0) -> None:
     await worker.wait_logged(f'"{event}"', timeout)
 
 
@@ -63,26 +62,9 @@ def log_events(worker: WorkerProcess, event: str) -> list[dict[str, Any]]:
     return found
 
 
-async def mesh_cli(url: str, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:  # noqa: ASYNC109
+async def mesh_cli(url: str, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """Run the `mesh` command line against `url` without blocking the test's event loop."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **FAST, "NATS_URL": url},
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return subprocess.CompletedProcess(args, process.returncode, out.decode(), err.decode())
+    return await run_mesh(*args, env={**os.environ, **FAST, "NATS_URL": url}, timeout=timeout)
 
 
 async def owner_of(client: MeshClient, key: str) -> str | None:

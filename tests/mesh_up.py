@@ -1,4 +1,4 @@
-"""`mesh up` as a real child process on free ports: the whole composition a user starts by hand."""
+"""The `mesh` command as real child processes: one-off commands, and `mesh up` on free ports."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,6 +28,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def run_mesh(*args: str, env: dict[str, str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run one `mesh` command with exactly `env`, without blocking the event loop; its output as text."""
+    process = await asyncio.create_subprocess_exec(
+        *MESH, *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return subprocess.CompletedProcess(list(args), process.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
 @dataclass
 class MeshUp:
     """A running `mesh up`: its addresses, and everything it printed so far (stdout and stderr)."""
@@ -41,7 +58,7 @@ class MeshUp:
     def output(self) -> str:
         return self.printed.decode(errors="replace")
 
-    async def wait_printed(self, text: str, timeout: float = 60.0) -> None:  # noqa: ASYNC109 - see eventually
+    async def wait_printed(self, text: str, timeout: float = 60.0) -> None:
         def printed() -> bool:
             if text in self.output():
                 return True
@@ -51,7 +68,7 @@ class MeshUp:
 
         await eventually(printed, timeout=timeout)
 
-    async def stop(self, how: signal.Signals, *, whole_group: bool, timeout: float = 30.0) -> float:  # noqa: ASYNC109
+    async def stop(self, how: signal.Signals, *, whole_group: bool, timeout: float = 30.0) -> float:
         """Send `how` (to the process group, as a terminal's Ctrl-C does, or to `mesh up` alone, as
         `kill` does) and wait for the exit; returns the seconds from the signal to the exit."""
         loop = asyncio.get_running_loop()

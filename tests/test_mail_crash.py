@@ -6,12 +6,12 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from mail_support import Notes, Sink, compose, send
 
 from mesh.bus import NatsServer, free_port
+from mesh.testing import eventually
 
 ROOT = Path(__file__).parent.parent
 
@@ -33,32 +33,38 @@ class SmtpProcess:
         }
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "smtp"], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                [sys.executable, "-m", "services.cli", "smtp"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    async def wait_for(self, text: str, count: int = 1, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.log().count(text) < count:
-            assert self.process.poll() is None, self.log()[-3000:]
-            assert time.monotonic() < deadline, f"no {text!r} in:\n{self.log()[-3000:]}"
-            await asyncio.sleep(0.05)
+    async def wait_for(self, text: str, timeout: float = 20.0) -> None:
+        def logged() -> bool:
+            if text in self.log():
+                return True
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mesh smtp exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            raise AssertionError(f"no {text!r} in:\n{self.log()[-3000:]}")
 
-    def kill(self) -> None:
+        await eventually(logged, timeout=timeout)
+
+    async def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-            self.process.wait()
+            await asyncio.to_thread(self.process.wait)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(10)
+                await asyncio.to_thread(self.process.wait, 10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                await self.kill()
 
 
 async def test_a_mail_acknowledged_before_a_crash_is_processed_once_after_restart(
@@ -73,7 +79,7 @@ async def test_a_mail_acknowledged_before_a_crash_is_processed_once_after_restar
         assert code == 250, reply
         await first.wait_for('"mail.deferred"')  # it tried, and keeps the mail for later
     finally:
-        first.kill()
+        await first.kill()
     await mesh_factory([Notes])
     second = SmtpProcess(nats_server.url, port, sink.port, tmp_path / "smtp-2.log")
     try:
@@ -88,5 +94,5 @@ async def test_a_mail_acknowledged_before_a_crash_is_processed_once_after_restar
         assert len(sink.received) == 1
         assert await mesh_client.state("notes", "alice") == {"messages": ["survive the crash"]}
     finally:
-        second.stop()
+        await second.stop()
     assert second.process.returncode == 0, second.log()[-3000:]

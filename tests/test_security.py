@@ -1,12 +1,13 @@
 """Security: the permissions example in deploy/, TLS for every mesh process, no secret in any log."""
 
+import asyncio
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import nats
 import pytest
+from mesh_up import run_mesh
 
 from mesh import MeshClient, NatsServer, Runtime
 from mesh.bus import NatsOptions, connect
@@ -188,7 +189,7 @@ def make_certificates(folder: Path) -> dict[str, Path]:
 
 
 async def test_tls_with_client_certificates_for_workers_and_cli(tmp_path, worker_factory) -> None:
-    certs = make_certificates(tmp_path)
+    certs = await asyncio.to_thread(make_certificates, tmp_path)  # openssl runs for a second or two
     conf = tmp_path / "tls.conf"
     conf.write_text(
         "tls {\n"
@@ -206,20 +207,13 @@ async def test_tls_with_client_certificates_for_workers_and_cli(tmp_path, worker
             "PYTHONPATH": str(ROOT),
         }
         worker = await worker_factory(url, "services.demo", env)
-        result = subprocess.run(
-            [sys.executable, "-m", "services.cli", "call", "counter/tls", '{"add": 7}'],
-            env={**os.environ, **env, "NATS_URL": url},
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = await run_mesh("call", "counter/tls", '{"add": 7}', env={**os.environ, **env, "NATS_URL": url})
         assert (result.returncode, result.stdout) == (0, '{"value":7}\n'), result.stderr
-        result = subprocess.run(
-            [sys.executable, "-m", "services.cli", "call", "counter/tls", '{"add": 7}'],
+        result = await run_mesh(
+            "call",
+            "counter/tls",
+            '{"add": 7}',
             env={**os.environ, "NATS_URL": url, "PYTHONPATH": str(ROOT), "MESH_NATS_TLS_CA": str(certs["ca.pem"])},
-            capture_output=True,
-            text=True,
-            timeout=30,
         )
         assert result.returncode == 1 and "[connection_failed]" in result.stderr
         assert await worker.terminate() == 0  # over TLS, before its server goes
@@ -241,23 +235,17 @@ async def test_no_secret_appears_in_any_log_line(tmp_path, worker_factory) -> No
         worker = await worker_factory(server.url, "core_agents", env)
         outputs = []
 
-        def mesh(*args: str, **extra: str) -> None:
-            result = subprocess.run(
-                [sys.executable, "-m", "services.cli", *args],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                env={**os.environ, "NATS_URL": server.url, **env, **extra},
-            )
+        async def mesh(*args: str, **extra: str) -> None:
+            result = await run_mesh(*args, env={**os.environ, "NATS_URL": server.url, **env, **extra})
             outputs.append(result.stdout + result.stderr)
 
-        mesh("call", "counter/a", '{"add": 1}')
-        mesh("call", "faulty/a", '{"action": "raise"}')
-        mesh("state", "counter/a")
-        mesh("history", "counter/a")
-        mesh("call", "counter/a", "{}", MESH_NATS_PASSWORD="wrong-" + password)
-        mesh("call", "counter/a", "{}", MESH_NATS_TOKEN=token, MESH_NATS_USER="", MESH_NATS_PASSWORD="")
-        mesh(
+        await mesh("call", "counter/a", '{"add": 1}')
+        await mesh("call", "faulty/a", '{"action": "raise"}')
+        await mesh("state", "counter/a")
+        await mesh("history", "counter/a")
+        await mesh("call", "counter/a", "{}", MESH_NATS_PASSWORD="wrong-" + password)
+        await mesh("call", "counter/a", "{}", MESH_NATS_TOKEN=token, MESH_NATS_USER="", MESH_NATS_PASSWORD="")
+        await mesh(
             "call",
             "counter/a",
             "{}",
@@ -265,7 +253,7 @@ async def test_no_secret_appears_in_any_log_line(tmp_path, worker_factory) -> No
             MESH_NATS_USER="",
             MESH_NATS_PASSWORD="",
         )
-        mesh(
+        await mesh(
             "call",
             "counter/a",
             "{}",
@@ -304,11 +292,10 @@ async def test_nkey_and_token_authentication_from_settings(tmp_path, worker_fact
     async with NatsServer(tmp_path / "store2", extra_args=["--auth", "tok-3c9a-secret"]) as server:
         with pytest.raises(ConnectionFailed):
             await connect(NatsOptions.from_url(server.url, token="wrong"))
-        result = subprocess.run(
-            [sys.executable, "-m", "services.cli", "call", "echo/t", '"hi"'],
-            capture_output=True,
-            text=True,
-            timeout=30,
+        result = await run_mesh(
+            "call",
+            "echo/t",
+            '"hi"',
             env={**os.environ, "NATS_URL": server.url, "MESH_NATS_TOKEN": "tok-3c9a-secret", "PYTHONPATH": str(ROOT)},
         )
         assert result.returncode == 1 and "[no_responders]" in result.stderr  # connected: nobody serves echo
