@@ -84,7 +84,9 @@ def first_readme_command() -> str:
 async def test_readme_first_command_runs_the_mesh_from_a_fresh_virtualenv(tmp_path) -> None:
     """Done-when 8: a copy of the repository, the README's exact first command, then `mesh call`."""
     checkout = tmp_path / "checkout"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True)
+    files = await asyncio.to_thread(
+        subprocess.run, ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     for name in files.stdout.splitlines():
         source = ROOT / name
         if source.is_file():

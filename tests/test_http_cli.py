@@ -17,7 +17,7 @@ async def test_mesh_http_serves_alone_against_a_nats_url_and_stops_on_sigterm(na
     await mesh_factory([Counter])
     port = free_port()
     env = {**os.environ, "NATS_URL": nats_server.url, "MESH_HTTP_TOKENS": "cli-token", "MESH_LOG_FORMAT": "json"}
-    log = open(tmp_path / "http.log", "wb")
+    log = await asyncio.to_thread(open, tmp_path / "http.log", "wb")
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
