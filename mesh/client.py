@@ -62,7 +62,12 @@ class MeshClient:
         return wire.loads(await self.call_raw(subjects.agent_subject(agent_type, name), data, timeout=timeout))
 
     async def call_raw(
-        self, subject: str, data: bytes, *, timeout: float | None = None, headers: dict[str, str] | None = None  # noqa: ASYNC109 - the deadline travels with the request
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the deadline travels with the request
+        headers: dict[str, str] | None = None,
     ) -> bytes:
         """Request/reply with raw bytes; `headers` are sent along with the call's context headers."""
         timeout, context = self._outgoing(timeout)

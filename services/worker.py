@@ -32,7 +32,7 @@ from services.health import open_health_server
 from services.settings import MeshSettings
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client as Connection  # until mesh.bus names it
+    from mesh.bus import Connection
 
 log = structlog.get_logger("mesh.worker")
 

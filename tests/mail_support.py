@@ -17,8 +17,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from pydantic import BaseModel
 
 from mesh import Agent, bus
-from mesh.mail import InboundEmail
 from mesh.bus import NatsServer, free_port
+from mesh.mail import InboundEmail
 from services.mail import MailConfig, MailService
 from services.mail.routing import Resolver
 

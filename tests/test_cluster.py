@@ -12,8 +12,7 @@ import pytest
 from test_workers import PYTHONPATH, assert_no_overlap, turn_log
 
 from mesh import MeshClient, MeshError, NatsServer, subjects
-from mesh.bus import NatsOptions, connect
-from mesh.bus import free_port
+from mesh.bus import NatsOptions, connect, free_port
 from mesh.testing import WorkerProcess, eventually
 
 WORKER_ENV = {"MESH_LOG_LEVEL": "debug", "PYTHONPATH": PYTHONPATH, "MESH_LEASE_TTL": "3", "MESH_REPLICAS": "3"}

@@ -11,9 +11,9 @@ from durable_support import APP, TRANSIENT, drained, env, value, value_reaches, 
 from nats.js.api import KeyValueConfig, StorageType
 
 from mesh import bus, subjects
+from mesh.bus import NatsServer, free_port
 from mesh.client import MeshClient
 from mesh.errors import MeshError
-from mesh.bus import NatsServer, free_port
 from mesh.testing import eventually
 
 SENDS = 500

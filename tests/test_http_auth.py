@@ -7,10 +7,10 @@ import pytest
 import websockets
 from pydantic import SecretStr
 
-from services.http.settings import HttpSettings
 from services.demo import Counter
 from services.http.auth import Auth
 from services.http.config import config_from_settings, parse_listen
+from services.http.settings import HttpSettings
 
 TOKENS = ("s3cret-token", "second-token")
 

@@ -16,10 +16,10 @@ from agents.testing import ScriptedModel, assistant_message, function_call
 
 from mesh import bus, subjects
 from mesh.approvals import RunStore
+from mesh.bus import NatsServer
 from mesh.client import MeshClient
 from mesh.errors import ApprovalDecided, ApprovalNotFound, ApprovalPending, SchemaMismatch
 from mesh.llm import LLMAgent
-from mesh.bus import NatsServer
 from mesh.testing import WorkerFactory
 from services.demo import Counter
 from services.triage import Clerk

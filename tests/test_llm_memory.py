@@ -8,10 +8,10 @@ from typing import Any
 from llm_apps import Recall
 
 from mesh import bus
+from mesh.bus import NatsServer
 from mesh.client import MeshClient
 from mesh.memory import MemorySession, open_memory_stream
 from mesh.models import OFFLINE_PREFIX
-from mesh.bus import NatsServer
 from mesh.testing import WorkerFactory
 
 TESTS = str(Path(__file__).parent)

@@ -9,10 +9,10 @@ import agents
 from agents.testing import ScriptedModel, assistant_message, function_call
 
 from mesh import Agent, subjects
+from mesh.bus import NatsServer
 from mesh.client import MeshClient
 from mesh.context import current_turn
 from mesh.llm import LLMAgent
-from mesh.bus import NatsServer
 from mesh.testing import WorkerFactory
 from mesh.tools import agent_tool
 from mesh.tracing import trace_id

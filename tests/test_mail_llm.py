@@ -8,9 +8,9 @@ from email.message import EmailMessage
 
 from mail_support import MailFactory, Sink, compose, send
 
+from mesh.bus import NatsServer
 from mesh.client import MeshClient
 from mesh.memory import MemorySession
-from mesh.bus import NatsServer
 from mesh.testing import WorkerFactory, eventually
 from services.mail.routing import sign_token
 

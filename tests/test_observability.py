@@ -14,13 +14,12 @@ from core_agents import AGENTS
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh import MeshClient, NatsServer, Runtime
-from mesh.bus import NatsOptions, connect
+from mesh.bus import NatsOptions, connect, free_port
 from mesh.errors import AgentError
 from services.health import HealthServer
 from mesh.metrics import EVENTS_DROPPED
 from mesh.observe import TurnRecord
 from mesh.recorder import FlightRecorder
-from mesh.bus import free_port
 
 ROOT = Path(__file__).parent.parent
 ENV = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "MESH_LEASE_TTL": "3"}

@@ -35,7 +35,13 @@ async def bind_bucket(nc: Connection, name: str, *, timeout: float = 5.0) -> Buc
 
 
 async def open_bucket(
-    nc: Connection, name: str, *, history: int = 1, replicas: int = 1, ttl: float | None = None, timeout: float = 5.0  # noqa: ASYNC109 - the bucket's per-operation timeout
+    nc: Connection,
+    name: str,
+    *,
+    history: int = 1,
+    replicas: int = 1,
+    ttl: float | None = None,
+    timeout: float = 5.0,  # noqa: ASYNC109 - the bucket's per-operation timeout
 ) -> Bucket:
     """Bind a KV bucket, creating it (file storage, direct gets, `replicas` copies, entries expiring
     after `ttl` seconds if given) the first time.

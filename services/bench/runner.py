@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from mesh import bus, subjects
-from mesh.client import MeshClient
 from mesh.bus import NatsServer
+from mesh.client import MeshClient
 from services.bench import procs
 from services.bench.agents import MODEL_URL_ENV
 from services.bench.load import Progress

@@ -19,8 +19,8 @@ import orjson
 from nats.aio.client import Client
 
 from mesh import subjects
-from mesh.client import MeshClient
 from mesh.bus import free_port
+from mesh.client import MeshClient
 from services.bench import procs
 from services.bench.clients import HttpPool, ProtocolError, SmtpPool, mail_message
 from services.bench.load import Measure, Op, Progress, drive, merge, process_cpu

@@ -24,10 +24,10 @@ import structlog
 
 from mesh import bus
 from mesh.agent import Agent
+from mesh.bus import NatsServer
 from mesh.errors import MeshError, RequestError
 from mesh.logging import configure_logging
 from mesh.runtime import RuntimeOptions
-from mesh.bus import NatsServer
 from services import triage
 from services.health import open_health_server
 from services.http.config import BridgeConfig, config_from_settings, parse_listen
@@ -39,7 +39,7 @@ from services.settings import LLMSettings, MeshSettings
 from services.worker import close_connection, open_worker
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client as Connection  # until mesh.bus names it
+    from mesh.bus import Connection
 
 log = structlog.get_logger("mesh.cli")
 
