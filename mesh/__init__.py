@@ -1,7 +1,5 @@
 """agent-mesh: addressable, stateful AI agents on a NATS message bus."""
 
-__version__ = "0.1.0"
-
 from mesh.agent import Agent  # noqa: E402
 from mesh.bus import NatsOptions, NatsServer, connect  # noqa: E402
 from mesh.client import MeshClient  # noqa: E402
@@ -37,6 +35,7 @@ from mesh.methods import method  # noqa: E402
 from mesh.runtime import Runtime, RuntimeOptions  # noqa: E402
 from mesh.subjects import agent_subject, decode_name, encode_name, instance_key  # noqa: E402
 from mesh.tools import agent_tool  # noqa: E402
+from mesh.version import __version__  # noqa: E402
 
 __all__ = [
     "Agent",

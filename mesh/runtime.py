@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from mesh import __version__, subjects, wire
+from mesh import subjects, wire
 from mesh._nats import Bucket, Connection, Message, Service, open_bucket, publish, publish_now, request
 from mesh.activation import Activation, Status
 from mesh.agent import Agent
@@ -40,6 +40,7 @@ from mesh.errors import (
 from mesh.observe import Observer
 from mesh.tasks import TaskSet
 from mesh.turns import Envelope, Outcome, Turns, TypeStats, run_turn
+from mesh.version import __version__
 
 MAX_HOPS = 3
 EVICTION_CHUNK = 256
