@@ -24,6 +24,7 @@ import contextvars
 import importlib
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesh import subjects, wire
@@ -434,14 +435,10 @@ class LLMAgent(Agent[LLMState]):
                 status="failed", run_id=run_id, output=problem, agent=of_run[0].agent, model=model_label(self.sdk_agent.model)
             )
         by_call = {p.call_id: p for p in of_run}
-        usage = state._context.usage if state._context is not None else None
+        assert blob is not None
+        usage = _paused_usage(blob)
         if usage is not None:
-            self._usage_seen[run_id] = Usage(
-                requests=usage.requests,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                total_tokens=usage.total_tokens,
-            )
+            self._usage_seen[run_id] = usage
         for item in state.get_interruptions():
             decided = by_call.get(_call_id(item))
             if decided is not None and decided.decision == "approve":
@@ -492,6 +489,15 @@ class LLMAgent(Agent[LLMState]):
 def _import_sdk() -> None:
     for module in ("agents", "mesh.models", "mesh.sdk_tracing"):
         importlib.import_module(module)
+
+
+def _paused_usage(blob: str) -> Usage | None:
+    """What a paused run had used, read from its snapshot (the SDK's documented RunState JSON,
+    `context.usage`) rather than from the RunState's private `_context`."""
+    try:
+        return Usage.model_validate(orjson.loads(blob)["context"]["usage"])
+    except (ValueError, KeyError, TypeError):  # orjson's and pydantic's errors are ValueErrors
+        return None
 
 
 def _call_id(item: Any) -> str:
