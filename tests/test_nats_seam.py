@@ -12,9 +12,9 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors as jse
+import orjson
 import pytest
 import pytest_asyncio
-import structlog
 from nats.js.api import KeyValueConfig, StreamConfig
 
 from mesh import bus
@@ -33,6 +33,7 @@ from mesh.errors import (
     StateConflict,
     Unavailable,
 )
+from mesh.recorder import FlightRecorder
 from mesh.testing import eventually
 
 
@@ -45,12 +46,23 @@ async def nc(nats_server: bus.NatsServer) -> AsyncIterator[bus.Connection]:
         await conn.close()
 
 
+class Warnings:
+    """Stands in for the self-check's logger: what it warned about, whatever structlog's set-up."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.events.append({"event": event, **fields})
+
+
 @pytest.fixture
-def fresh_selfcheck(monkeypatch: pytest.MonkeyPatch) -> selfcheck.Shortcuts:
+def fresh_selfcheck(monkeypatch: pytest.MonkeyPatch) -> Warnings:
     """A process state as if no connection had been checked yet (restored after the test)."""
-    state = selfcheck.Shortcuts()
-    monkeypatch.setattr(selfcheck, "state", state)
-    return state
+    monkeypatch.setattr(selfcheck, "state", selfcheck.Shortcuts())
+    warnings = Warnings()
+    monkeypatch.setattr(selfcheck, "log", warnings)
+    return warnings
 
 
 async def echo_service(nc: bus.Connection, subject: str = "svc.echo") -> bus.Subscription:
@@ -110,40 +122,53 @@ async def test_publish_now_counts_its_bytes_validates_subjects_and_hands_over_wh
     assert [(m.subject, m.data) for m in got if m is not None] == [("st.a", b"12345"), ("st.b", b"after")]
 
 
+async def test_the_flight_recorder_keeps_every_event_in_order_past_the_pending_limit(nc: bus.Connection) -> None:
+    sub = await bus.subscribe(nc, "events.>")
+    await nc.flush()
+    recorder = FlightRecorder(nc)
+    await recorder.start(create_stream=False)
+    nc._max_pending_size = 2048
+    for i in range(60):  # synchronously, as observers record: nats-py's flusher cannot run in between
+        recorder.record("counter", "a", "note", {"i": i})
+    assert nc._pending_data_size <= nc._max_pending_size and recorder._buffer  # the rest waits in the recorder
+    got = [await bus.next_message(sub, 5) for _ in range(60)]
+    assert [orjson.loads(m.data)["i"] for m in got if m is not None] == list(range(60))
+    assert (recorder.published, recorder.dropped) == (60, 0)
+    await recorder.stop()
+
+
 # -- the self-check -----------------------------------------------------------------------------
 
 
 async def test_a_missing_subscription_attribute_disables_the_handoff_with_one_warning_and_requests_still_work(
-    nats_server: bus.NatsServer, fresh_selfcheck: selfcheck.Shortcuts, monkeypatch: pytest.MonkeyPatch
+    nats_server: bus.NatsServer, fresh_selfcheck: Warnings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # As if a nats-py release had renamed the subscription's queue: the check expects a name it lacks.
     monkeypatch.setitem(selfcheck.SUBSCRIPTION, "_pending_queue_renamed", asyncio.Queue)
     conns = [await bus.connect(bus.NatsOptions.from_url(nats_server.url)) for _ in range(2)]
     try:
         await echo_service(conns[0])
-        with structlog.testing.capture_logs() as logs:
-            for conn in conns:  # two connections, two reply subscriptions: still one warning
-                replies = await asyncio.gather(*(bus.request(conn, "svc.echo", b"%d" % i, timeout=5) for i in range(20)))
-                assert [r.data for r in replies] == [b"%d!" % i for i in range(20)]
-                assert not isinstance(inbox_of(conn)._sub._pending_queue, _Handoff)  # type: ignore[union-attr]
-        warnings = [e for e in logs if e["event"] == "nats.shortcut_disabled"]
-        assert len(warnings) == 1 and warnings[0]["shortcut"] == "handoff"
-        assert "_pending_queue_renamed (missing)" in warnings[0]["unexpected"]
-        assert fresh_selfcheck.handoff is False and fresh_selfcheck.outbox is True
+        for conn in conns:  # two connections, two reply subscriptions: still one warning
+            replies = await asyncio.gather(*(bus.request(conn, "svc.echo", b"%d" % i, timeout=5) for i in range(20)))
+            assert [r.data for r in replies] == [b"%d!" % i for i in range(20)]
+            assert not isinstance(inbox_of(conn)._sub._pending_queue, _Handoff)  # type: ignore[union-attr]
+        (warning,) = fresh_selfcheck.events
+        assert warning["event"] == "nats.shortcut_disabled" and warning["shortcut"] == "handoff"
+        assert "_pending_queue_renamed (missing)" in warning["unexpected"]
+        assert selfcheck.state.handoff is False and selfcheck.state.outbox is True
     finally:
         for conn in conns:
             await conn.close()
 
 
 async def test_a_missing_connection_attribute_sends_through_nats_py_publish_with_one_warning(
-    nats_server: bus.NatsServer, fresh_selfcheck: selfcheck.Shortcuts, monkeypatch: pytest.MonkeyPatch
+    nats_server: bus.NatsServer, fresh_selfcheck: Warnings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(selfcheck.CONNECTION, "_pending_renamed", list)
-    with structlog.testing.capture_logs() as logs:
-        conns = [await bus.connect(bus.NatsOptions.from_url(nats_server.url)) for _ in range(2)]
+    conns = [await bus.connect(bus.NatsOptions.from_url(nats_server.url)) for _ in range(2)]
     try:
-        warnings = [e for e in logs if e["event"] == "nats.shortcut_disabled"]
-        assert len(warnings) == 1 and warnings[0]["shortcut"] == "outbox"
+        (warning,) = fresh_selfcheck.events
+        assert warning["event"] == "nats.shortcut_disabled" and warning["shortcut"] == "outbox"
         await echo_service(conns[0])
         assert not bus.publish_now(conns[1], "svc.echo", b"x")  # nothing queued: the caller awaits publish
         replies = await asyncio.gather(*(bus.request(conns[1], "svc.echo", b"%d" % i, timeout=5) for i in range(20)))
