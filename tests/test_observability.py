@@ -16,10 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from mesh import MeshClient, NatsServer, Runtime
 from mesh.bus import NatsOptions, connect, free_port
 from mesh.errors import AgentError
-from services.health import HealthServer
 from mesh.metrics import EVENTS_DROPPED
 from mesh.observe import TurnRecord
 from mesh.recorder import FlightRecorder
+from services.health import HealthServer
 
 ROOT = Path(__file__).parent.parent
 ENV = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "MESH_LEASE_TTL": "3"}
