@@ -5,6 +5,9 @@ Enable them in a `conftest.py` with `pytest_plugins = ["mesh.testing"]`, then:
     async def test_counter(mesh_factory, mesh_client):
         await mesh_factory([Counter])
         assert await mesh_client.call("counter", "a", {"add": 1}) == {"value": 1}
+
+A test that waits for something asynchronous waits with `await eventually(probe)`, never with a
+bare loop or a sleep; `await worker_factory(url)` starts a `mesh worker` process.
 """
 
 from __future__ import annotations
