@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesh import Agent
-from mesh.errors import NotFound
+from mesh.errors import ApprovalNotFound
 
 
 class SlowState(BaseModel):
@@ -116,7 +116,7 @@ class Mailer(Agent[MailerState]):
             return {"pending": self.state.pending, "decisions": self.state.decisions}
         found = next((a for a in self.state.pending if a["id"] == request.id), None)
         if found is None:
-            raise NotFound(f"no pending approval {request.id!r}")
+            raise ApprovalNotFound(f"no pending approval {request.id!r}")
         self.state.pending.remove(found)
         decision = {**found, "decision": request.op, "by": request.by, "reason": request.reason}
         self.state.decisions.append(decision)

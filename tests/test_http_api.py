@@ -232,7 +232,7 @@ async def test_approvals_routes_send_the_llm_agents_control_messages(http, runti
     assert (await http.get("/agents/mailer/ann/state")).json()["state"]["sent"] == ["a@example.com"]
 
     # The agent's own errors come back as problems; bad decisions never reach it.
-    assert_problem(await http.post("/agents/mailer/ann/approvals/ap1/approve"), 404, "not_found")
+    assert_problem(await http.post("/agents/mailer/ann/approvals/ap1/approve"), 404, "approval_not_found")
     assert_problem(await http.post("/agents/mailer/ann/approvals/ap1/maybe"), 404, "not_found")
     assert_problem(await http.post("/agents/mailer/ann/approvals/ap1/reject", json={"reason": 5}), 400, "bad_request")
     assert_problem(await http.post("/agents/mailer/ann/approvals/ap1/reject", json={"op": "expire"}), 400, "bad_request")

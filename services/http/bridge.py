@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
@@ -37,6 +37,10 @@ class AgentType:
     reply_schema: dict[str, Any] | None = None
 
 
+class Endable(Protocol):
+    def end(self) -> None: ...
+
+
 class Bridge:
     """Shared by every request of one bridge process. `await start()` before serving."""
 
@@ -52,6 +56,8 @@ class Bridge:
         self._types_at = 0.0
         self._types_lock = asyncio.Lock()
         self._tasks = TaskSet(log)
+        self.streams: set[Endable] = set()
+        """Open live streams that end only when told to (SSE): `end_streams()` tells them."""
 
     async def start(self) -> None:
         self.state = await open_bucket(self.nc, subjects.STATE_BUCKET)
@@ -62,6 +68,12 @@ class Bridge:
 
     async def stop(self) -> None:
         await self._tasks.cancel_all()
+
+    def end_streams(self) -> None:
+        """End every open live stream now: a stopping server waits for its responses to finish, and
+        an SSE response never would (a WebSocket is closed by the server itself)."""
+        for stream in list(self.streams):
+            stream.end()
 
     @property
     def max_body(self) -> int:

@@ -17,7 +17,7 @@ import structlog
 
 from mesh import subjects
 from mesh.bus import Message, Subscription, Watch, follow_stream, subscribe, unsubscribe
-from mesh.errors import MeshError
+from mesh.errors import MeshError, Unavailable
 from services.http.bridge import Bridge
 
 log = structlog.get_logger("services.http")
@@ -66,6 +66,7 @@ class LiveFeed:
         self._watcher: Watch | None = None
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
+        self._ended = False
 
     async def __aenter__(self) -> LiveFeed:
         try:
@@ -94,12 +95,25 @@ class LiveFeed:
                     log.debug("live.close_failed", error=exc.message)
         self._watcher = self._sub = self._task = None
 
+    def end(self) -> None:
+        """Make `next()` raise `Unavailable` from now on, waking a reader that waits in it."""
+        self._ended = True
+        if not self._queue.full():  # a full queue wakes its reader anyway
+            self._queue.put_nowait(("end", {}, 0))
+
     async def next(self, timeout: float) -> LiveMessage | None:  # noqa: ASYNC109 - None on timeout (a heartbeat is due)
-        """The next message, or None if nothing happened for `timeout` seconds (time for a heartbeat)."""
+        """The next message, or None if nothing happened for `timeout` seconds (time for a heartbeat).
+
+        Raises `Unavailable` once `end()` was called (the bridge is stopping; the client may reconnect).
+        """
+        if self._ended:
+            raise Unavailable("the HTTP bridge is stopping")
         try:
             kind, data, number = await asyncio.wait_for(self._queue.get(), timeout)
         except TimeoutError:
             return None
+        if kind == "end":
+            raise Unavailable("the HTTP bridge is stopping")
         if kind == "state":
             self.cursor = Cursor(number, self.cursor.event_seq)
         elif number:

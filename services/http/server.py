@@ -8,18 +8,31 @@ import socket
 from collections.abc import Generator
 
 import uvicorn
+from starlette.applications import Starlette
 
 from mesh import bus
 from services.http.app import create_app
+from services.http.bridge import Bridge
 from services.http.config import BridgeConfig
 
 
 class EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to its host process."""
+    """A uvicorn server that leaves signal handling to its host process, and ends the bridge's
+    live streams when it shuts down (uvicorn would wait `timeout_graceful_shutdown` for them)."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self.app = app
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        bridge: Bridge | None = getattr(self.app.state, "bridge", None)  # None: its lifespan never started
+        if bridge is not None:
+            bridge.end_streams()
+        await super().shutdown(sockets)
 
 
 def build_server(config: BridgeConfig, nats: bus.NatsOptions) -> EmbeddedServer:
@@ -35,7 +48,8 @@ def build_server(config: BridgeConfig, nats: bus.NatsOptions) -> EmbeddedServer:
             ws="websockets-sansio",
             timeout_graceful_shutdown=3,
             ws_ping_interval=20.0,
-        )
+        ),
+        app,
     )
 
 

@@ -21,7 +21,7 @@ from starlette.responses import StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mesh import subjects
-from mesh.errors import BadJson, MeshError, PayloadTooLarge, RequestError
+from mesh.errors import BadJson, MeshError, PayloadTooLarge, RequestError, Unavailable
 from services.http.bridge import Bridge
 from services.http.live import Cursor, LiveFeed, LiveMessage
 from services.http.problems import log, problem_body
@@ -35,12 +35,16 @@ async def sse(request: Request) -> StreamingResponse:
     resume = Cursor.parse(request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
     feed = LiveFeed(bridge, agent_type, name, resume)
     await feed.__aenter__()  # fail before the 200 if NATS cannot set the feed up
+    bridge.streams.add(feed)
 
     async def body() -> AsyncIterator[bytes]:
         try:
             yield b"retry: 2000\n\n"
             while True:
-                message = await feed.next(bridge.config.heartbeat)
+                try:
+                    message = await feed.next(bridge.config.heartbeat)
+                except Unavailable:  # the bridge is stopping: end the response (the client reconnects)
+                    return
                 if message is None:
                     yield b": ping\n\n"
                     continue
@@ -52,6 +56,7 @@ async def sse(request: Request) -> StreamingResponse:
         finally:
             # On disconnect this generator is cancelled, and awaits here would be cancelled too:
             # release the feed from a task of its own so no subscription outlives the client.
+            bridge.streams.discard(feed)
             bridge.spawn(feed.aclose())
 
     return StreamingResponse(

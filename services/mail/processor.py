@@ -21,6 +21,7 @@ from mesh.bus import AckPolicy, ConsumerConfig, Message, map_errors
 from mesh.client import MeshClient
 from mesh.errors import ConnectionFailed, MeshError, MeshTimeout, NoResponders, Unavailable
 from mesh.mail import InboundEmail
+from mesh.tasks import TaskSet
 from services.mail.approvals import MailApprovals
 from services.mail.config import MailConfig
 from services.mail.outbox import Outbox, build_reply, reply_text
@@ -48,6 +49,7 @@ class Processor:
         self.rate = ReplyRateLimit(store, config.reply_limit, config.reply_window)
         self.approvals = MailApprovals(store, client, outbox, config)
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._keepalives = TaskSet(log, "mail.keepalive_failed")
 
     async def serve(self) -> None:
         sub = await pull_subscription(
@@ -59,7 +61,7 @@ class Processor:
                 ack_policy=AckPolicy.EXPLICIT, ack_wait=self.config.ack_wait, max_deliver=-1, max_ack_pending=MAX_CONCURRENT * 4
             ),
         )
-        inflight: set[asyncio.Task[None]] = set()
+        inflight = TaskSet(log, "mail.process_failed")
         try:
             while True:
                 free = MAX_CONCURRENT - len(inflight)
@@ -75,17 +77,14 @@ class Processor:
                     await asyncio.sleep(1.0)
                     continue
                 for msg in msgs:
-                    task = asyncio.get_running_loop().create_task(self.process(msg))
-                    inflight.add(task)
-                    task.add_done_callback(inflight.discard)
+                    inflight.spawn(self.process(msg))
         finally:
-            for task in inflight:
-                task.cancel()  # unacknowledged: JetStream redelivers them after ack_wait
-            await asyncio.gather(*inflight, return_exceptions=True)
+            await inflight.cancel_all()  # unacknowledged: JetStream redelivers them after ack_wait
+            await self._keepalives.cancel_all()
 
     async def process(self, msg: Message) -> None:
         """Handle one stored mail; never raises (the message is acked, retried later, or terminated)."""
-        keepalive = asyncio.create_task(self._keep_alive(msg))
+        keepalive = self._keepalives.spawn(self._keep_alive(msg))
         try:
             envelope, raw = await self.store.load(msg)
             for rcpt in envelope.rcpt_tos:
