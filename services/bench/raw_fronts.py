@@ -47,15 +47,17 @@ async def serve_http(nc: Client, port: int, stop: asyncio.Event) -> None:
 
     from services.http.server import EmbeddedServer
 
+    app = http_app(nc)
     server = EmbeddedServer(
         uvicorn.Config(
-            http_app(nc),
+            app,
             host="127.0.0.1",
             port=port,
             log_config=None,
             access_log=False,
             lifespan="off",
-        )
+        ),
+        app,
     )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
