@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import contextlib
 import gc
 import os
 import sys
@@ -16,6 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 from mesh.errors import MeshError
+from services import mcp_stdio
 from services.cli import commands, serve
 from services.cli.parser import build_parser
 from services.settings import MeshSettings
@@ -28,6 +30,8 @@ COMMANDS: dict[str, Command] = {
     "http": serve.cmd_http,
     "smtp": serve.cmd_smtp,
     "call": commands.cmd_call,
+    "new": commands.cmd_new,
+    "mcp": mcp_stdio.cmd_mcp,
     "state": commands.cmd_state,
     "ls": commands.cmd_ls,
     "send": commands.cmd_send,
@@ -43,7 +47,7 @@ COMMANDS: dict[str, Command] = {
 }
 
 _SETTINGS_FLAGS = {"nats_url", "nats_port", "store", "app", "log_format", "log_level", "metrics_port"}
-_PROCESSES = {"up", "worker", "http", "smtp"}
+_PROCESSES = {"up", "worker", "http", "smtp", "mcp"}
 """The subcommands that are a whole process: once they return, it has nothing left to do but exit."""
 
 
@@ -77,8 +81,9 @@ def exit_now(code: int) -> NoReturn:
     """
     gc.collect()
     atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said anyway
+            stream.flush()
     os._exit(code)
 
 
