@@ -41,7 +41,7 @@ from mesh.approvals import (
     now,
 )
 from mesh.context import current_turn
-from mesh.errors import AgentError, ApprovalDecided, ApprovalNotFound, ApprovalPending, MeshError
+from mesh.errors import AgentError, ApprovalDecided, ApprovalNotFound, ApprovalPending, MeshError, RequestError
 from mesh.memory import DEFAULT_MAX_ITEMS, MemorySession, open_memory_stream
 from mesh.metrics import APPROVALS_PENDING
 from mesh.tools import current_client
@@ -65,6 +65,11 @@ class Ask(_Control):
 
     op: Literal["message"]
     input: str | list[dict[str, Any]] = Field(description="A string, or the SDK's input items.")
+    run_id: str | None = Field(
+        default=None,
+        pattern=r"^run_[A-Za-z0-9_-]{1,60}$",
+        description="The run's id, chosen by the caller so it can follow the run's events from the first one.",
+    )
 
 
 class ListApprovals(_Control):
@@ -195,7 +200,7 @@ class LLMAgent(Agent[LLMState]):
             if isinstance(request, (str, list)):
                 return await self._ask(request)
             if isinstance(request, Ask):
-                return await self._ask(request.input)
+                return await self._ask(request.input, request.run_id)
             if isinstance(request, (Approve, Reject)):
                 decision: Literal["approve", "reject"] = "approve" if isinstance(request, Approve) else "reject"
                 return await self._decide(request.id, decision, request.by, request.reason)
@@ -210,7 +215,7 @@ class LLMAgent(Agent[LLMState]):
 
     # -- runs ---------------------------------------------------------------------------------
 
-    async def _ask(self, user_input: str | list[dict[str, Any]]) -> LLMReply:
+    async def _ask(self, user_input: str | list[dict[str, Any]], run_id: str | None = None) -> LLMReply:
         at = now()
         waiting = [p for p in self.state.pending if p.decision is None and p.expires_at > at]
         if waiting:
@@ -219,7 +224,9 @@ class LLMAgent(Agent[LLMState]):
                 "approve or reject it first"
             )
         await self._expire_overdue()
-        run_id = new_run_id()
+        if run_id is not None and any(r.run_id == run_id for r in self.state.runs):
+            raise RequestError(f"run id {run_id} was already used by {self.type}/{self.name}")
+        run_id = run_id or new_run_id()
         self.state.record_run(RunRecord(run_id=run_id, status="running", agent=self.sdk_agent.name, started_at=now()))
         return await self._run(user_input, run_id)
 
@@ -351,6 +358,10 @@ class LLMAgent(Agent[LLMState]):
                 await self.emit(
                     "tool_output", {"run_id": run_id, "agent": item.agent.name, "output": str(getattr(item, "output", ""))[:4096]}
                 )
+            elif event.name == "message_output_created":
+                # After the SDK stored the message in memory: a reader holding memory and the
+                # deltas after this event has the whole conversation, each part once.
+                await self.emit("message_output", {"run_id": run_id, "agent": item.agent.name})
             elif event.name == "handoff_occured":
                 await self.emit(
                     "handoff",

@@ -17,7 +17,7 @@ from starlette.staticfiles import StaticFiles
 
 from mesh import bus
 from mesh.errors import MeshError
-from services.http import problems, routes, streams
+from services.http import messages, problems, routes, streams
 from services.http.auth import Auth, AuthMiddleware
 from services.http.bridge import Bridge
 from services.http.config import BridgeConfig
@@ -34,6 +34,10 @@ async def openapi(request: Request) -> Response:
 
 async def dashboard(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def client_js(request: Request) -> Response:
+    return FileResponse(STATIC / "client.js", media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
 
 async def docs(request: Request) -> Response:
@@ -75,6 +79,10 @@ def create_app(config: BridgeConfig, *, nats: bus.NatsOptions | None = None, nc:
         routes=[
             Route("/", dashboard, methods=["GET"]),
             Route("/docs", docs, methods=["GET"]),
+            Route("/ui", dashboard, methods=["GET"]),
+            Route("/ui/{type}", dashboard, methods=["GET"]),
+            Route("/ui/{type}/{name}", dashboard, methods=["GET"]),
+            Route("/client.js", client_js, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/healthz", routes.healthz, methods=["GET"]),
             Route("/auth/tickets", routes.create_ticket, methods=["POST"]),
@@ -82,6 +90,7 @@ def create_app(config: BridgeConfig, *, nats: bus.NatsOptions | None = None, nc:
             Route("/agents/{type}", routes.list_instances, methods=["GET"]),
             Route("/agents/{type}/{name}", routes.post_agent, methods=["POST"]),
             Route("/agents/{type}/{name}/state", routes.get_state, methods=["GET"]),
+            Route("/agents/{type}/{name}/messages", messages.get_messages, methods=["GET"]),
             Route("/agents/{type}/{name}/events", streams.sse, methods=["GET"]),
             WebSocketRoute("/agents/{type}/{name}/ws", streams.websocket),
             Route("/agents/{type}/{name}/approvals", routes.list_approvals, methods=["GET"]),

@@ -22,8 +22,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from services.http.errors import Forbidden, Unauthorized
 from services.http.problems import problem
 
-PUBLIC_PREFIXES = ("/static/",)
-PUBLIC_PATHS = frozenset({"/", "/docs", "/healthz", "/favicon.ico"})
+PUBLIC_PREFIXES = ("/static/", "/ui/")
+PUBLIC_PATHS = frozenset({"/", "/ui", "/client.js", "/docs", "/healthz", "/favicon.ico"})
 
 
 def is_live_path(path: str) -> bool:

@@ -176,6 +176,66 @@ def build_openapi(types: list[AgentType], *, auth: bool) -> dict[str, Any]:
                 },
             }
         },
+        "/agents/{type}/{name}/messages": {
+            "get": {
+                "summary": "Read an LLM instance's conversation (its memory), a page at a time",
+                "description": "Items are the SDK's conversation items, oldest first. `last_event_id` is where "
+                "/events (Last-Event-ID or ?last_event_id=) continues this page: it replays the text being "
+                "streamed now, which memory does not hold yet.",
+                "operationId": "getMessages",
+                "parameters": [
+                    type_param,
+                    NAME,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "items per page (default 100)",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "required": False,
+                        "description": "the newest items older than this seq (the next page back)",
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "required": False,
+                        "description": "the oldest items newer than this seq (catching up); not with before",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["type", "name", "items", "more", "last_event_id"],
+                            "properties": {
+                                "type": {"type": "string"},
+                                "name": {"type": "string"},
+                                "items": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["seq", "item"],
+                                        "properties": {"seq": {"type": "integer"}, "item": {"type": "object"}},
+                                    },
+                                },
+                                "more": {
+                                    "type": "boolean",
+                                    "description": "more items lie beyond this page (older; newer with after)",
+                                },
+                                "last_event_id": {"type": ["string", "null"]},
+                            },
+                        }
+                    ),
+                    "default": PROBLEM_RESPONSE,
+                },
+            }
+        },
         "/agents/{type}/{name}/events": {
             "get": {
                 "summary": "Live state and events as Server-Sent Events (resume with Last-Event-ID)",
