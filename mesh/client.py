@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from mesh._nats import (
 )
 from mesh.context import current_turn
 from mesh.errors import MeshTimeout
+from mesh.methods import check_method
 from mesh.tracing import child_traceparent
 
 if TYPE_CHECKING:
@@ -40,8 +42,19 @@ class MeshClient:
         self.default_timeout = default_timeout
 
     @classmethod
-    async def connect(cls, options: NatsOptions, **kwargs: Any) -> MeshClient:
-        return cls(await connect(options), **kwargs)
+    async def connect(cls, options: NatsOptions | str, **kwargs: Any) -> MeshClient:
+        """Connect with `options`, or a plain URL (`"nats://127.0.0.1:4222"`, comma separated for several)."""
+        return cls(await connect(NatsOptions.from_url(options) if isinstance(options, str) else options), **kwargs)
+
+    @staticmethod
+    def new_name(agent_type: str) -> str:
+        """A fresh, unique instance name for `agent_type` (like Durable Objects' `newUniqueId()`).
+
+        Nothing is sent: 128 random bits cannot name an instance that exists, and the instance comes
+        into being with its first request.
+        """
+        subjects.check_type(agent_type)
+        return secrets.token_hex(16)
 
     async def close(self) -> None:
         if not self.nc.is_closed:
@@ -53,13 +66,23 @@ class MeshClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def call(self, agent_type: str, name: str, payload: Any = None, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - the deadline travels with the request
+    async def call(
+        self,
+        agent_type: str,
+        name: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the deadline travels with the request
+        method: str | None = None,
+    ) -> Any:
         """Send a request to `(agent_type, name)` and return its decoded JSON reply.
 
+        `method` runs that `@mesh.method` of the instance instead of `on_request` (`Mesh-Method`).
         Raises the callee's error as its typed `MeshError` subclass.
         """
         data = payload if isinstance(payload, bytes) else wire.dumps(payload)
-        return wire.loads(await self.call_raw(subjects.agent_subject(agent_type, name), data, timeout=timeout))
+        headers = None if method is None else {subjects.HEADER_METHOD: check_method(method)}
+        return wire.loads(await self.call_raw(subjects.agent_subject(agent_type, name), data, timeout=timeout, headers=headers))
 
     async def call_raw(
         self,

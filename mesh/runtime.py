@@ -37,6 +37,7 @@ from mesh.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from mesh.methods import method_endpoints
 from mesh.observe import Observer
 from mesh.tasks import TaskSet
 from mesh.turns import Envelope, Outcome, Turns, TypeStats, run_turn
@@ -158,6 +159,8 @@ class Runtime:
             handler=self._on_request,
             metadata=endpoint_schemas(self.agents[agent_type]),
         )
+        for name, metadata in method_endpoints(self.agents[agent_type]).items():  # served by `request`, with Mesh-Method
+            service.describe_endpoint(name=name, subject=subjects.agent_wildcard(agent_type), metadata=metadata)
         return service
 
     async def stop(self, grace: float = 10.0) -> None:

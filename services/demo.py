@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mesh import Agent
+from mesh import Agent, method
 from services.triage import Clerk, Triage
 
 
@@ -28,13 +28,19 @@ class Total(BaseModel):
 
 
 class Counter(Agent[CounterState]):
-    """A counter per name: `{"add": n}` -> `{"value": total}`."""
+    """A counter per name: `{"add": n}` -> `{"value": total}`; method `reset` sets it to 0."""
 
     type = "counter"
 
     async def on_request(self, request: Add) -> Total:
         self.state.value += request.add
         return Total(value=self.state.value)
+
+    @method
+    async def reset(self) -> Total:
+        """Set the counter back to 0."""
+        self.state.value = 0
+        return Total(value=0)
 
 
 class Echo(Agent[None]):

@@ -39,7 +39,7 @@ class _Endpoint:
     subject: str
     queue_group: str
     metadata: dict[str, str]
-    sub: Subscription
+    sub: Subscription | None  # None: described only, served by another endpoint's subscription
 
 
 class Service:
@@ -81,15 +81,21 @@ class Service:
         sub = await subscribe(self.nc, subject, queue=self.queue_group, cb=handler)
         self._endpoints.append(_Endpoint(name, subject, self.queue_group, metadata or {}, sub))
 
+    def describe_endpoint(self, *, name: str, subject: str, metadata: dict[str, str] | None = None) -> None:
+        """List an endpoint in INFO and STATS whose requests another endpoint's subscription serves
+        (an agent method: the type's subject plus a header); it adds no subscription."""
+        self._endpoints.append(_Endpoint(name, subject, self.queue_group, metadata or {}, None))
+
     async def drain_endpoints(self) -> None:
         """Stop taking requests; handle the ones the server already sent before returning."""
         endpoints, self._endpoints = self._endpoints, []
         for endpoint in endpoints:
-            await drain(endpoint.sub)
+            if endpoint.sub is not None:
+                await drain(endpoint.sub)
 
     async def stop(self) -> None:
         """Stop answering discovery (and drop any endpoint still serving)."""
-        subs = [e.sub for e in self._endpoints] + self._control
+        subs = [e.sub for e in self._endpoints if e.sub is not None] + self._control
         self._endpoints, self._control = [], []
         for sub in subs:
             await unsubscribe(sub)
@@ -101,7 +107,8 @@ class Service:
     def stats(self) -> dict[str, Any]:
         data = self._stats_data() if self._stats_data is not None else None
         endpoints = [
-            EndpointStats(e.name, e.subject, e.queue_group, e.sub.delivered, 0, 0, 0, data=data) for e in self._endpoints
+            EndpointStats(e.name, e.subject, e.queue_group, e.sub.delivered if e.sub else 0, 0, 0, 0, data=data)
+            for e in self._endpoints
         ]
         return ServiceStats(self.id, self.name, self.version, self._started, endpoints, self.metadata).to_dict()
 

@@ -29,8 +29,20 @@ async def cmd_call(args: argparse.Namespace, settings: MeshSettings) -> int:
         print(f"mesh: error [bad_json]: the payload argument is not JSON: {exc}", file=sys.stderr)
         return 2
     async with await _client(args, settings) as client:
-        reply = await client.call(agent_type, name, payload, timeout=args.timeout)
+        reply = await client.call(agent_type, name, payload, timeout=args.timeout, method=args.method)
     print(orjson.dumps(reply).decode())
+    return 0
+
+
+async def cmd_new(args: argparse.Namespace, settings: MeshSettings) -> int:
+    """Print a fresh instance name of a served type (`POST /agents/{type}` over HTTP)."""
+    agent_type = subjects.check_type(args.type)
+    async with await _client(args, settings) as client:
+        served = {info["name"] for info in await client.services()}
+    if agent_type not in served:
+        print(f"mesh: no worker serves agent type {agent_type}", file=sys.stderr)
+        return 1
+    print(MeshClient.new_name(agent_type))
     return 0
 
 

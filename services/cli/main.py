@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 from mesh.errors import MeshError
+from services import mcp_stdio
 from services.cli import commands, serve
 from services.cli.parser import build_parser
 from services.settings import MeshSettings
@@ -29,6 +30,8 @@ COMMANDS: dict[str, Command] = {
     "http": serve.cmd_http,
     "smtp": serve.cmd_smtp,
     "call": commands.cmd_call,
+    "new": commands.cmd_new,
+    "mcp": mcp_stdio.cmd_mcp,
     "state": commands.cmd_state,
     "ls": commands.cmd_ls,
     "send": commands.cmd_send,
@@ -44,7 +47,7 @@ COMMANDS: dict[str, Command] = {
 }
 
 _SETTINGS_FLAGS = {"nats_url", "nats_port", "store", "app", "log_format", "log_level", "metrics_port"}
-_PROCESSES = {"up", "worker", "http", "smtp"}
+_PROCESSES = {"up", "worker", "http", "smtp", "mcp"}
 """The subcommands that are a whole process: once they return, it has nothing left to do but exit."""
 
 

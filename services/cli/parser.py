@@ -10,6 +10,11 @@ from typing import Any
 
 from services.bench.cli import add_parser as add_bench_parser
 
+INSECURE_HELP = (
+    "serve the HTTP bridge on a non-loopback address without bearer tokens (MESH_HTTP_TOKENS): "
+    "anyone who can reach it may call every agent"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mesh", description="Addressable, stateful agents on NATS.")
@@ -30,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nats-port", type=int, help="embedded server port (env MESH_NATS_PORT; default 4222)")
     up.add_argument("--store", help="embedded server store directory (env MESH_STORE; default .mesh)")
     up.add_argument("--http", help="HOST:PORT of the HTTP bridge, or off (env MESH_HTTP; default 127.0.0.1:8080)")
+    up.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     up.add_argument(
         "--smtp", help="HOST:PORT for the SMTP ingestion service, or `off` (env MESH_SMTP_LISTEN; default 127.0.0.1:2525)"
     )
@@ -46,12 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("address", help="TYPE/NAME, e.g. counter/demo")
     call.add_argument("payload", nargs="?", default="null", help="JSON request body")
     call.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
+    call.add_argument("--method", help="run this @mesh.method of the agent instead of on_request")
+
+    new = with_nats(commands.add_parser("new", help="print a fresh, unique instance name of TYPE"))
+    new.add_argument("type", help="agent type (it must be served)")
+
+    mcp = with_nats(
+        commands.add_parser("mcp", help="serve the mesh's agents as MCP tools to a client that launches this command")
+    )
+    mcp.add_argument("--stdio", action="store_true", required=True, help="speak MCP on stdin/stdout (the only transport here)")
+    mcp.add_argument("--timeout", type=float, default=30.0, help="seconds a tool call waits for the agent's reply")
+    mcp.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="env MESH_LOG_LEVEL (logs go to stderr)")
 
     state = with_nats(commands.add_parser("state", help="print the stored state of TYPE/NAME as JSON"))
     state.add_argument("address")
 
     http = with_nats(commands.add_parser("http", help="serve the HTTP bridge and dashboard against a NATS server"))
     http.add_argument("--http", "--listen", dest="http", help="HOST:PORT (env MESH_HTTP; default 127.0.0.1:8080)")
+    http.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     http.add_argument("--log-format", choices=["console", "json"], help="env MESH_LOG_FORMAT")
     http.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="env MESH_LOG_LEVEL")
 

@@ -31,7 +31,7 @@ from mesh.logging import configure_logging
 from mesh.runtime import RuntimeOptions
 from services import triage
 from services.health import open_health_server
-from services.http.config import BridgeConfig, config_from_settings, parse_listen
+from services.http.config import BridgeConfig, config_from_settings, exposure_problem, parse_listen
 from services.http.server import serve_http
 from services.http.settings import HttpSettings
 from services.mail import MailConfig, MailService
@@ -69,6 +69,8 @@ def stop_on_signals() -> asyncio.Event:
 async def cmd_up(args: argparse.Namespace, settings: MeshSettings) -> int:
     configure_logging(settings.log_format, settings.log_level)
     http = _http_settings(args)
+    if not _may_serve(http, "up"):
+        return 2
     mail = MailSettings()
     if args.smtp:
         mail = mail.model_copy(update={"listen": args.smtp})
@@ -163,6 +165,8 @@ async def _open_mail(nc: Connection, settings: MailSettings | None, agent_types:
 async def serve_bridge(config: BridgeConfig, nats: bus.NatsOptions, stop: asyncio.Event) -> None:
     """Serve the HTTP bridge until `stop` is set; a bridge that ends for any reason stops the process."""
     print(f"HTTP bridge and dashboard at http://{config.host}:{config.port}/", file=sys.stderr, flush=True)
+    if exposure_problem(config) is not None:  # allowed by --insecure
+        log.warning("http.insecure", listen=f"{config.host}:{config.port}", auth=False, reachable_by="anyone on the network")
     try:
         await serve_http(config, nats, stop)
     except OSError as exc:
@@ -173,7 +177,21 @@ async def serve_bridge(config: BridgeConfig, nats: bus.NatsOptions, stop: asynci
 
 def _http_settings(args: argparse.Namespace) -> HttpSettings:
     settings = HttpSettings()
+    if getattr(args, "insecure", False):
+        settings = settings.model_copy(update={"insecure": True})
     return settings.model_copy(update={"listen": args.http}) if args.http else settings
+
+
+def _may_serve(http: HttpSettings, command: str) -> bool:
+    """Protected mode: no bridge on a non-loopback address without a token, unless `--insecure`."""
+    listen = _listen(http)
+    if listen is None or http.insecure:
+        return True
+    problem = exposure_problem(config_from_settings(http, listen))
+    if problem is not None:
+        print(f"mesh {command}: {problem}", file=sys.stderr)
+        return False
+    return True
 
 
 def _listen(settings: HttpSettings) -> tuple[str, int] | None:
@@ -189,6 +207,8 @@ async def cmd_http(args: argparse.Namespace, settings: MeshSettings) -> int:
     listen = _listen(http)
     if listen is None:
         print("mesh http: --http off leaves nothing to serve", file=sys.stderr)
+        return 2
+    if not _may_serve(http, "http"):
         return 2
     stop = stop_on_signals()
     async with open_health_server(settings.metrics_host, settings.metrics_port):

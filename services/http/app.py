@@ -17,10 +17,11 @@ from starlette.staticfiles import StaticFiles
 
 from mesh import bus
 from mesh.errors import MeshError
-from services.http import messages, problems, routes, streams
+from services.http import calls, messages, problems, routes, streams
 from services.http.auth import Auth, AuthMiddleware
 from services.http.bridge import Bridge
 from services.http.config import BridgeConfig
+from services.http.mcp import McpDoor
 from services.http.metrics import MetricsMiddleware
 from services.http.openapi import build_openapi
 
@@ -88,14 +89,17 @@ def create_app(config: BridgeConfig, *, nats: bus.NatsOptions | None = None, nc:
             Route("/auth/tickets", routes.create_ticket, methods=["POST"]),
             Route("/agents", routes.list_types, methods=["GET"]),
             Route("/agents/{type}", routes.list_instances, methods=["GET"]),
+            Route("/agents/{type}", calls.create_instance, methods=["POST"]),
             Route("/agents/{type}/{name}", routes.post_agent, methods=["POST"]),
             Route("/agents/{type}/{name}/state", routes.get_state, methods=["GET"]),
+            Route("/agents/{type}/{name}/methods/{method}", calls.call_method, methods=["POST"]),
             Route("/agents/{type}/{name}/messages", messages.get_messages, methods=["GET"]),
             Route("/agents/{type}/{name}/events", streams.sse, methods=["GET"]),
             WebSocketRoute("/agents/{type}/{name}/ws", streams.websocket),
             Route("/agents/{type}/{name}/approvals", routes.list_approvals, methods=["GET"]),
             Route("/agents/{type}/{name}/approvals/{id}/{decision}", routes.decide_approval, methods=["POST"]),
             Route("/runs/{id}", routes.get_run, methods=["GET"]),
+            Route("/mcp", McpDoor(), methods=["GET", "POST", "DELETE"]),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=middleware,

@@ -6,10 +6,7 @@ of async runs) lives in JetStream KV; this object only caches discovery for a mo
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -19,22 +16,16 @@ from mesh import subjects
 from mesh.bus import Bucket, Connection, find_stream, open_bucket
 from mesh.client import MeshClient
 from mesh.errors import BadReply
+from mesh.methods import check_method
 from mesh.recorder import EventsLimits, ensure_events_stream
 from mesh.tasks import TaskSet
+from services.catalog import AgentType, Catalog
 from services.http.config import BridgeConfig
 
 log = structlog.get_logger("services.http")
 
 
-@dataclass
-class AgentType:
-    """One agent type as discovery reports it (from the `$SRV.INFO` of every worker serving it)."""
-
-    type: str
-    workers: list[str] = field(default_factory=list)
-    description: str = ""
-    request_schema: dict[str, Any] | None = None
-    reply_schema: dict[str, Any] | None = None
+__all__ = ["AgentType", "Bridge", "check_json"]
 
 
 class Endable(Protocol):
@@ -52,9 +43,7 @@ class Bridge:
         self.idempotency: Bucket
         self.runs: Bucket
         self.events_stream: str | None = None
-        self._types: list[AgentType] = []
-        self._types_at = 0.0
-        self._types_lock = asyncio.Lock()
+        self.catalog = Catalog(self.client, wait=config.discovery_wait, cache=config.discovery_cache)
         self._tasks = TaskSet(log)
         self.streams: set[Endable] = set()
         """Open live streams that end only when told to (SSE): `end_streams()` tells them."""
@@ -82,9 +71,11 @@ class Bridge:
 
     # -- agents ------------------------------------------------------------------------------
 
-    async def call(self, agent_type: str, name: str, body: bytes, timeout: float) -> bytes:  # noqa: ASYNC109 - the deadline travels with the request
-        """Send one request; returns the reply's JSON bytes or raises the agent's `MeshError`."""
-        reply = await self.client.call_raw(subjects.agent_subject(agent_type, name), body, timeout=timeout)
+    async def call(self, agent_type: str, name: str, body: bytes, timeout: float, *, method: str | None = None) -> bytes:  # noqa: ASYNC109 - the deadline travels with the request
+        """Send one request (to `method`, a `@mesh.method`, if given); returns the reply's JSON bytes
+        or raises the agent's `MeshError`."""
+        headers = None if method is None else {subjects.HEADER_METHOD: check_method(method)}
+        reply = await self.client.call_raw(subjects.agent_subject(agent_type, name), body, timeout=timeout, headers=headers)
         check_json(reply, f"{agent_type}/{name}")
         return reply
 
@@ -97,18 +88,11 @@ class Bridge:
 
     async def types(self) -> list[AgentType]:
         """Agent types being served now (cached for `discovery_cache` seconds)."""
-        async with self._types_lock:
-            if time.monotonic() - self._types_at > self.config.discovery_cache:
-                self._types = _group(await self.client.services(wait=self.config.discovery_wait))
-                self._types_at = time.monotonic()
-            return self._types
+        return await self.catalog.types()
 
     async def supports_approvals(self, agent_type: str) -> bool:
         """True if the type's published request schema admits `{"op": "approvals"}` (LLM agents)."""
-        for found in await self.types():
-            if found.type == agent_type:
-                return _admits_op(found.request_schema, "approvals")
-        return False
+        return await self.catalog.supports_approvals(agent_type)
 
     # -- background work ---------------------------------------------------------------------
 
@@ -124,43 +108,8 @@ class Bridge:
         return await ensure_events_stream(js, limits, name=self.config.events_stream)
 
 
-def _admits_op(schema: Any, op: str) -> bool:
-    """Whether any object in `schema` (including its `$defs`) has an `op` property of constant `op`."""
-    if isinstance(schema, dict):
-        prop = (schema.get("properties") or {}).get("op")
-        if isinstance(prop, dict) and (prop.get("const") == op or op in (prop.get("enum") or [])):
-            return True
-        return any(_admits_op(value, op) for value in schema.values())
-    if isinstance(schema, list):
-        return any(_admits_op(value, op) for value in schema)
-    return False
-
-
 def check_json(reply: bytes, source: str) -> None:
     try:
         orjson.loads(reply)
     except orjson.JSONDecodeError as exc:
         raise BadReply(f"the reply of {source} is not JSON: {exc}") from exc
-
-
-def _group(infos: list[dict[str, Any]]) -> list[AgentType]:
-    found: dict[str, AgentType] = {}
-    for info in infos:
-        meta = info.get("metadata") or {}
-        name = meta.get("mesh.type") or info.get("name")
-        if not isinstance(name, str):
-            continue
-        entry = found.setdefault(name, AgentType(type=name))
-        entry.workers.append(str(meta.get("mesh.worker", "?")))
-        for endpoint in info.get("endpoints") or []:
-            em = endpoint.get("metadata") or {}
-            entry.description = em.get("mesh.description", entry.description)
-            for key, attr in (("mesh.request_schema", "request_schema"), ("mesh.reply_schema", "reply_schema")):
-                if key in em:
-                    try:
-                        setattr(entry, attr, orjson.loads(em[key]))
-                    except orjson.JSONDecodeError:
-                        pass
-    for entry in found.values():
-        entry.workers.sort()
-    return sorted(found.values(), key=lambda t: t.type)

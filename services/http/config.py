@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from services.http.settings import HttpSettings
@@ -76,4 +77,31 @@ def config_from_settings(settings: HttpSettings, listen: tuple[str, int] | None 
         heartbeat=settings.heartbeat,
         events_stream=settings.events_stream,
         events_max_age=settings.events_max_age,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """True only for addresses no other machine can reach: `localhost` and loopback IPs."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback
+
+
+def exposure_problem(config: BridgeConfig) -> str | None:
+    """Why the bridge must not serve as configured (protected mode, like Redis's), or None.
+
+    A bridge reachable from other machines without a bearer token would give anyone there every
+    agent, the tool calls they make and the model spend behind them.
+    """
+    if config.auth_enabled or is_loopback(config.host):
+        return None
+    return (
+        f"refusing to serve the HTTP bridge on {config.host}:{config.port} without a bearer token: anyone who can "
+        "reach that address could call every agent (and their tools and models). Set MESH_HTTP_TOKENS (or "
+        "MESH_HTTP_TOKENS_FILE), listen on 127.0.0.1, or pass --insecure (MESH_HTTP_INSECURE=1) to serve it open anyway"
     )

@@ -20,6 +20,9 @@ class HttpSettings(BaseSettings):
     )
     tokens: SecretStr | None = Field(default=None, description="Bearer tokens, comma separated; unset and no file = no auth.")
     tokens_file: Path | None = Field(default=None, description="File with one bearer token per line.")
+    insecure: bool = Field(
+        default=False, description="Serve on a non-loopback address without bearer tokens (as --insecure; MESH_HTTP_INSECURE)."
+    )
     cors_origins: str = Field(default="", description="Allowed browser origins, comma separated (CORS and WebSocket Origin).")
     max_body: int = Field(default=256 * 1024, ge=1, description="Request body limit in bytes (kept below NATS max_payload).")
     timeout: float = Field(default=30.0, gt=0, description="Longest wait for an agent's reply to a synchronous request.")

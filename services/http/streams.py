@@ -5,7 +5,8 @@ cursor) so a reconnecting `EventSource` resumes with `Last-Event-ID`; a comment 
 `heartbeat` seconds keeps idle connections open through proxies.
 
 WebSocket (`/agents/{type}/{name}/ws`): JSON messages `{"type": "state"|"event"|"ping", ...}` from
-the bridge; the client may send `{"type": "request", "id": "<any>", "body": <JSON>}` and gets
+the bridge; the client may send `{"type": "request", "id": "<any>", "body": <JSON>}` (with
+`"method": "<name>"` to run a `@mesh.method` instead of `on_request`) and gets
 `{"type": "reply", "id", "body"}` or `{"type": "error", "id", "problem"}` back.
 """
 
@@ -128,12 +129,13 @@ async def _answer(bridge: Bridge, agent_type: str, name: str, text: str, send: A
         except orjson.JSONDecodeError as exc:
             raise BadJson(f"message is not valid JSON: {exc}") from exc
         if not isinstance(message, dict) or message.get("type") != "request" or "body" not in message:
-            raise RequestError('messages must look like {"type": "request", "id": "...", "body": <JSON>}')
+            raise RequestError('messages must look like {"type": "request", "id": "...", "body": <JSON>, "method"?: "..."}')
         request_id = message.get("id")
+        method = message.get("method")  # a @mesh.method to run instead of on_request
         body = orjson.dumps(message["body"])
         if len(body) > bridge.max_body:
             raise PayloadTooLarge(f"body of {len(body)} bytes is over the limit of {bridge.max_body}")
-        reply = await bridge.call(agent_type, name, body, bridge.config.timeout)
+        reply = await bridge.call(agent_type, name, body, bridge.config.timeout, method=None if method is None else str(method))
         await send({"type": "reply", "id": request_id, "body": orjson.loads(reply)})
     except MeshError as err:
         await send({"type": "error", "id": request_id, "problem": problem_body(err)})
