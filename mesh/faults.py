@@ -398,6 +398,7 @@ class Call:
     ended: float
     value: int | None = None
     code: str | None = None
+    via: str = ""  # which kind of caller made it (e.g. "client", "raw", "http"), for the test's own checks
 
     @property
     def ok(self) -> bool:
@@ -418,7 +419,7 @@ class History:
     def add(self, call: Call) -> None:
         self.calls.append(call)
 
-    async def observe(self, instance: str, call: Awaitable[int], *, deadline: float) -> Call:
+    async def observe(self, instance: str, call: Awaitable[int], *, deadline: float, via: str = "") -> Call:
         """Await `call` (which returns the counter's acknowledged value) and record its outcome: a
         `MeshError` is recorded by its code; a call still running after `deadline` seconds is
         cancelled and recorded as `hung` (a client that ignores its own deadline fails the verdict)."""
@@ -432,7 +433,7 @@ class History:
             code = exc.code
         except TimeoutError:
             code = "hung"
-        recorded = Call(instance, started, time.monotonic(), value, code)
+        recorded = Call(instance, started, time.monotonic(), value, code, via)
         self.add(recorded)
         return recorded
 
@@ -475,8 +476,10 @@ class History:
         problems = self.problems(finals)
         assert not problems, "\n".join([*problems, self.summary()])
 
-    def codes(self, instance: str | None = None) -> Tally[str]:
-        return Tally(c.code or "ok" for c in self.calls if instance is None or c.instance == instance)
+    def codes(self, instance: str | None = None, *, via: str | None = None) -> Tally[str]:
+        return Tally(
+            c.code or "ok" for c in self.calls if (instance is None or c.instance == instance) and (via is None or c.via == via)
+        )
 
     def latencies(self, *, ok_only: bool = True) -> list[float]:
         return [c.latency for c in self.calls if c.ok or not ok_only]
@@ -508,6 +511,7 @@ async def run_load(
     callers: int = 8,
     deadline: float = 30.0,
     seed: int = 0,
+    via: str = "",
 ) -> None:
     """`callers` concurrent loops, each calling a random instance with `call(instance)` (one logical
     call: it returns the acknowledged counter value) and recording the outcome in `history`,
@@ -518,7 +522,7 @@ async def run_load(
     async def caller(rng: random.Random) -> None:
         while not stop.is_set():
             instance = rng.choice(instances)
-            await history.observe(instance, call(instance), deadline=deadline)
+            await history.observe(instance, call(instance), deadline=deadline, via=via)
 
     async with asyncio.TaskGroup() as tasks:
         for index in range(callers):
