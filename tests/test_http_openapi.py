@@ -86,6 +86,10 @@ def test_mesh_up_serves_the_bridge_and_the_curl_example_works(mesh_up: str) -> N
     doc = httpx.get(f"{mesh_up}/openapi.json").json()
     post = doc["paths"]["/agents/counter/{name}"]["post"]
     assert post["requestBody"]["content"]["application/json"]["schema"]["properties"]["add"]["type"] == "integer"
+    reset = doc["paths"]["/agents/counter/{name}/methods/reset"]["post"]  # methods are endpoints (schemathesis covers them)
+    assert reset["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["value"]["type"] == "integer"
+    assert "201" in doc["paths"]["/agents/{type}"]["post"]["responses"]
+    assert httpx.post(f"{mesh_up}/agents/counter/web/methods/reset").json() == {"value": 0}
     assert "text/html" in httpx.get(f"{mesh_up}/docs").headers["content-type"]
 
 

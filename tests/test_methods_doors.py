@@ -121,3 +121,30 @@ async def test_reset_and_new_from_the_cli(counters, nats_server) -> None:
     assert code == 1 and "no worker serves" in err
     async with await MeshClient.connect(bus.NatsOptions.from_url(nats_server.url)) as client:
         assert await client.call("counter", name, {"add": 1}) == {"value": 1}
+
+
+def test_openapi_lists_each_method_with_its_schemas_and_the_create_route() -> None:
+    from pydantic import BaseModel, TypeAdapter
+
+    from services.catalog import AgentType, MethodInfo
+    from services.http.openapi import build_openapi
+
+    class Line(BaseModel):
+        sku: str
+
+    class Order(BaseModel):
+        lines: list[Line]
+
+    methods = {
+        "cancel": MethodInfo("cancel", None, TypeAdapter(Order).json_schema(), "Cancel it."),
+        "amend": MethodInfo("amend", TypeAdapter(Order).json_schema(), None, ""),
+    }
+    doc = build_openapi([AgentType("orders", ["w1"], "", None, None, methods)], auth=False)
+    cancel = doc["paths"]["/agents/orders/{name}/methods/cancel"]["post"]
+    assert "requestBody" not in cancel and cancel["description"] == "Cancel it."
+    reply = cancel["responses"]["200"]["content"]["application/json"]["schema"]
+    assert reply["properties"]["lines"]["items"] == {"$ref": "#/components/schemas/orders_cancel_reply_Line"}
+    amend = doc["paths"]["/agents/orders/{name}/methods/amend"]["post"]
+    assert amend["requestBody"]["content"]["application/json"]["schema"]["properties"]["lines"]["type"] == "array"
+    create = doc["paths"]["/agents/{type}"]["post"]
+    assert create["responses"]["201"]["headers"]["Location"]["schema"] == {"type": "string"}

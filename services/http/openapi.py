@@ -319,7 +319,44 @@ def build_openapi(types: list[AgentType], *, auth: bool) -> dict[str, Any]:
             }
         },
     }
+    paths["/agents/{type}"]["post"] = {
+        "summary": "A fresh instance with a unique name (nothing is sent until its first request)",
+        "operationId": "createInstance",
+        "parameters": [type_param],
+        "responses": {
+            "201": {
+                "description": "the new instance's address",
+                "headers": {"Location": {"schema": {"type": "string"}, "description": "/agents/{type}/{name}"}},
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["type", "name"],
+                            "properties": {"type": {"type": "string"}, "name": {"type": "string"}},
+                        }
+                    }
+                },
+            },
+            "default": PROBLEM_RESPONSE,
+        },
+    }
     for agent in types:
+        for method in agent.methods.values():
+            prefix = f"{agent.type}_{method.name}"
+            operation: dict[str, Any] = {
+                "summary": f"Run method {method.name} of agents.{agent.type}.<name> (Mesh-Method: {method.name})",
+                "description": method.description or f"method {method.name} of agent type {agent.type}",
+                "operationId": f"call_{agent.type}_{method.name}".replace("-", "_"),
+                "parameters": [NAME],
+                "responses": {
+                    "200": _json(_hoist(method.reply_schema, f"{prefix}_reply", components), "the method's reply"),
+                    "default": PROBLEM_RESPONSE,
+                },
+            }
+            if method.request_schema is not None:
+                schema = _hoist(method.request_schema, f"{prefix}_request", components)
+                operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+            paths[f"/agents/{agent.type}/{{name}}/methods/{method.name}"] = {"post": operation}
         request = _hoist(agent.request_schema, f"{agent.type}_request", components)
         reply = _hoist(agent.reply_schema, f"{agent.type}_reply", components)
         paths[f"/agents/{agent.type}/{{name}}"] = {
