@@ -5,7 +5,14 @@ kept in memory between turns; after each batch of turns taken from the mailbox i
 with compare-and-set on the revision this activation last wrote (group commit), and only then are
 the batch's replies sent. So an acknowledged reply always describes saved state, and a worker that
 lost ownership can never overwrite newer state: its write fails with a conflict and its callers get
-an error. Durable messages already in the saved state are answered without a turn (`AppliedIds`).
+an error. A write whose outcome cannot be found out (`Bucket.save`) answers the batch
+`outcome_unknown` and the instance reloads before its next turn. Durable messages already in the
+saved state are answered without a turn (`AppliedIds`).
+
+Requests with a `Mesh-Request-Id` (`mesh.request_ids`): one whose id took effect within the window
+gets its original reply without a turn; one whose id is queued or running here is attached to that
+request and gets its outcome; the ids and replies of a batch are saved in the same atomic write as
+its state.
 
 An activation talks to the worker hosting it only through `Host`, the few things it needs (the
 runtime implements it); it never imports `mesh.runtime`.
@@ -24,13 +31,15 @@ import pydantic
 import structlog
 
 from mesh import subjects
+from mesh._nats.kv import write_id
 from mesh.agent import Agent
 from mesh.bus import Bucket
 from mesh.client import MeshClient
 from mesh.dedupe import AppliedIds
 from mesh.directory import Directory
-from mesh.errors import MeshError, MeshTimeout, StateInvalid, Unavailable
+from mesh.errors import MeshError, MeshTimeout, PayloadTooLarge, RequestError, StateInvalid, Unavailable
 from mesh.observe import StateRecord
+from mesh.request_ids import RECORD_TTL, SKEW_MS, RequestIndex, Spill, check_request_id, records_prefix
 from mesh.tasks import TaskSet
 from mesh.turns import Envelope, Outcome, Turns, dump_state, run_turn
 
@@ -100,6 +109,8 @@ class Activation:
         "epoch",
         "applied",
         "applied_saved",
+        "inflight",
+        "requests",
     )
 
     def __init__(self, host: Host, agent_cls: type[Agent[Any]], name: str, key: str) -> None:
@@ -117,6 +128,8 @@ class Activation:
         self.applied: AppliedIds | None = None  # durable message ids the state includes (mesh.dedupe)
         self.applied_saved = ""  # the record as last written (or loaded), for rollback
         self.queue: deque[Envelope] | None = None  # created on demand: most instances idle
+        self.inflight: dict[str, Envelope] | None = None  # request id -> the queued or running request
+        self.requests: RequestIndex | None = None  # request ids that took effect, with their replies
         self.running = False
         self.last_used = time.monotonic()
         self.epoch = 0
@@ -130,6 +143,8 @@ class Activation:
 
     def deliver(self, envelope: Envelope) -> None:
         self.last_used = time.monotonic()
+        if subjects.HEADER_REQUEST_ID in envelope.headers and not self._track(envelope):
+            return
         if self.status is Status.REMOTE:
             self.host.forward(self, envelope)
             return
@@ -139,6 +154,52 @@ class Activation:
         if not self.running:
             self.running = True
             self.host.start_now(self._drain())
+
+    def _track(self, envelope: Envelope) -> bool:
+        """Note a request's id; False when it needs no place in the mailbox (attached to the same
+        request already here, or refused for a malformed id)."""
+        try:
+            request_id = check_request_id(envelope.headers[subjects.HEADER_REQUEST_ID])
+        except RequestError as err:
+            self.host.spawn(self.host.reply(Outcome(envelope, None, err)))
+            return False
+        if self.status is Status.REMOTE:
+            return True  # the owner attaches it
+        if self.inflight is None:
+            self.inflight = {}
+        first = self.inflight.get(request_id)
+        if first is not None:
+            if first.attached is None:
+                first.attached = []
+            first.attached.append(envelope)
+            return False
+        envelope.request_id = request_id
+        self.inflight[request_id] = envelope
+        return True
+
+    async def _answer(self, outcome: Outcome) -> None:
+        """Reply to a request and to the retries attached to it."""
+        envelope = outcome.envelope
+        if envelope.request_id is not None:
+            self._untrack(envelope)
+        await self.host.reply(outcome)
+        for other in envelope.attached or ():
+            await self.host.reply(Outcome(other, outcome.body, outcome.error))
+        envelope.attached = None
+
+    def _untrack(self, envelope: Envelope) -> None:
+        if self.inflight is not None and self.inflight.get(envelope.request_id or "") is envelope:
+            del self.inflight[envelope.request_id or ""]
+
+    def _send_away(self, envelope: Envelope) -> None:
+        """Forward a queued request (and the retries attached to it) to the owner, which tracks them."""
+        if envelope.request_id is not None:
+            self._untrack(envelope)
+            envelope.request_id = None
+        attached, envelope.attached = envelope.attached, None
+        self.host.forward(self, envelope)
+        for other in attached or ():
+            self.host.forward(self, other)
 
     def idle_since(self, now: float) -> float:
         return 0.0 if self.running or self.queue else now - self.last_used
@@ -184,7 +245,7 @@ class Activation:
                     await self._activate()
                 if self.status is Status.REMOTE:
                     while self.queue:
-                        self.host.forward(self, self.queue.popleft())
+                        self._send_away(self.queue.popleft())
                     return
                 batch = [self.queue.popleft() for _ in range(min(limit, len(self.queue)))]
                 await self._run_batch(batch)
@@ -195,7 +256,7 @@ class Activation:
             else:
                 self.log.warning("instance.activation_failed", error=err.message, code=err.code)
             while self.queue:
-                await self.host.reply(Outcome(self.queue.popleft(), None, err))
+                await self._answer(Outcome(self.queue.popleft(), None, err))
             self.host.forget(self)
         finally:
             self.running = False
@@ -217,6 +278,8 @@ class Activation:
         found = None if claim.fresh else await host.state.get_with_headers(self.key)
         self.applied_saved = "" if found is None else found[2].get(subjects.HEADER_APPLIED, "")
         self.applied = AppliedIds.from_header(self.applied_saved) if self.applied_saved else None
+        if found is not None and (subjects.HEADER_REQUESTS in found[2] or subjects.HEADER_REQUESTS_UNTIL in found[2]):
+            await self._load_requests(found[2])
         if found is None:
             state = self.agent_cls.initial_state(self.name)
             self.state_revision = 0
@@ -237,12 +300,32 @@ class Activation:
         if host.turns.log_turns:
             self.log.debug("instance.activated", revision=self.state_revision)
 
+    async def _load_requests(self, headers: dict[str, str]) -> None:
+        """Take in the replies of requests with ids that the stored state says may still count:
+        those in its `Mesh-Requests` header, and the spilled records if `Mesh-Requests-Until` has
+        not passed (after idling out of the window, nothing is read)."""
+        now_ms = int(time.time() * 1000)
+        if self.requests is None:
+            self.requests = RequestIndex()
+        index = self.requests
+        loaded = index.load_header(headers.get(subjects.HEADER_REQUESTS, "[]"), now_ms)
+        try:
+            until = int(headers.get(subjects.HEADER_REQUESTS_UNTIL, "0"))
+        except ValueError:
+            until = 0
+        if until + SKEW_MS > now_ms:
+            index.until = max(index.until, until)
+            loaded += index.load_records(await self.host.state.values(records_prefix(self.key)), now_ms)
+        if self.host.turns.log_turns:
+            self.log.debug("requests.loaded", count=loaded)
+
     async def _run_batch(self, batch: list[Envelope]) -> None:
         host = self.host
         turns = host.turns
         agent = self.agent
         assert agent is not None
         outcomes: list[Outcome] = []
+        with_ids: list[Outcome] | None = None  # turns of requests with an id that took effect
         for envelope in batch:
             msg_id = envelope.headers.get(subjects.HEADER_MSG_ID)
             refused = self._refuse(envelope, msg_id)
@@ -257,23 +340,33 @@ class Activation:
                     if self.applied is None:
                         self.applied = AppliedIds()
                     self.applied.add(msg_id)
+                if envelope.request_id is not None:
+                    if with_ids is None:
+                        with_ids = []
+                    with_ids.append(outcome)
             else:
                 self._rollback(before)
             outcomes.append(outcome)
         # Group commit: one compare-and-set write for the whole batch (inline: this is the hot path).
         saved: StateRecord | None = None
-        if self.current != self.saved or (self.applied is not None and self.applied.dirty):
+        if with_ids or self.current != self.saved or (self.applied is not None and self.applied.dirty):
             try:
                 if host.directory.fenced():
                     raise Unavailable("worker lease lapsed before the state could be saved")
+                headers: dict[str, str] = {}
+                record = None
                 if self.applied is not None and len(self.applied):
-                    record = self.applied.header()
-                    self.state_revision = await host.state.write_with_headers(
-                        self.key, self.current, self.state_revision, {subjects.HEADER_APPLIED: record}
-                    )
+                    record = headers[subjects.HEADER_APPLIED] = self.applied.header()
+                replies, now_ms = None, 0
+                if with_ids is not None or self.requests is not None:  # requests with ids, now or lately
+                    replies = [(o.envelope.request_id or "", o.body or b"null") for o in with_ids or ()]
+                    now_ms = self._request_headers(headers, replies)
+                write = write_id(turns.worker_id, self.state_revision)
+                self.state_revision = await host.state.save(self.key, self.current, self.state_revision, headers, write=write)
+                if replies and self.requests is not None:
+                    self.requests.took_effect(replies, now_ms)
+                if record is not None and self.applied is not None:
                     self.applied_saved, self.applied.dirty = record, False
-                else:
-                    self.state_revision = await host.state.write(self.key, self.current, self.state_revision)
                 self.saved = self.current
                 if turns.observers:
                     saved = StateRecord(
@@ -288,7 +381,9 @@ class Activation:
                 self.applied = AppliedIds.from_header(self.applied_saved) if self.applied_saved else None
                 self.status = Status.PENDING  # reload state and re-check ownership before the next turn
         for outcome in outcomes:
-            await host.reply(outcome)
+            await self._answer(outcome)
+        if self.requests is not None:
+            self._spill()
         # Observers (metrics, the flight recorder) hear of the turns only now, so they never delay
         # a reply; a turn whose state could not be saved is reported with that error.
         if turns.log_turns or turns.observers:
@@ -298,10 +393,56 @@ class Activation:
             for observer in turns.observers:
                 observer.on_state_saved(saved)
 
+    def _request_headers(self, headers: dict[str, str], replies: list[tuple[str, bytes]]) -> int:
+        """Add what the next state write says about request ids: the carried replies plus this
+        batch's (`Mesh-Requests`), and until when spilled records count (`Mesh-Requests-Until`).
+        Returns the time (unix ms) the batch's replies are recorded at."""
+        now_ms = int(time.time() * 1000)
+        if self.requests is None:
+            self.requests = RequestIndex()
+        carried = self.requests.header(now_ms, replies)
+        if carried is not None:
+            headers[subjects.HEADER_REQUESTS] = carried
+        if self.requests.until > now_ms:
+            headers[subjects.HEADER_REQUESTS_UNTIL] = str(self.requests.until)
+        return now_ms
+
+    def _spill(self) -> None:
+        """Copy the carried replies into records once they are many (off the reply path)."""
+        index = self.requests
+        if index is None:
+            return
+        spill = index.spill(self.key, write_id(self.host.turns.worker_id, self.state_revision), self._record_limit())
+        if spill is not None:
+            index.spilling = True
+            self.host.spawn(self._store_spill(index, spill))
+
+    async def _store_spill(self, index: RequestIndex, spill: Spill) -> None:
+        try:
+            for key, value in spill.records:
+                await self.host.state.put_with_ttl(key, value, RECORD_TTL)
+        except MeshError as err:  # they stay in the header and are spilled again later
+            self.log.warning("requests.spill_failed", code=err.code, error=err.message)
+        else:
+            index.spilled(spill)
+        finally:
+            index.spilling = False
+
+    def _record_limit(self) -> int:
+        return max(4096, self.host.client.nc.max_payload - 4096)
+
     def _refuse(self, envelope: Envelope, msg_id: str | None) -> Outcome | None:
-        """The outcome of a request that gets no turn: too late, fenced, or already applied."""
+        """The outcome of a request that gets no turn: too late, already taken effect, fenced, or
+        already applied."""
         if envelope.deadline is not None and time.monotonic() > envelope.deadline:
             return Outcome(envelope, None, MeshTimeout("the caller's deadline passed before the turn started"))
+        if envelope.request_id is not None and self.requests is not None:
+            known, reply = self.requests.get(envelope.request_id, int(time.time() * 1000))
+            if known:
+                self.log.info("turn.deduplicated", request_id=envelope.request_id)
+                if reply is None:
+                    return Outcome(envelope, None, PayloadTooLarge("the request took effect; its reply was too large to keep"))
+                return Outcome(envelope, reply, None)
         if self.host.directory.fenced():
             return Outcome(envelope, None, Unavailable("worker lease lapsed; retry"))
         if msg_id is not None and self.applied is not None and msg_id in self.applied:

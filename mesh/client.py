@@ -1,33 +1,53 @@
-"""Calling agents from anywhere: scripts, tests, services, and other agents' turns."""
+"""Calling agents from anywhere: scripts, tests, services, and other agents' turns.
+
+Every call has a request id (`Mesh-Request-Id`: the caller's, or a random one), and the client
+retries it with the same id until its deadline: when no reply came within an attempt time (0.5 s,
+doubling up to 2 s; the earlier attempts still count, the first reply wins), and when a reply says
+the request did not run (`unavailable`; `no_responders` for up to a second, as while a worker
+restarts) or that its outcome is unknown (`outcome_unknown`). The owner of an instance runs a
+request id at most once, so these retries are safe, and hedging around a worker that hangs is
+what lets a call through it succeed elsewhere. Such hedged resends are budgeted (`HEDGE_SHARE` of
+the calls in flight, at least `HEDGE_MIN`): when the mesh is merely slow, every call is late and
+resending them all would only multiply the load. A stateless agent keeps no request ids: its
+turns may run more than once when the caller retries (keep them idempotent).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from mesh import subjects, wire
 from mesh._nats import (
     Connection,
+    Message,
     NatsOptions,
     bind_bucket,
     connect,
     next_message,
     publish,
-    request,
     subscribe,
     unsubscribe,
 )
+from mesh._nats.inbox import Exchanged, inbox_of, no_responders
 from mesh.context import current_turn
-from mesh.errors import MeshTimeout
+from mesh.errors import MeshError, MeshTimeout, NoResponders, OutcomeUnknown, Unavailable
 from mesh.methods import check_method
+from mesh.request_ids import check_request_id, new_request_id
 from mesh.tracing import child_traceparent
 
 if TYPE_CHECKING:
     from mesh.schedules import ScheduleInfo
 
 DEFAULT_TIMEOUT = subjects.DEFAULT_TIMEOUT_MS / 1000
+RESEND = (0.5, 2.0)  # seconds without a reply before the first resend, and the cap as it doubles
+NO_RESPONDERS_FOR = 1.0  # seconds "nobody serves this type" is retried before it is the answer
+_BACKOFF = (0.05, 1.0)  # seconds before a resend after a retryable error, doubling, and its cap
+HEDGE_SHARE = 0.1  # at most this share of a client's calls in flight resend while unanswered...
+HEDGE_MIN = 8  # ...or this many, whichever is more
 
 
 class MeshClient:
@@ -40,6 +60,8 @@ class MeshClient:
     def __init__(self, nc: Connection, *, default_timeout: float = DEFAULT_TIMEOUT) -> None:
         self.nc = nc
         self.default_timeout = default_timeout
+        self._in_flight = 0  # calls waiting for their reply
+        self._hedging = 0  # of which resend while an attempt is unanswered (see HEDGE_SHARE)
 
     @classmethod
     async def connect(cls, options: NatsOptions | str, **kwargs: Any) -> MeshClient:
@@ -74,15 +96,21 @@ class MeshClient:
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - the deadline travels with the request
         method: str | None = None,
+        request_id: str | None = None,
     ) -> Any:
         """Send a request to `(agent_type, name)` and return its decoded JSON reply.
 
         `method` runs that `@mesh.method` of the instance instead of `on_request` (`Mesh-Method`).
-        Raises the callee's error as its typed `MeshError` subclass.
+        `request_id` (1 to 128 printable characters; default: a fresh random one) makes the call
+        take effect at most once, however often it is sent: a call repeated with the same id within
+        two minutes gets the first one's reply. Raises the callee's error as its typed `MeshError`
+        subclass; `OutcomeUnknown` or `MeshTimeout` when it may have run (call again with the same
+        id to find out).
         """
         data = payload if isinstance(payload, bytes) else wire.dumps(payload)
         headers = None if method is None else {subjects.HEADER_METHOD: check_method(method)}
-        return wire.loads(await self.call_raw(subjects.agent_subject(agent_type, name), data, timeout=timeout, headers=headers))
+        subject = subjects.agent_subject(agent_type, name)
+        return wire.loads(await self.call_raw(subject, data, timeout=timeout, headers=headers, request_id=request_id))
 
     async def call_raw(
         self,
@@ -91,15 +119,24 @@ class MeshClient:
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - the deadline travels with the request
         headers: dict[str, str] | None = None,
+        request_id: str | None = None,
     ) -> bytes:
-        """Request/reply with raw bytes; `headers` are sent along with the call's context headers."""
+        """Request/reply with raw bytes, retried as the module doc says; `headers` are sent along
+        with the call's context headers and its request id (`request_id`, else a fresh one)."""
         timeout, context = self._outgoing(timeout)
         headers = {**(headers or {}), **context}
-        msg = await request(self.nc, subject, data, timeout=timeout, headers=headers)
-        err = wire.error_of(msg.headers, msg.data)
-        if err is not None:
-            raise err
-        return msg.data
+        headers[subjects.HEADER_REQUEST_ID] = new_request_id() if request_id is None else check_request_id(request_id)
+        attempts = _Attempts(self)
+        self._in_flight += 1
+        try:
+            result = await inbox_of(self.nc).exchange(
+                subject, data, timeout=timeout, headers=headers, judge=attempts, resend=RESEND, may_hedge=attempts.hedge
+            )
+        finally:
+            self._in_flight -= 1
+            if attempts.hedging:
+                self._hedging -= 1
+        return _answer(subject, timeout, result, attempts)
 
     async def send(self, agent_type: str, name: str, payload: Any = None) -> None:
         """Fire-and-forget: the instance runs a turn for it; nobody waits for the reply."""
@@ -209,3 +246,68 @@ class MeshClient:
         if turn is not None or millis != subjects.DEFAULT_TIMEOUT_MS:  # the default goes without saying
             headers[subjects.HEADER_TIMEOUT] = str(millis)
         return timeout, headers
+
+
+class _Attempts:
+    """Judges each reply to a call's attempts (`ReplyInbox.exchange`): final, or worth another
+    attempt after a pause; remembers whether any attempt's outcome was reported unknown."""
+
+    __slots__ = ("client", "unknown", "hedging", "_pause", "_no_responders_until")
+
+    def __init__(self, client: MeshClient) -> None:
+        self.client = client
+        self.unknown = False
+        self.hedging = False  # counted in the client's hedging budget
+        self._pause = _BACKOFF[0]
+        self._no_responders_until = 0.0
+
+    def hedge(self) -> bool:
+        """May this call resend while an attempt is unanswered? Once allowed, it keeps its place."""
+        if not self.hedging:
+            client = self.client
+            if client._hedging >= max(HEDGE_MIN, client._in_flight * HEDGE_SHARE):
+                return False
+            client._hedging += 1
+            self.hedging = True
+        return True
+
+    def __call__(self, msg: Message) -> float | None:
+        headers = msg.headers
+        if not headers:
+            return None  # the fast path: a reply without headers is a success
+        code = headers.get(subjects.HEADER_MESH_ERROR)
+        if code is None:
+            if not no_responders(msg):
+                return None
+            now = time.monotonic()
+            if not self._no_responders_until:
+                self._no_responders_until = now + NO_RESPONDERS_FOR
+            return self._next_pause() if now < self._no_responders_until else None
+        if code == OutcomeUnknown.code:
+            self.unknown = True
+            return self._next_pause()
+        if code == Unavailable.code:
+            return self._next_pause()
+        return None
+
+    def _next_pause(self) -> float:
+        pause = self._pause
+        self._pause = min(pause * 2, _BACKOFF[1])
+        return pause
+
+
+def _answer(subject: str, timeout: float, result: Exchanged, attempts: _Attempts) -> bytes:
+    """The reply's body, or the error that tells the truth about the call as a whole."""
+    msg = result.reply
+    err: MeshError | None = None
+    if msg is not None:
+        err = NoResponders(f"no worker serves {subject}") if no_responders(msg) else wire.error_of(msg.headers, msg.data)
+    if result.final and err is None:
+        assert msg is not None
+        return msg.data
+    if attempts.unknown:  # an attempt may have taken effect: no later failure can say it did not
+        detail = f"; the last attempt: {err.message}" if err is not None else ""
+        raise OutcomeUnknown(f"the outcome of the request on {subject} is unknown; retry it with the same request id{detail}")
+    if err is None or (result.unanswered and (not result.final or isinstance(err, NoResponders))):
+        raise MeshTimeout(f"no reply on {subject} within {timeout:.3g}s")
+    raise err

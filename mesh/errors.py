@@ -19,6 +19,7 @@
     ├── NoResponders            no worker serves this agent type                   no_responders 503
     ├── Unavailable             a worker cannot take the turn now; retry           unavailable 503
     ├── MeshTimeout             the deadline passed before a reply                 timeout 504
+    ├── OutcomeUnknown          the request may or may not have taken effect       outcome_unknown 504
     ├── ConnectionFailed        cannot reach NATS                                  connection_failed 503
     ├── NotStored               a stream, bucket, key or message is not stored     not_stored 404
     └── BadReply                the agent's reply is not JSON                      bad_reply 502
@@ -136,6 +137,19 @@ class Unavailable(MeshError):
 
 class MeshTimeout(MeshError):
     code = "timeout"
+    status = 504
+
+
+class OutcomeUnknown(MeshError):
+    """The request may or may not have taken effect, and the mesh could not find out which.
+
+    Raised when a state write was sent but its acknowledgement never came and reading the key back
+    could not settle it, and by `MeshClient` when an attempt was answered so and no later attempt
+    settled it. Never treat it as "nothing ran": retry with the same request id (`Mesh-Request-Id`,
+    which `MeshClient` reuses on its own retries) to get the original reply, or the one run.
+    """
+
+    code = "outcome_unknown"
     status = 504
 
 

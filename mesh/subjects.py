@@ -67,6 +67,11 @@ HEADER_NATS_SCHEDULER: Final = "Nats-Scheduler"
 HEADER_MAIL: Final = "Mesh-Mail"
 HEADER_MAIL_ENVELOPE: Final = "Mesh-Mail-Envelope"
 HEADER_MAIL_OBJECT: Final = "Mesh-Mail-Object"
+HEADER_REQUEST_ID: Final = "Mesh-Request-Id"  # a retried request takes effect at most once (mesh.request_ids)
+HEADER_WRITE: Final = "Mesh-Write"  # the id of a state write, to settle a write whose ack was lost
+HEADER_REQUESTS: Final = "Mesh-Requests"  # replies by request id, saved with the state (mesh.request_ids)
+HEADER_REQUESTS_UNTIL: Final = "Mesh-Requests-Until"  # unix ms until which spilled request records count
+REQUEST_RECORDS: Final = "_r"  # state bucket keys `_r.<type>.<token>.<spill>`: replies by request id
 
 HEADERS: Final = (
     HEADER_ERROR_CODE,
@@ -88,6 +93,10 @@ HEADERS: Final = (
     HEADER_MAIL,
     HEADER_MAIL_ENVELOPE,
     HEADER_MAIL_OBJECT,
+    HEADER_REQUEST_ID,
+    HEADER_WRITE,
+    HEADER_REQUESTS,
+    HEADER_REQUESTS_UNTIL,
 )
 
 SUBJECT_PATTERNS: Final = (
@@ -96,6 +105,7 @@ SUBJECT_PATTERNS: Final = (
     "events.<type>.<name>.<kind>",
     "$SRV.PING|INFO|STATS[.<type>[.<id>]]",
     "$KV.mesh_state.<type>.<name>",
+    "$KV.mesh_state._r.<type>.<name>.<spill>",
     "$KV.mesh_dir.<type>.<name>",
     "$KV.mesh_workers.<worker>",
     "$KV.mesh_http_idem.<hash>",

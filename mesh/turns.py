@@ -31,6 +31,7 @@ from mesh.errors import AgentError, BadJson, MeshError, SchemaMismatch, StateInv
 from mesh.mail import InboundEmail
 from mesh.methods import invoke_method
 from mesh.observe import Observer, TurnRecord
+from mesh.request_ids import check_request_id
 from mesh.tracing import child_traceparent
 
 
@@ -42,6 +43,8 @@ class Envelope:
     reply: str | None
     headers: dict[str, str]
     deadline: float | None
+    request_id: str | None = None  # its `Mesh-Request-Id`, once an instance's mailbox took it
+    attached: list[Envelope] | None = None  # retries of the same request id: they get this one's outcome
 
 
 @dataclass(slots=True)
@@ -136,6 +139,8 @@ async def run_turn(turns: Turns, agent: Agent[Any], key: str, envelope: Envelope
     token = current_turn.set(turn)
     started = time.time()
     try:
+        if state is None and subjects.HEADER_REQUEST_ID in envelope.headers:  # checked, not kept: no records
+            check_request_id(envelope.headers[subjects.HEADER_REQUEST_ID])
         body = wire.dumps(await run_handler(agent, envelope))
         if state is not None:
             after = dump_state(agent.state)

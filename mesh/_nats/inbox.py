@@ -6,6 +6,18 @@ token read from the OS and a done-callback. Every call between agents, every for
 state write is such a request, so the mesh keeps its own table of waiting futures: same protocol,
 same subjects, less Python. Long timeouts (the usual 5-30 s) share one sweep every `SWEEP` seconds
 instead of a timer each, so they fire up to `SWEEP` late; short ones keep a timer of their own.
+
+A timeout never fires on a reply that has already arrived. After the event loop was blocked or the
+process paused, asyncio runs the due timers in the same iteration as it learns that the socket is
+readable, before nats-py's read loop has parsed what came in: a reply may be sitting in the socket
+while its request is declared timed out (a state write that was stored would then be reported as
+not). So a sweep (or a timer) that runs late by more than `STALL` expires nothing that round, and
+the read loop drains the socket first; it postpones only one round in a row, so a loop that is
+merely busy still sees its timeouts fire.
+
+`exchange` sends one logical request several times (the retries of `MeshClient`): every attempt
+gets its own reply token and all of them stay registered until the exchange ends, so the first
+reply to any attempt wins.
 """
 
 from __future__ import annotations
@@ -13,16 +25,36 @@ from __future__ import annotations
 import asyncio
 import itertools
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from mesh._nats import selfcheck
 from mesh._nats.connection import Connection, Message, Subscription
 from mesh._nats.errors import map_errors
 from mesh._nats.outbox import publish, publish_now
-from mesh.errors import MeshTimeout, NoResponders
+from mesh.errors import MeshError, MeshTimeout, NoResponders
 
 NO_RESPONDERS = "503"
 SWEEP = 0.1  # seconds between checks for expired requests
 OWN_TIMER_BELOW = 1.0  # timeouts shorter than this get a precise timer of their own
+STALL = SWEEP  # a sweep or timer this late means the loop was stalled: let the read loop run first
+_NEVER = float("inf")
+
+
+@dataclass(slots=True)
+class Exchanged:
+    """How an `exchange` ended: the final reply, or what the attempts got when time ran out."""
+
+    reply: Message | None  # the final reply, else the last reply the judge wanted retried (None: no attempt answered)
+    final: bool  # `reply` is final: the judge did not ask for another attempt
+    attempts: int  # how many times the request was sent
+    unanswered: int  # attempts without any reply when the exchange ended
+
+
+def no_responders(msg: Message) -> bool:
+    """True for the server's "no responders" status reply (nobody was subscribed to the subject)."""
+    return not msg.data and bool(msg.headers) and msg.headers.get("Status") == NO_RESPONDERS  # type: ignore[union-attr]
 
 
 class ReplyInbox:
@@ -31,11 +63,13 @@ class ReplyInbox:
     def __init__(self, nc: Connection) -> None:
         self.nc = nc
         self._prefix = ""
-        self._waiting: dict[str, tuple[asyncio.Future[Message], float]] = {}
+        self._waiting: dict[str, tuple[asyncio.Future[Any] | _Exchange, float]] = {}
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
         self._sub: Subscription | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_due = 0.0  # when the scheduled sweep should run
+        self._postponed = False  # the last sweep expired nothing because it ran late
 
     async def request(self, subject: str, data: bytes, *, timeout: float, headers: dict[str, str] | None = None) -> Message:  # noqa: ASYNC109 - a deadline per request, swept, not a timer each
         """The reply to `data` sent on `subject`; raises `MeshTimeout`, `NoResponders` or what
@@ -47,12 +81,12 @@ class ReplyInbox:
         future: asyncio.Future[Message] = loop.create_future()
         timer = None
         if timeout < OWN_TIMER_BELOW:
-            timer = loop.call_later(timeout, _expire, future)
-            self._waiting[token] = (future, float("inf"))
+            timer = loop.call_later(timeout, _expire_on_time, future, loop.time() + timeout)
+            self._waiting[token] = (future, _NEVER)
         else:
             self._waiting[token] = (future, loop.time() + timeout)
             if self._sweeper is None:
-                self._sweeper = loop.call_later(SWEEP, self._sweep)
+                self._start_sweeping(loop)
         try:
             if not publish_now(self.nc, subject, data, headers, self._prefix + token):
                 await publish(self.nc, subject, data, headers, self._prefix + token)
@@ -67,13 +101,103 @@ class ReplyInbox:
             raise NoResponders(f"no worker serves {subject}")
         return msg
 
+    async def exchange(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the exchange's own deadline, swept like a request's
+        headers: dict[str, str] | None = None,
+        judge: Callable[[Message], float | None],
+        resend: tuple[float, float] = (0.5, 2.0),
+        may_hedge: Callable[[], bool] | None = None,
+    ) -> Exchanged:
+        """Send `data` on `subject` until a reply is final or `timeout` has passed.
+
+        The same bytes are sent again (with a new reply token) when no reply came within an attempt
+        time (`resend[0]`, doubling up to `resend[1]`), or when `judge(reply)` returns a delay, in
+        seconds, after which to try again (None: the reply is final). Earlier attempts stay
+        registered, so the first final reply to any of them wins; each reply is judged as it
+        arrives, so none is lost. A resend while an earlier attempt is still unanswered (a hedge)
+        happens only when `may_hedge()` allows it, else it is put off (a budget: under overload,
+        when every reply is slow, hedging would multiply the load). Raises what publishing raises,
+        for the first attempt only (nothing was sent then); a later attempt that cannot be sent is
+        tried again at the next resend.
+        """
+        if self._sub is None:
+            await self._subscribe()
+        loop = asyncio.get_running_loop()
+        waiting = self._waiting
+        now = loop.time()
+        deadline = now + timeout
+        ex = _Exchange(judge, loop, now)
+        wait = resend[0]
+        tokens: list[str] = []
+        wake_key = f"~{next(self._ids):x}"  # never a reply subject: the entry that wakes the exchange
+        try:
+            while ex.final is None:
+                if ex.send_at <= now and may_hedge is not None and any(t in waiting for t in tokens) and not may_hedge():
+                    ex.send_at = now + SWEEP  # over the hedging budget: ask again a little later
+                if ex.send_at <= now:
+                    token = f"{next(self._ids):x}"
+                    waiting[token] = (ex, _NEVER)
+                    tokens.append(token)
+                    try:
+                        if not publish_now(self.nc, subject, data, headers, self._prefix + token):
+                            await publish(self.nc, subject, data, headers, self._prefix + token)
+                    except MeshError:
+                        if len(tokens) == 1:
+                            raise
+                        waiting.pop(token, None)  # not sent: no reply can come to it
+                    ex.send_at, wait = now + wait, min(wait * 2, resend[1])
+                    if ex.final is not None:
+                        break
+                wake = min(ex.send_at, deadline)
+                ex.wakeup = loop.create_future()
+                timer = None
+                if wake == deadline and deadline - now < OWN_TIMER_BELOW:
+                    timer = loop.call_later(deadline - now, _expire_on_time, ex.wakeup, deadline)
+                    waiting.pop(wake_key, None)
+                else:
+                    waiting[wake_key] = (ex.wakeup, wake)
+                    if self._sweeper is None:
+                        self._start_sweeping(loop)
+                try:
+                    await ex.wakeup
+                except TimeoutError:
+                    pass
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+                now = loop.time()
+                if ex.final is None and now >= deadline:
+                    break
+            return Exchanged(ex.final or ex.last, ex.final is not None, len(tokens), sum(t in waiting for t in tokens))
+        finally:
+            for token in tokens:
+                waiting.pop(token, None)
+            waiting.pop(wake_key, None)
+
+    def _start_sweeping(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweep_due = loop.time() + SWEEP
+        self._sweeper = loop.call_later(SWEEP, self._sweep)
+
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for future, deadline in list(self._waiting.values()):
-            if deadline <= now:
-                _expire(future)
-        self._sweeper = loop.call_later(SWEEP, self._sweep) if self._waiting else None
+        if now - self._sweep_due > STALL and not self._postponed:
+            # Stalled: replies that came meanwhile may still be unread in the socket. Expire
+            # nothing now; the read loop runs before the next sweep.
+            self._postponed = True
+        else:
+            self._postponed = False
+            for future, deadline in list(self._waiting.values()):
+                if deadline <= now:
+                    _expire(future)
+        if self._waiting:
+            self._start_sweeping(loop)
+        else:
+            self._sweeper = None
 
     async def _subscribe(self) -> None:
         async with self._lock:
@@ -128,9 +252,52 @@ class _Handoff(asyncio.Queue[Message]):
         return None
 
 
-def _expire(future: asyncio.Future[Message]) -> None:
+class _Exchange:
+    """The attempts of one `exchange`, as the inbox sees them: a reply to any attempt is judged at
+    once (`set_result`, called by the read loop), and wakes the exchange to send again or return."""
+
+    __slots__ = ("judge", "loop", "send_at", "final", "last", "wakeup")
+
+    def __init__(self, judge: Callable[[Message], float | None], loop: asyncio.AbstractEventLoop, send_at: float) -> None:
+        self.judge = judge
+        self.loop = loop
+        self.send_at = send_at  # when to send the next attempt
+        self.final: Message | None = None
+        self.last: Message | None = None  # the last reply the judge wanted retried
+        self.wakeup: asyncio.Future[None] | None = None
+
+    def done(self) -> bool:
+        return self.final is not None
+
+    def set_result(self, msg: Message) -> None:
+        delay = self.judge(msg)
+        if delay is None:
+            self.final = msg
+        else:
+            self.last = msg
+            self.send_at = min(self.send_at, self.loop.time() + delay)
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        return None  # only its wake-up entry expires
+
+
+def _expire(future: asyncio.Future[Any] | _Exchange) -> None:
     if not future.done():
         future.set_exception(TimeoutError())
+
+
+def _expire_on_time(future: asyncio.Future[Any], due: float) -> None:
+    """A request's own timer: expire it, unless the timer ran so late that the loop was stalled
+    and the reply may be unread in the socket (then once more after `SWEEP`, see the module doc)."""
+    if future.done():
+        return
+    loop = asyncio.get_running_loop()
+    if loop.time() - due > STALL:
+        loop.call_later(SWEEP, _expire, future)
+    else:
+        _expire(future)
 
 
 _inboxes: weakref.WeakKeyDictionary[Connection, ReplyInbox] = weakref.WeakKeyDictionary()

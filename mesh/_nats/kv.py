@@ -2,10 +2,22 @@
 
 A JetStream API call that does not answer in time (a leader election, a restarting server) is
 `Unavailable`, not `MeshTimeout`: the caller should retry, nobody's deadline passed.
+
+State writes (`Bucket.save`) tell the truth about their outcome. A write whose acknowledgement
+does not come may have been stored, so it is never reported as "not written": it is settled by
+sending the same write again, with the same expected revision and the same write id
+(`Mesh-Write`). TCP keeps the order of one connection, so an original still in flight lands
+first. The resend's success means this write is stored now; its conflict means something was
+stored at that revision, and reading the key back says what: our write id (stored), or another
+write made on the same base revision (definitely not stored). Anything else, or no answer within
+`SETTLE_WITHIN`, is `OutcomeUnknown`. A resend is the same compare-and-set, so it can land only if
+nothing was written since: it never overwrites anyone's state.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from dataclasses import dataclass
 
 import nats.errors
@@ -18,10 +30,38 @@ from nats.js.object_store import ObjectStore
 from mesh._nats.connection import Connection, JetStream
 from mesh._nats.errors import map_errors
 from mesh._nats.inbox import inbox_of
-from mesh.errors import MeshTimeout, NoResponders, StateConflict, Unavailable
+from mesh.errors import MeshError, MeshTimeout, NoResponders, OutcomeUnknown, StateConflict, Unavailable
+from mesh.subjects import HEADER_WRITE
 
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _GONE = ("DEL", "PURGE")
+SETTLE_WITHIN = 3.0  # seconds a write whose ack never came is resent and read back before it is unknown
+SETTLE_ATTEMPT = 1.0  # seconds one resend waits for its ack
+_CONFLICT = (10071, 10164)
+_writes = itertools.count(1)
+
+
+class _NoAck(Exception):
+    """A write was sent and nothing came back in time: it may or may not be stored."""
+
+
+def write_id(writer: str, base: int) -> str:
+    """A state write's id (`Mesh-Write`): `<writer>.<base revision>.<n>`, unique per write.
+
+    Two writes made on the same base revision can never both be stored (compare-and-set), so a
+    stored write with our base but not our id proves that ours was not stored."""
+    return f"{writer}.{base}.{next(_writes)}"
+
+
+def write_base(write: str | None) -> int | None:
+    """The base revision a write id names (None if it is not one)."""
+    if not write:
+        return None
+    parts = write.rsplit(".", 2)
+    try:
+        return int(parts[-2]) if len(parts) == 3 else None
+    except ValueError:
+        return None
 
 
 async def bind_bucket(nc: Connection, name: str, *, timeout: float = 5.0) -> Bucket | None:  # noqa: ASYNC109 - the bucket's per-operation timeout
@@ -113,6 +153,116 @@ class Bucket:
             if tombstone is None:
                 raise
             return await self._publish_expecting(subject, value, tombstone, headers)
+
+    async def save(
+        self,
+        key: str,
+        value: bytes,
+        last: int,
+        headers: dict[str, str] | None = None,
+        *,
+        write: str,
+    ) -> int:
+        """Compare-and-set `key` from revision `last` (0: it must not exist), telling the truth
+        about the outcome; returns the new revision.
+
+        Raises `StateConflict` when the key had moved on (definitely not written), `Unavailable` when
+        JetStream refused the write or it could not be sent (definitely not written), and
+        `OutcomeUnknown` when the write was sent and could not be settled (see the module doc).
+        `write` is this write's id (`write_id`), stored with the value (`Mesh-Write`).
+        """
+        subject = f"$KV.{self.name}.{key}"
+        sent = dict(headers) if headers else {}
+        sent[HEADER_WRITE] = write
+        sent[EXPECTED_LAST] = str(last)
+        try:
+            return await self._send(subject, value, sent, self._timeout)
+        except StateConflict:
+            if last != 0:
+                raise
+            # "Must not exist" also accepts a delete tombstone, as KeyValue.create does.
+            tombstone = await self._tombstone_revision(subject)
+            if tombstone is None:
+                raise
+            return await self.save(key, value, tombstone, headers, write=write)
+        except _NoAck:
+            return await self._settle(key, subject, value, sent, write, last)
+
+    async def _send(
+        self,
+        subject: str,
+        value: bytes,
+        headers: dict[str, str],
+        timeout: float,  # noqa: ASYNC109 - the ack's own wait
+    ) -> int:
+        """Send one write and read its ack; `_NoAck` if none came in time."""
+        try:
+            msg = await inbox_of(self._nc).request(subject, value, timeout=timeout, headers=headers)
+        except MeshTimeout as exc:
+            raise _NoAck(exc.message) from exc
+        except NoResponders as exc:  # nobody stores this subject: the bucket's stream is gone
+            raise Unavailable(f"KV {self.name} has no stream to store the write: {exc.message}") from exc
+        ack = orjson.loads(msg.data)
+        error = ack.get("error")
+        if error is None:
+            return int(ack["seq"])
+        code = error.get("err_code")
+        if code in _CONFLICT:
+            raise StateConflict(f"{self.name}: {subject} changed since revision {headers[EXPECTED_LAST]}")
+        raise Unavailable(f"KV {self.name} refused the write: {error.get('description')}")
+
+    async def _settle(
+        self,
+        key: str,
+        subject: str,
+        value: bytes,
+        headers: dict[str, str],
+        write: str,
+        last: int,
+    ) -> int:
+        """Find out whether a write whose ack never came was stored (see the module doc)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + SETTLE_WITHIN
+        conflicted = False
+        while (left := until - loop.time()) > 0:
+            try:
+                if not conflicted:
+                    return await self._send(subject, value, headers, min(SETTLE_ATTEMPT, left))
+                async with asyncio.timeout(left):
+                    found = await self.get_with_headers(key)
+            except StateConflict:
+                conflicted = True  # something is stored at that revision: read it back
+                continue
+            except (_NoAck, TimeoutError):
+                continue
+            except MeshError:  # no answer now (reconnecting, leader election): nothing learned
+                await asyncio.sleep(min(0.1, max(0.0, until - loop.time())))
+                continue
+            stored = None if found is None else found[2].get(HEADER_WRITE)
+            if found is not None and stored == write:
+                return found[1]  # ours: the first send was stored
+            if write_base(stored) == write_base(write):
+                raise StateConflict(f"{self.name}: another write at revision {last} of {key} came first")
+            break  # another writer's value on top, or none: ours may have been stored before it
+        raise OutcomeUnknown(
+            f"KV {self.name}: the write of {key} at revision {last} was sent, but whether it was stored "
+            f"could not be found out within {SETTLE_WITHIN:g}s"
+        )
+
+    async def values(self, prefix: str) -> list[bytes]:
+        """The values of every key under `prefix` (which ends with `.`), in stream order."""
+        found: list[bytes] = []
+        with map_errors(f"KV {self.name}", timeout=Unavailable):
+            watcher = await self._kv.watch(f"{prefix}>", ignore_deletes=True)
+            try:
+                async for entry in watcher:
+                    if entry is None:
+                        break
+                    if entry.value:
+                        found.append(entry.value)
+            finally:
+                await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
 
     async def create(self, key: str, value: bytes) -> int:
         """Write `key` only if it does not exist (or was deleted); `StateConflict` if it does."""

@@ -29,7 +29,7 @@ async def cmd_call(args: argparse.Namespace, settings: MeshSettings) -> int:
         print(f"mesh: error [bad_json]: the payload argument is not JSON: {exc}", file=sys.stderr)
         return 2
     async with await _client(args, settings) as client:
-        reply = await client.call(agent_type, name, payload, timeout=args.timeout, method=args.method)
+        reply = await client.call(agent_type, name, payload, timeout=args.timeout, method=args.method, request_id=args.request_id)
     print(orjson.dumps(reply).decode())
     return 0
 

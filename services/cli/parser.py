@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("payload", nargs="?", default="null", help="JSON request body")
     call.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
     call.add_argument("--method", help="run this @mesh.method of the agent instead of on_request")
+    call.add_argument(
+        "--id",
+        dest="request_id",
+        help="request id (Mesh-Request-Id): a repeat within 2 minutes gets the first reply and runs nothing",
+    )
 
     new = with_nats(commands.add_parser("new", help="print a fresh, unique instance name of TYPE"))
     new.add_argument("type", help="agent type (it must be served)")

@@ -71,11 +71,21 @@ class Bridge:
 
     # -- agents ------------------------------------------------------------------------------
 
-    async def call(self, agent_type: str, name: str, body: bytes, timeout: float, *, method: str | None = None) -> bytes:  # noqa: ASYNC109 - the deadline travels with the request
-        """Send one request (to `method`, a `@mesh.method`, if given); returns the reply's JSON bytes
-        or raises the agent's `MeshError`."""
+    async def call(
+        self,
+        agent_type: str,
+        name: str,
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109 - the deadline travels with the request
+        *,
+        method: str | None = None,
+        request_id: str | None = None,
+    ) -> bytes:
+        """Send one request (to `method`, a `@mesh.method`, if given; with `request_id`, else a fresh
+        one); returns the reply's JSON bytes or raises the agent's `MeshError`."""
         headers = None if method is None else {subjects.HEADER_METHOD: check_method(method)}
-        reply = await self.client.call_raw(subjects.agent_subject(agent_type, name), body, timeout=timeout, headers=headers)
+        subject = subjects.agent_subject(agent_type, name)
+        reply = await self.client.call_raw(subject, body, timeout=timeout, headers=headers, request_id=request_id)
         check_json(reply, f"{agent_type}/{name}")
         return reply
 

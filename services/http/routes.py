@@ -29,12 +29,13 @@ from mesh.errors import (
     ConnectionFailed,
     MeshError,
     MeshTimeout,
+    OutcomeUnknown,
     PayloadTooLarge,
     RequestError,
 )
 from services.http.bridge import Bridge
 from services.http.errors import NotFound
-from services.http.idempotency import IdempotencyStore, fingerprint
+from services.http.idempotency import IdempotencyStore, fingerprint, request_id
 from services.http.problems import problem
 from services.http.runs import RunStore, new_run_id
 
@@ -112,43 +113,56 @@ async def post_agent(request: Request) -> Response:
         return await _run_or_start(request, bridge, agent_type, name, body, prefer)
     store = IdempotencyStore(bridge.idempotency)
     storage_key = store.storage_key(principal_of(request), "POST", request.url.path, key)
-    claimed = await store.claim(storage_key, fingerprint(body + (b"\0async" if prefer.respond_async else b"")))
+    wait = 5.0 if prefer.respond_async else _wait(bridge, prefer)
+    claimed = await store.claim(storage_key, fingerprint(body + (b"\0async" if prefer.respond_async else b"")), wait)
     if isinstance(claimed, Response):
         return claimed
+    error: MeshError | None = None
     try:
-        response = await _run_or_start(request, bridge, agent_type, name, body, prefer)
+        # The mesh runs one request id at most once: a retry of this key that resends it is safe.
+        response = await _run_or_start(request, bridge, agent_type, name, body, prefer, request_id(storage_key))
     except MeshError as err:
-        response = problem(err, request.url.path)
+        response, error = problem(err, request.url.path), err
     except asyncio.CancelledError:
-        # The request may have run: keep the key, so a retry is told so instead of running it again.
-        bridge.spawn(store.finish(claimed, problem(MeshTimeout(INTERRUPTED), request.url.path)))
+        # The request may have run: keep the key, so a retry finds out instead of running it again.
+        cut_short = OutcomeUnknown(INTERRUPTED)
+        bridge.spawn(store.finish(claimed, problem(cut_short, request.url.path), cut_short))
         raise
-    await store.finish(claimed, response)
+    await store.finish(claimed, response, error)
     return response
 
 
+def _wait(bridge: Bridge, prefer: Preferences) -> float:
+    return min(prefer.wait, bridge.config.timeout) if prefer.wait else bridge.config.timeout
+
+
 async def _run_or_start(
-    request: Request, bridge: Bridge, agent_type: str, name: str, body: bytes, prefer: Preferences
+    request: Request,
+    bridge: Bridge,
+    agent_type: str,
+    name: str,
+    body: bytes,
+    prefer: Preferences,
+    request_id: str | None = None,
 ) -> Response:
     if prefer.respond_async:
         runs = RunStore(bridge.runs)
         record = await runs.create(new_run_id(), agent_type, name)
-        bridge.spawn(_finish_run(bridge, runs, record, body))
+        bridge.spawn(_finish_run(bridge, runs, record, body, request_id))
         location = f"/runs/{record['id']}"
         return JSONResponse(
             record,
             status_code=202,
             headers={"Location": location, "Preference-Applied": "respond-async", "Retry-After": "1"},
         )
-    timeout = min(prefer.wait, bridge.config.timeout) if prefer.wait else bridge.config.timeout
-    reply = await bridge.call(agent_type, name, body, timeout)
+    reply = await bridge.call(agent_type, name, body, _wait(bridge, prefer), request_id=request_id)
     return Response(reply, media_type=JSON)
 
 
-async def _finish_run(bridge: Bridge, runs: RunStore, record: dict[str, Any], body: bytes) -> None:
+async def _finish_run(bridge: Bridge, runs: RunStore, record: dict[str, Any], body: bytes, request_id: str | None) -> None:
     agent = record["agent"]
     try:
-        reply = await bridge.call(agent["type"], agent["name"], body, bridge.config.async_timeout)
+        reply = await bridge.call(agent["type"], agent["name"], body, bridge.config.async_timeout, request_id=request_id)
     except MeshError as err:
         await runs.finish(record, None, err)
         return
