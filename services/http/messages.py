@@ -2,13 +2,12 @@
 the point of its live feed where this page leaves off.
 
 The conversation is the instance's memory (`mesh_memory.<type>.<token>`, one SDK item per
-message). Memory holds only finished parts: the SDK stores a model turn's items when the turn
-ends, and the agent publishes the matching event (`message_output`, `tool_called`, `handoff`, ...)
-after that write. So the text being streamed right now exists only as `text_delta` events after
-the last such event: `last_event_id` points just before them, and a reader that renders the items
-then follows `/events` from there sees each part of the conversation once. Memory is read before
-the events are looked up: a part finished in between is missing from this page (and arrives with
-the next boundary event's reload), never shown twice.
+message). Memory holds only finished parts: the SDK stores a model turn's items when the turn has
+ended (after its tools ran), and starts the next turn's text only after that write. So the text
+being written right now exists only as the `text_delta` events after the run's last other event.
+`last_event_id` points just before those deltas when memory does not hold their message yet, else
+after the instance's last event: a reader that renders the items and then follows `/events` from
+there sees each part of the conversation once.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mesh import subjects
-from mesh.bus import Stored, last_stored, read_subject
+from mesh.bus import Stored, follow_stream, last_stored, next_message, read_subject, unsubscribe
 from mesh.errors import NoResponders, NotStored, RequestError
 from services.http.bridge import Bridge
 from services.http.live import Cursor
@@ -30,7 +29,7 @@ from services.http.routes import address, bridge_of
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-BOUNDARY_KINDS = (
+SEGMENT_KINDS = (
     "agent_switched",
     "handoff",
     "tool_called",
@@ -43,8 +42,10 @@ BOUNDARY_KINDS = (
     "turn",
     "error",
 )
-"""Events after which no earlier text delta is still being written: the memory write of the parts
-they describe came first, or the turn is over."""
+"""The other events of a run (and of a turn): the text deltas after the last of them are the
+message being written now (or just written, and maybe already stored)."""
+MAX_SEGMENT = 20_000
+"""Deltas read to compare a message being written with memory; past that the page replays them."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ async def get_messages(request: Request) -> Response:
     except (NoResponders, NotStored):  # no LLM instance ever ran: there is no memory stream yet
         stored = []
     page = page_of(stored, limit=limit, before=before, after=after)
-    cursor = await live_cursor(bridge, agent_type, name)
+    cursor = await live_cursor(bridge, agent_type, name, stored)
     items = b",".join(b'{"seq":%d,"item":%s}' % (seq, data) for seq, data in page.items)
     body = b'{"type":%s,"name":%s,"items":[%s],"more":%s,"last_event_id":%s}' % (
         orjson.dumps(agent_type),
@@ -96,10 +97,10 @@ async def get_messages(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
-async def live_cursor(bridge: Bridge, agent_type: str, name: str) -> Cursor | None:
-    """Where a reader of the memory read just before should follow the instance's events from:
-    before the text deltas no memory item holds yet, else after the instance's last event.
-    None when no stream keeps events (a live view then starts from new events)."""
+async def live_cursor(bridge: Bridge, agent_type: str, name: str, memory: list[tuple[int, bytes]]) -> Cursor | None:
+    """Where a reader of `memory` (read just before) should follow the instance's events from:
+    before the text deltas of a message `memory` does not hold yet, else after the instance's last
+    event. None when no stream keeps events (a live view then starts from new events)."""
     stream = bridge.events_stream
     if stream is None:
         return None
@@ -108,16 +109,58 @@ async def live_cursor(bridge: Bridge, agent_type: str, name: str) -> Cursor | No
     last = await last_stored(js, stream, f"{prefix}.>")
     if last is None:
         return Cursor(0, 0)
-    if last.subject.rsplit(".", 1)[-1] in BOUNDARY_KINDS:
+    if last.subject.rsplit(".", 1)[-1] in SEGMENT_KINDS:
         return Cursor(0, last.seq)
-    delta, *boundaries = await asyncio.gather(
+    delta, *others = await asyncio.gather(
         last_stored(js, stream, f"{prefix}.text_delta"),
-        *(last_stored(js, stream, f"{prefix}.{kind}") for kind in BOUNDARY_KINDS),
+        *(last_stored(js, stream, f"{prefix}.{kind}") for kind in SEGMENT_KINDS),
     )
-    boundary = max((found.seq for found in boundaries if found is not None), default=0)
-    if delta is None or delta.seq < boundary or _stale(delta, bridge.config.async_timeout):
+    start = max((found.seq for found in others if found is not None), default=0)
+    if delta is None or delta.seq < start or _stale(delta, bridge.config.async_timeout):
         return Cursor(0, last.seq)
-    return Cursor(0, boundary)
+    text = await _text_between(bridge, stream, f"{prefix}.text_delta", start, delta.seq)
+    if text is not None and text in _answers_since_last_question(memory):
+        return Cursor(0, last.seq)  # written and already stored: the page holds it
+    return Cursor(0, start)
+
+
+async def _text_between(bridge: Bridge, stream: str, subject: str, after: int, last: int) -> str | None:
+    """The deltas on `subject` after sequence `after` up to `last`, joined; None if too many."""
+    parts: list[str] = []
+    sub = await follow_stream(bridge.nc.jetstream(), subject, stream, after=after)
+    try:
+        async with asyncio.timeout(5):
+            while len(parts) < MAX_SEGMENT:
+                msg = await next_message(sub, timeout=5)
+                if msg is None:
+                    return None
+                try:
+                    parts.append(str(orjson.loads(msg.data).get("delta", "")))
+                except (orjson.JSONDecodeError, AttributeError):
+                    pass
+                if msg.metadata.sequence.stream >= last:
+                    return "".join(parts)
+    except TimeoutError:
+        return None
+    finally:
+        await unsubscribe(sub)
+    return None
+
+
+def _answers_since_last_question(memory: list[tuple[int, bytes]]) -> set[str]:
+    """The texts of the assistant messages after the last user message in `memory`."""
+    answers: set[str] = set()
+    for _, data in reversed(memory):
+        item = orjson.loads(data)
+        if not isinstance(item, dict) or item.get("role") == "user":
+            break
+        if item.get("type") == "message" and item.get("role") == "assistant":
+            content = item.get("content")
+            if isinstance(content, list):
+                answers.add("".join(str(part.get("text", "")) for part in content if isinstance(part, dict)))
+            elif isinstance(content, str):
+                answers.add(content)
+    return answers
 
 
 def _stale(found: Stored, seconds: float) -> bool:
