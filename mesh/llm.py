@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import importlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import orjson
+import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesh import subjects, wire
@@ -42,14 +44,17 @@ from mesh.approvals import (
 )
 from mesh.context import current_turn
 from mesh.errors import AgentError, ApprovalDecided, ApprovalNotFound, ApprovalPending, MeshError, RequestError
+from mesh.mcp_servers import McpServers
 from mesh.memory import DEFAULT_MAX_ITEMS, MemorySession, open_memory_stream
 from mesh.metrics import APPROVALS_PENDING
+from mesh.tasks import TaskSet
 from mesh.tools import current_client
 from mesh.tracing import trace_id
 
 if TYPE_CHECKING:  # the SDK takes seconds to import; workers without LLM agents never pay for it
     import agents
     from agents import RunState
+    from agents.mcp import MCPServer
 
 OFFLINE_LABEL = "offline-demo"
 
@@ -139,10 +144,21 @@ class LLMAgent(Agent[LLMState]):
     max_turns: ClassVar[int] = 10
     stream: ClassVar[bool] = True
     """Run with the SDK's streaming so progress (text deltas included) is published as events."""
+    mcp_connect_timeout: ClassVar[float] = 10.0
+    """Seconds an MCP server may take to connect (a run waits at most until the turn's deadline)."""
 
     def build_agent(self) -> agents.Agent[Any]:
         """The SDK entry agent of this type; every run (and every resumed run) starts here."""
         raise NotImplementedError(f"{type(self).__name__} must define build_agent")
+
+    def build_mcp_servers(self) -> Sequence[MCPServer]:
+        """The MCP servers this instance's SDK agents use (openai-agents' `MCPServerStreamableHttp`,
+        `MCPServerStdio`, ...): pass `self.mcp_servers` to `agents.Agent(mcp_servers=...)` in
+        `build_agent`. They are connected when the instance activates and closed when it is evicted
+        or the worker stops; a server that is down or hangs fails the run with an error naming it,
+        within the turn's deadline. A tool that needs approval (`require_approval=...`) pauses the
+        run like any other, through the mesh's durable approvals."""
+        return ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -152,12 +168,28 @@ class LLMAgent(Agent[LLMState]):
         self._timer: asyncio.Task[None] | None = None
         self._usage_seen: dict[str, Usage] = {}
         self._pending_counted = 0
+        self._mcp: McpServers | None = None
+        self._own_tasks: TaskSet | None = None  # outside a worker: holds the MCP connections
 
     @property
     def sdk_agent(self) -> agents.Agent[Any]:
         if self._sdk_agent is None:
             self._sdk_agent = self.build_agent()
         return self._sdk_agent
+
+    @property
+    def mcp_servers(self) -> list[MCPServer]:
+        """This instance's MCP servers (built once from `build_mcp_servers`), for `build_agent`."""
+        return self._mcp_links().servers
+
+    def _mcp_links(self) -> McpServers:
+        if self._mcp is None:
+            tasks = self._background
+            if tasks is None:
+                tasks = self._own_tasks = TaskSet(self.log)
+            log = structlog.get_logger("mesh.mcp").bind(agent_type=self.type, agent_name=self.name)
+            self._mcp = McpServers(self.build_mcp_servers(), tasks, connect_timeout=self.mcp_connect_timeout, log=log)
+        return self._mcp
 
     def session(self) -> MemorySession:
         """This instance's conversation memory."""
@@ -172,6 +204,7 @@ class LLMAgent(Agent[LLMState]):
         js = self.mesh.nc.jetstream()
         await open_memory_stream(js)
         self._runs = await RunStore.open(js)
+        self._mcp_links().start()  # connecting meanwhile; a run waits for them
         model = model_label(self.sdk_agent.model)
         self.log.info("llm.activated", model=model, offline=model == OFFLINE_LABEL, pending=len(self.state.pending))
         self._arm_timer()
@@ -185,6 +218,10 @@ class LLMAgent(Agent[LLMState]):
         # still has its approvals expire, since the timer's message activates it again. It is a
         # task of the worker (`_background`), so it ends when the worker stops.
         self._count_pending(owned=False)
+        if self._mcp is not None:
+            await self._mcp.close()
+        if self._own_tasks is not None:
+            await self._own_tasks.cancel_all()
 
     def _count_pending(self, *, owned: bool = True) -> None:
         """Keep `mesh_approvals_pending` equal to the open approvals of the instances this worker owns."""
@@ -247,6 +284,8 @@ class LLMAgent(Agent[LLMState]):
         )
         session = self.session()
         resumed = isinstance(run_input, RunState)
+        if not resumed:  # a resumed run's servers were made ready before its state was loaded
+            await self._mcp_ready(run_id)
         try:
             if self.stream:
                 streamed = Runner.run_streamed(
@@ -264,6 +303,8 @@ class LLMAgent(Agent[LLMState]):
         except MeshError:
             raise
         except Exception as exc:
+            if self._mcp is not None:
+                self._mcp.reset()  # the failure may have broken a connection: open new ones next run
             await self.emit("run_failed", {"run_id": run_id, "error": f"{type(exc).__name__}: {exc}"})
             raise AgentError(f"LLM run {run_id} failed: {type(exc).__name__}: {exc}") from exc
         usage = self._account(run_id, result)
@@ -329,6 +370,17 @@ class LLMAgent(Agent[LLMState]):
             usage=usage,
             approvals=new,
         )
+
+    async def _mcp_ready(self, run_id: str) -> None:
+        """Wait for this instance's MCP servers, at most until the turn's deadline (`AgentError`)."""
+        if not self.mcp_servers:
+            return
+        turn = current_turn.get()
+        try:
+            await self._mcp_links().ready(turn.deadline if turn is not None else None)
+        except AgentError as err:
+            await self.emit("run_failed", {"run_id": run_id, "error": err.message})
+            raise
 
     def _account(self, run_id: str, result: agents.RunResultBase) -> Usage:
         sdk = result.context_wrapper.usage
@@ -428,6 +480,7 @@ class LLMAgent(Agent[LLMState]):
             )
         self.state.pending = [p for p in self.state.pending if p.run_id != run_id]
         assert self._runs is not None
+        await self._mcp_ready(run_id)  # loading the paused run lists the agents' tools, MCP ones too
         blob = await self._runs.load(self.key, run_id)
         problem = f"the paused run {run_id} has no stored snapshot" if blob is None else None
         if blob is not None:

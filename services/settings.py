@@ -126,6 +126,11 @@ class LLMSettings(BaseSettings):
     approval_ttl: float = Field(default=3600.0, gt=0, description="Seconds before a pending approval is rejected.")
     memory_max_items: int = Field(default=1000, ge=2, description="Conversation items kept per instance.")
     openai_tracing: bool = Field(default=False, description="Also upload SDK traces to OpenAI (MESH_OPENAI_TRACING).")
+    demo_mcp_url: str | None = Field(
+        default=None,
+        description="The demo calculator MCP server the triage Math Tutor calls (MESH_DEMO_MCP_URL); unset: `mesh up` "
+        "serves one on 127.0.0.1 and other workers go without; `off`: none.",
+    )
 
     def api_key(self) -> str | None:
         return self.openai_api_key.get_secret_value() if self.openai_api_key else None

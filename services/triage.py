@@ -1,7 +1,7 @@
 """LLM demo agents: the triage demo (handoffs) and a clerk whose counter changes need approval.
 
     mesh call triage/alice '"What is the capital of France?"'    -> answered by the History Tutor
-    mesh call triage/alice '"What is 12 * 7?"'                     -> answered by the Math Tutor
+    mesh call triage/alice '"What is 12 * 7?"'                     -> the Math Tutor, with its MCP calculator
     mesh call clerk/desk '"add 5 to counter demo"'                 -> awaits approval
     mesh approvals clerk/desk ; mesh approve clerk/desk ap_...     -> the counter changes once
 
@@ -29,6 +29,7 @@ from mesh.tools import agent_tool
 if TYPE_CHECKING:  # the SDK is imported when an instance first runs, not when a worker starts
     import agents
     from agents.items import TResponseOutputItem
+    from agents.mcp import MCPServer, MCPServerStreamableHttpParams
 
     from mesh.models import OfflineView, Policy
 
@@ -45,6 +46,8 @@ class ModelSettings:
     """Also upload the SDK's traces to OpenAI."""
     approval_ttl: float = 3600.0
     memory_max_items: int = 1000
+    calculator_url: str | None = None
+    """The demo MCP calculator (`services.demo_mcp`) the Math Tutor calls; None: it computes itself."""
 
 
 _settings = ModelSettings()
@@ -129,6 +132,25 @@ CAPITALS = {
 }
 
 
+def output_of(view: OfflineView, tool: str) -> str | None:
+    """The output of the latest call of `tool` since the latest user message (a handoff's output is not one)."""
+    calls: dict[str, str] = {}
+    found: str | None = None
+    for item in view.items:
+        if item.get("role") == "user":
+            calls, found = {}, None
+        elif item.get("type") == "function_call":
+            calls[str(item.get("call_id"))] = str(item.get("name"))
+        elif item.get("type") == "function_call_output" and calls.get(str(item.get("call_id"))) == tool:
+            output = item.get("output")
+            found = (
+                output
+                if isinstance(output, str)
+                else " ".join(str(p.get("text", "")) for p in output or [] if isinstance(p, dict))
+            )
+    return found
+
+
 def is_math(text: str) -> bool:
     return bool(MATH_WORDS & words(text)) or re.search(r"\d\s*[-+*/x×^]\s*\d", text) is not None
 
@@ -186,6 +208,8 @@ def evaluate(expression: str) -> float:
 
 
 def math_policy(view: OfflineView) -> Sequence[TResponseOutputItem]:
+    """Finds the arithmetic in the question; with the MCP calculator on offer it asks the calculator
+    (and reports its answer), else it computes itself."""
     text = view.last_user_text.replace("×", "*").replace("^", "**")
     text = re.sub(r"(?<=\d)\s*x\s*(?=\d)", "*", text)
     for candidate in sorted(re.findall(r"[\d\s.+\-*/()]+", text), key=len, reverse=True):
@@ -196,6 +220,11 @@ def math_policy(view: OfflineView) -> Sequence[TResponseOutputItem]:
             value = evaluate(candidate)
         except ValueError:
             continue
+        if "calculate" in view.tools:
+            answer = output_of(view, "calculate")
+            if answer is not None:
+                return view.say(f"Math Tutor: {candidate} = {answer} (by the calculator MCP server).")
+            return view.call("calculate", {"expression": candidate})
         shown = int(value) if float(value).is_integer() else round(value, 6)
         return view.say(f"Math Tutor: {candidate} = {shown}.")
     return view.say("Math Tutor: I am the offline demo model and can only do arithmetic like 12 * 7.")
@@ -205,6 +234,17 @@ class Triage(LLMAgent):
     """The seed example: a Triage Agent that hands off to a History Tutor or a Math Tutor."""
 
     type = "triage"
+
+    def build_mcp_servers(self) -> list[MCPServer]:
+        """The Math Tutor's calculator (`services.demo_mcp`), when one is configured."""
+        if not _settings.calculator_url:
+            return []
+        from agents.mcp import MCPServerStreamableHttp
+
+        params: MCPServerStreamableHttpParams = {"url": _settings.calculator_url, "timeout": 5}
+        return [
+            MCPServerStreamableHttp(params=params, name="calculator", cache_tools_list=True, client_session_timeout_seconds=10)
+        ]
 
     def build_agent(self) -> agents.Agent[Any]:
         import agents
@@ -218,8 +258,10 @@ class Triage(LLMAgent):
         math = agents.Agent(
             name="Math Tutor",
             handoff_description="Specialist agent for math questions",
-            instructions="You provide help with math problems. Explain your reasoning at each step and include examples.",
+            instructions="You provide help with math problems. Explain your reasoning at each step and include examples. "
+            "Use the calculate tool, when you have it, for arithmetic.",
             model=model_for(math_policy),
+            mcp_servers=self.mcp_servers,
         )
         return agents.Agent(
             name="Triage Agent",

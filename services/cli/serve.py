@@ -75,7 +75,7 @@ async def cmd_up(args: argparse.Namespace, settings: MeshSettings) -> int:
     if args.smtp:
         mail = mail.model_copy(update={"listen": args.smtp})
     if settings.nats_url:
-        return await _serve(settings, settings.nats_url, http=http, mail=mail)
+        return await _serve(settings, settings.nats_url, http=http, mail=mail, demo_mcp=True)
     async with NatsServer(settings.store, port=settings.nats_port) as server:
         print(
             f"mesh is up: nats-server at {server.url} (store {settings.store}); "
@@ -87,7 +87,7 @@ async def cmd_up(args: argparse.Namespace, settings: MeshSettings) -> int:
         # The server stops with this process, and with it every route to this worker: lingering
         # for peers that might still forward here would only delay the exit.
         options = dataclasses.replace(settings.runtime_options(), handover_linger=0.0)
-        return await _serve(settings, server.url, http=http, mail=mail, options=options)
+        return await _serve(settings, server.url, http=http, mail=mail, options=options, demo_mcp=True)
 
 
 async def cmd_worker(args: argparse.Namespace, settings: MeshSettings) -> int:
@@ -102,17 +102,22 @@ async def _serve(
     http: HttpSettings | None = None,
     mail: MailSettings | None = None,
     options: RuntimeOptions | None = None,
+    demo_mcp: bool = False,
 ) -> int:
-    """A worker for `settings.app`, plus the HTTP bridge and the SMTP service if asked, until a signal.
+    """A worker for `settings.app`, plus the HTTP bridge and the SMTP service if asked, until a signal;
+    with `demo_mcp` (`mesh up`), the demo's calculator MCP server when the app has the triage demo.
 
     Stopping goes outside in: the bridge (its requests in flight still get their replies), then
-    mail, then the worker (`open_worker`).
+    mail, then the worker (`open_worker`), then the calculator its MCP clients used.
     """
     stop = stop_on_signals()
-    configure_demo_model(LLMSettings())
+    llm = LLMSettings()
     agents = load_agents(settings.app)
     listen = _listen(http) if http is not None else None
-    async with open_worker(settings, url, agents, options=options) as worker:
+    async with contextlib.AsyncExitStack() as stack:
+        calculator = await stack.enter_async_context(_open_calculator(llm, agents if demo_mcp else []))
+        configure_demo_model(llm, calculator)
+        worker = await stack.enter_async_context(open_worker(settings, url, agents, options=options))
         async with _open_mail(worker.nc, mail, tuple(a.type for a in agents)):
             async with asyncio.TaskGroup() as tasks:
                 if listen is not None:
@@ -126,8 +131,9 @@ async def _serve(
     return 0
 
 
-def configure_demo_model(llm: LLMSettings) -> None:
-    """The demo LLM agents (`services.triage`, in the default app) get their model from here."""
+def configure_demo_model(llm: LLMSettings, calculator_url: str | None = None) -> None:
+    """The demo LLM agents (`services.triage`, in the default app) get their model from here, and
+    the Math Tutor its calculator MCP server."""
     triage.configure(
         triage.ModelSettings(
             api_key=llm.api_key(),
@@ -136,8 +142,32 @@ def configure_demo_model(llm: LLMSettings) -> None:
             openai_tracing=llm.openai_tracing,
             approval_ttl=llm.approval_ttl,
             memory_max_items=llm.memory_max_items,
+            calculator_url=calculator_url,
         )
     )
+
+
+@contextlib.asynccontextmanager
+async def _open_calculator(llm: LLMSettings, agents: list[type[Agent[Any]]]) -> AsyncIterator[str | None]:
+    """The URL of the demo calculator MCP server: `MESH_DEMO_MCP_URL`, else one served here while
+    the block runs if `agents` has the triage demo (`mesh up`), else None (`off`: None)."""
+    if llm.demo_mcp_url:
+        yield None if llm.demo_mcp_url == "off" else llm.demo_mcp_url
+        return
+    if not any(issubclass(cls, triage.Triage) for cls in agents):
+        yield None
+        return
+    from services.demo_mcp import open_demo_mcp
+
+    async with contextlib.AsyncExitStack() as stack:
+        url: str | None = None
+        try:
+            url = await stack.enter_async_context(open_demo_mcp())
+        except OSError as exc:  # the demo goes on without it: the Math Tutor computes itself
+            log.error("demo_mcp.unavailable", error=str(exc))
+        else:
+            print(f"demo calculator MCP server at {url} (the triage Math Tutor's tool)", file=sys.stderr, flush=True)
+        yield url
 
 
 @contextlib.asynccontextmanager
