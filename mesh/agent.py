@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import inspect
 import typing
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
@@ -13,6 +14,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from mesh import subjects
 from mesh.client import MeshClient
+from mesh.connections import WEBSOCKET, Connection, Connections
 from mesh.context import current_turn
 from mesh.errors import SchemaMismatch
 from mesh.mail import InboundEmail
@@ -47,6 +49,7 @@ class Agent(Generic[S]):
     request_adapter: ClassVar[TypeAdapter[Any]]
     reply_adapter: ClassVar[TypeAdapter[Any]]
     _background: TaskSet | None = None
+    _connections: Connections | None = None
     """The hosting worker's background tasks (an instance's timers live there, so they end when the
     worker stops); set by the runtime before `on_activate`, None outside a worker."""
 
@@ -114,6 +117,43 @@ class Agent(Generic[S]):
 
     async def on_deactivate(self) -> None:
         """Called when this process lets the instance go (idle eviction or shutdown)."""
+
+    # -- connections (mesh.connections) ----------------------------------------------------------
+
+    def accepts_connection(self, kind: str) -> bool:
+        """Whether a client may open a connection of `kind` to this agent: by default a WebSocket,
+        if the class defines `on_connect` or `on_message`. A refused connect is `method_not_found`."""
+        cls = type(self)
+        return kind == WEBSOCKET and (cls.on_connect is not Agent.on_connect or cls.on_message is not Agent.on_message)
+
+    async def on_connect(self, conn: Connection) -> Any:
+        """A client connected (a turn of the instance, finished before the connection's first
+        `on_message`). Raise to refuse it: the bridge closes the client with 4000 + the error's status."""
+
+    async def on_message(self, conn: Connection, data: str | bytes) -> Any:
+        """One frame from a client (text as `str`, binary as `bytes`); frames arrive in order, one turn each."""
+
+    async def on_close(self, conn: Connection) -> None:
+        """The connection ended (`conn.close_code`: the client's code, 1006 when its bridge died)."""
+
+    def connection_registry(self) -> Connections:
+        """This instance's connections, loaded from `mesh_conns` on first use."""
+        if self._connections is None:
+            self._connections = Connections(self.mesh.nc, subjects.instance_key(self.type, self.name))
+        return self._connections
+
+    async def connections(self, tag: str | None = None) -> list[Connection]:
+        """The open connections of this instance (only those tagged `tag`, if given), on any bridge."""
+        return await self.connection_registry().all(tag)
+
+    async def connection(self, conn_id: str) -> Connection | None:
+        return await self.connection_registry().get(conn_id)
+
+    async def broadcast(self, data: str | bytes, *, exclude: Iterable[str | Connection] = (), tag: str | None = None) -> int:
+        """Send `data` to every open connection (tagged `tag`) but `exclude`; returns how many."""
+        return await self.connection_registry().broadcast(data, exclude=exclude, tag=tag)
+
+    # -- talking to other agents ----------------------------------------------------------------
 
     async def call(self, agent_type: str, name: str, payload: Any = None, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - the deadline travels with the request
         """Request/reply to another instance; the deadline and trace of this turn travel with it."""

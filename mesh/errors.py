@@ -9,7 +9,8 @@
     │   ├── MethodNotFound      `Mesh-Method` names no method marked `@mesh.method`  method_not_found 404
     │   ├── ApprovalNotFound    no such approval on this LLM instance              approval_not_found 404
     │   ├── ApprovalDecided     the approval was already decided (or expired)      approval_decided 409
-    │   └── ApprovalPending     a message came while a run awaits approval         approval_pending 409
+    │   ├── ApprovalPending     a message came while a run awaits approval         approval_pending 409
+    │   └── ConnectionGone      the instance holds no such connection (closed)     connection_gone 410
     ├── AgentError              the handler raised                                 handler_error 500
     ├── StateError              a turn produced state that cannot be saved
     │   ├── StateInvalid        state fails its own model's validation             state_invalid 500
@@ -93,6 +94,14 @@ class ApprovalDecided(RequestError):
 class ApprovalPending(RequestError):
     code = "approval_pending"
     status = 409
+
+
+class ConnectionGone(RequestError):
+    """An event or send names a connection the instance does not hold (it closed, or was reaped
+    after its bridge died)."""
+
+    code = "connection_gone"
+    status = 410
 
 
 class AgentError(MeshError):

@@ -45,6 +45,7 @@ MAIL_INBOUND_SUBJECT: Final = "mesh_mail.in"
 MAIL_OUTBOX_SUBJECT: Final = "mesh_mail.out"
 MEMORY_STREAM: Final = "mesh_memory"  # LLM conversation memory, one subject per instance
 RUNS_BUCKET: Final = "mesh_runs"  # object store: paused LLM runs (serialized RunState)
+CONNECTIONS_BUCKET: Final = "mesh_conns"  # connections held by bridges: records, bridge leases (mesh.connections)
 
 # Headers the mesh reads or writes.
 HEADER_ERROR_CODE: Final = "Nats-Service-Error-Code"
@@ -67,6 +68,10 @@ HEADER_NATS_SCHEDULER: Final = "Nats-Scheduler"
 HEADER_MAIL: Final = "Mesh-Mail"
 HEADER_MAIL_ENVELOPE: Final = "Mesh-Mail-Envelope"
 HEADER_MAIL_OBJECT: Final = "Mesh-Mail-Object"
+HEADER_CONNECTION: Final = "Mesh-Connection"
+HEADER_CONNECTION_EVENT: Final = "Mesh-Connection-Event"
+HEADER_BRIDGE: Final = "Mesh-Bridge"
+HEADER_FRAME: Final = "Mesh-Frame"
 HEADER_REQUEST_ID: Final = "Mesh-Request-Id"  # a retried request takes effect at most once (mesh.request_ids)
 HEADER_WRITE: Final = "Mesh-Write"  # the id of a state write, to settle a write whose ack was lost
 HEADER_REQUESTS: Final = "Mesh-Requests"  # replies by request id, saved with the state (mesh.request_ids)
@@ -93,6 +98,10 @@ HEADERS: Final = (
     HEADER_MAIL,
     HEADER_MAIL_ENVELOPE,
     HEADER_MAIL_OBJECT,
+    HEADER_CONNECTION,
+    HEADER_CONNECTION_EVENT,
+    HEADER_BRIDGE,
+    HEADER_FRAME,
     HEADER_REQUEST_ID,
     HEADER_WRITE,
     HEADER_REQUESTS,
@@ -120,6 +129,8 @@ SUBJECT_PATTERNS: Final = (
     "$O.mesh_mail_raw.C|M.>",
     "mesh_memory.<type>.<name>",
     "$O.mesh_runs.C|M.>",
+    "_mesh.conn.<bridge>.<conn>",
+    "$KV.mesh_conns.<kind>.<key>",
 )
 
 
@@ -188,6 +199,15 @@ def worker_subject(worker_id: str, key: str) -> str:
 
 def worker_wildcard(worker_id: str) -> str:
     return f"_mesh.w.{worker_id}.>"
+
+
+def connection_subject(bridge_id: str, conn_id: str) -> str:
+    """Where an instance sends frames for one of its connections: the bridge holding it listens there."""
+    return f"_mesh.conn.{bridge_id}.{conn_id}"
+
+
+def connection_wildcard(bridge_id: str) -> str:
+    return f"_mesh.conn.{bridge_id}.*"
 
 
 def event_subject(agent_type: str, name: str, kind: str) -> str:

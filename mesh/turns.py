@@ -24,7 +24,7 @@ from typing import Any
 import pydantic
 import structlog
 
-from mesh import subjects, wire
+from mesh import connections, subjects, wire
 from mesh.agent import Agent
 from mesh.context import TurnContext, current_turn
 from mesh.errors import AgentError, BadJson, MeshError, SchemaMismatch, StateInvalid, StateTooLarge
@@ -155,14 +155,16 @@ async def run_turn(turns: Turns, agent: Agent[Any], key: str, envelope: Envelope
 
 
 async def run_handler(agent: Agent[Any], envelope: Envelope) -> Any:
-    """Call the hook a request is for: `on_email` for mail (`Mesh-Mail` header), a method
-    (`Mesh-Method`), else `on_request`."""
+    """Call the hook a request is for: `on_email` for mail (`Mesh-Mail` header), a connection's
+    `on_connect`/`on_message`/`on_close` (`Mesh-Connection`), a method (`Mesh-Method`), else `on_request`."""
     if envelope.headers.get(subjects.HEADER_MAIL):
         try:
             mail = InboundEmail.model_validate_json(envelope.data)
         except pydantic.ValidationError as exc:
             raise SchemaMismatch(_summarize(exc)) from exc
         return await agent.on_email(mail)
+    if subjects.HEADER_CONNECTION in envelope.headers:
+        return await connections.dispatch(agent, agent.connection_registry(), envelope.headers, envelope.data)
     method = envelope.headers.get(subjects.HEADER_METHOD)
     if method:
         return await invoke_method(agent, method, envelope.data)

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesh import Agent, method
+from services.demo_live import LIVE_AGENTS
 from services.triage import Clerk, Triage
 
 
@@ -74,4 +75,4 @@ class Relay(Agent[RelayState]):
         return reply
 
 
-AGENTS = [Counter, Echo, Relay, Triage, Clerk]
+AGENTS = [Counter, Echo, Relay, Triage, Clerk, *LIVE_AGENTS]

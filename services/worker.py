@@ -26,6 +26,7 @@ from mesh.agent import Agent
 from mesh.delivery import DurableDelivery
 from mesh.metrics import MetricsObserver, RuntimeCollector
 from mesh.observe import Observer
+from mesh.reaper import Reaper
 from mesh.recorder import EventsLimits, FlightRecorder
 from mesh.runtime import Runtime, RuntimeOptions
 from services.health import open_health_server
@@ -69,6 +70,8 @@ async def open_worker(
             collector = RuntimeCollector(runtime)
             async with open_health_server(settings.metrics_host, settings.metrics_port, ready=runtime.ready, collector=collector):
                 await runtime.start()
+                # Closes, on their instances, the connections of bridges that died (mesh.reaper).
+                runtime.background.spawn(Reaper(nc, replicas=settings.replicas).serve())
                 delivery = DurableDelivery(runtime, settings.durable_options())
                 deadline: float | None = None
                 try:

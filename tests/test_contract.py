@@ -67,6 +67,7 @@ def test_buckets_agree() -> None:
         subjects.MAIL_OBJECTS,
         subjects.MEMORY_STREAM,
         subjects.RUNS_BUCKET,
+        subjects.CONNECTIONS_BUCKET,
     }
 
 

@@ -21,6 +21,7 @@ from services.http import calls, messages, problems, routes, streams
 from services.http.auth import Auth, AuthMiddleware
 from services.http.bridge import Bridge
 from services.http.config import BridgeConfig
+from services.http.connect import connect as websocket_connect
 from services.http.mcp import McpDoor
 from services.http.metrics import MetricsMiddleware
 from services.http.openapi import build_openapi
@@ -96,6 +97,7 @@ def create_app(config: BridgeConfig, *, nats: bus.NatsOptions | None = None, nc:
             Route("/agents/{type}/{name}/messages", messages.get_messages, methods=["GET"]),
             Route("/agents/{type}/{name}/events", streams.sse, methods=["GET"]),
             WebSocketRoute("/agents/{type}/{name}/ws", streams.websocket),
+            WebSocketRoute("/agents/{type}/{name}/connect", websocket_connect),
             Route("/agents/{type}/{name}/approvals", routes.list_approvals, methods=["GET"]),
             Route("/agents/{type}/{name}/approvals/{id}/{decision}", routes.decide_approval, methods=["POST"]),
             Route("/runs/{id}", routes.get_run, methods=["GET"]),

@@ -27,7 +27,7 @@ PUBLIC_PATHS = frozenset({"/", "/ui", "/client.js", "/docs", "/healthz", "/favic
 
 
 def is_live_path(path: str) -> bool:
-    return path.startswith("/agents/") and (path.endswith("/events") or path.endswith("/ws"))
+    return path.startswith("/agents/") and path.endswith(("/events", "/ws", "/connect"))
 
 
 class Auth:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TypedDict
 
-from services.http.settings import HttpSettings
+from services.http.settings import HttpSettings, PhoneSettings
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,13 @@ class BridgeConfig:
     events_max_age: int = 3600
     discovery_wait: float = 0.3
     discovery_cache: float = 2.0
+    lease_ttl: int = 6
+    send_queue_bytes: int = 1024 * 1024
+    public_url: str | None = None
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    realtime_url: str | None = None
+    realtime_model: str = "gpt-realtime"
+    openai_api_key: str | None = field(default=None, repr=False)
 
     @property
     def auth_enabled(self) -> bool:
@@ -77,7 +85,29 @@ def config_from_settings(settings: HttpSettings, listen: tuple[str, int] | None 
         heartbeat=settings.heartbeat,
         events_stream=settings.events_stream,
         events_max_age=settings.events_max_age,
+        lease_ttl=settings.lease_ttl,
+        send_queue_bytes=settings.send_queue_bytes,
+        **phone_values(PhoneSettings()),
     )
+
+
+class PhoneValues(TypedDict):
+    public_url: str | None
+    twilio_auth_token: str | None
+    realtime_url: str | None
+    realtime_model: str
+    openai_api_key: str | None
+
+
+def phone_values(phone: PhoneSettings) -> PhoneValues:
+    """The phone door's settings (`MESH_PUBLIC_URL`, `TWILIO_AUTH_TOKEN`, `MESH_REALTIME_*`, `OPENAI_API_KEY`)."""
+    return {
+        "public_url": phone.public_url.rstrip("/") if phone.public_url else None,
+        "twilio_auth_token": (phone.twilio_auth_token.get_secret_value() or None) if phone.twilio_auth_token else None,
+        "realtime_url": phone.realtime_url or None,
+        "realtime_model": phone.realtime_model,
+        "openai_api_key": (phone.openai_api_key.get_secret_value() or None) if phone.openai_api_key else None,
+    }
 
 
 def is_loopback(host: str) -> bool:

@@ -35,3 +35,33 @@ class HttpSettings(BaseSettings):
         default="mesh_events", description="JetStream stream that keeps `events.>` for resuming; empty = none."
     )
     events_max_age: int = Field(default=3600, ge=1, description="Seconds the events stream keeps an event.")
+    lease_ttl: int = Field(default=6, ge=2, description="Seconds before a dead bridge's connections are closed for good.")
+    send_queue_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Bytes queued for one slow WebSocket client before it is closed with 1013."
+    )
+
+
+class PhoneSettings(BaseSettings):
+    """The phone door (`/call`, `/media-stream`): Twilio and the realtime model, from the environment."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    public_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MESH_PUBLIC_URL"),
+        description="Base URL Twilio reaches the bridge at (the stream URL and signatures use it).",
+    )
+    twilio_auth_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TWILIO_AUTH_TOKEN"),
+        description="Twilio auth token: every webhook and stream must then carry a valid X-Twilio-Signature.",
+    )
+    realtime_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MESH_REALTIME_URL"),
+        description="WebSocket URL of the realtime model; unset: OpenAI with OPENAI_API_KEY, else the local offline stub.",
+    )
+    realtime_model: str = Field(
+        default="gpt-realtime", validation_alias=AliasChoices("MESH_REALTIME_MODEL"), description="The realtime model's name."
+    )
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY"))
