@@ -12,8 +12,31 @@ import pytest
 from dashboard_browser import PageErrors, open_browser
 from http_agents import Mailer, Notes
 from playwright.async_api import Browser, expect
+from pydantic import BaseModel
 
+from mesh import Agent
 from services.demo import Counter, Echo
+
+
+class CallState(BaseModel):
+    calls: dict[str, dict[str, Any]] = {}
+
+
+class Line(BaseModel):
+    call: str
+    role: str
+    text: str
+
+
+class Phone(Agent[CallState]):
+    """Keeps phone calls' transcripts in its state the way calls do: `calls[<call id>].transcript`."""
+
+    type = "phone"
+
+    async def on_request(self, request: Line) -> int:
+        call = self.state.calls.setdefault(request.call, {"status": "in-progress", "transcript": []})
+        call["transcript"].append({"role": request.role, "text": request.text})
+        return len(call["transcript"])
 
 
 @pytest.fixture
@@ -225,6 +248,29 @@ async def test_forms_read_what_a_person_fills_in_from_nested_schemas(browser, me
             "(() => { try { window.sampleForm.read(); return null } catch (e) { return e.message } })()"
         )
         assert message == "title is required"
+        assert errors.errors == []
+    finally:
+        await page.close()
+
+
+async def test_a_phone_calls_transcript_shows_live_whatever_view_is_open(browser, mesh_factory, http_factory) -> None:
+    await mesh_factory([Phone])
+    bridge = await http_factory()
+    page = await browser.new_page()
+    errors = PageErrors(page)
+    try:
+        await page.goto(f"{bridge.url}/ui/phone/desk#timeline")
+        await expect(page.locator("#conn")).to_have_text("live")
+        call = page.get_by_role("region", name="Call CA42")
+        await expect(call).to_be_hidden()
+        async with httpx.AsyncClient(base_url=bridge.url) as other:
+            await other.post("/agents/phone/desk", json={"call": "CA42", "role": "caller", "text": "Hello, is anyone there?"})
+            await expect(call).to_contain_text("caller: Hello, is anyone there?")
+            await expect(call).to_contain_text("in-progress")
+            await other.post("/agents/phone/desk", json={"call": "CA42", "role": "agent", "text": "Yes, how can I help?"})
+            await expect(call.get_by_role("listitem")).to_have_text(
+                ["caller: Hello, is anyone there?", "agent: Yes, how can I help?"]
+            )
         assert errors.errors == []
     finally:
         await page.close()

@@ -152,6 +152,10 @@ async def test_chat_approves_a_tool_call_in_the_conversation_and_clears_memory_a
 
             await page.get_by_role("tab", name="Timeline").click()
             timeline = page.get_by_role("list", name="Timeline")
+            assert (await http.post("/agents/clerk/desk", json={"op": "nope"})).status_code == 422
+            await expect(timeline).to_contain_text("turn failed: schema_mismatch")
+            await expect(timeline).to_contain_text("turn ok in")
+            await expect(timeline).to_contain_text("state saved: revision")
             await expect(timeline).to_contain_text("approval requested: add_to_counter")
             await expect(timeline).to_contain_text("approval approve by http")
             await expect(timeline).to_contain_text("called counter/demo: ok")
@@ -218,6 +222,15 @@ async def test_dashboard_fits_a_phone_and_works_from_the_keyboard(browser, mesh_
         await page.get_by_role("button", name="Agents").click()
         await page.get_by_role("navigation", name="Agents").get_by_role("link", name="counter").click()
         await expect(page).to_have_url(f"{bridge.url}/ui/counter")
+        assert await horizontal_overflow(page) == 0
+        await page.get_by_label("Name").fill("a-rather-long-instance-name-that-could-push-the-page-sideways@example.com")
+        await page.get_by_label("Name").press("Enter")
+        await page.get_by_role("spinbutton", name="add").fill("3")
+        await page.get_by_role("spinbutton", name="add").press("Enter")  # Enter submits the request form too
+        await expect(page.get_by_role("region", name="Reply")).to_contain_text('"value": 3')
+        assert await horizontal_overflow(page) == 0
+        await page.get_by_role("tab", name="State").click()
+        await expect(page.get_by_role("tabpanel", name="State")).to_contain_text("value: 3")
         assert await horizontal_overflow(page) == 0
         assert errors.errors == []
     finally:
