@@ -239,6 +239,10 @@ class Activation:
         try:
             limit = self.host.turns.max_batch
             while self.queue:
+                if self.status is not Status.REMOTE and self.host.directory.fenced():
+                    # Lease lapsed (a pause) or connection lost: park the mailbox until the lease is
+                    # renewed (asked for now), then re-check ownership below, instead of refusing.
+                    await self.host.directory.regain(self.host.directory.lease_ttl)
                 if self.status is Status.OWNED and self.epoch != self.host.directory.epoch:
                     self.status = Status.PENDING
                 if self.status is Status.PENDING:

@@ -231,9 +231,13 @@ class MeshClient:
         return replies
 
     def _outgoing(self, timeout: float | None) -> tuple[float, dict[str, str]]:
+        """The call's wait and its context headers: trace, call chain, and its deadline both as
+        `Mesh-Timeout-Ms` and as `Mesh-Deadline` (absolute; a call inside a turn that has less time
+        left than asked passes the turn's caller's own deadline on unchanged)."""
         turn = current_turn.get()
         timeout = self.default_timeout if timeout is None else timeout
         headers: dict[str, str] = {}
+        inherited: str | None = None
         if turn is not None:  # outside a turn there is no trace to continue: the callee starts one
             headers[subjects.HEADER_TRACEPARENT] = child_traceparent(turn.traceparent)
             headers[subjects.HEADER_CHAIN] = ",".join(turn.chain)
@@ -241,10 +245,12 @@ class MeshClient:
             if left is not None:
                 if left <= 0:
                     raise MeshTimeout("the current turn's deadline has already passed")
-                timeout = min(timeout, left)
+                if left < timeout:
+                    timeout, inherited = left, turn.deadline_ms
         millis = max(1, int(timeout * 1000))
         if turn is not None or millis != subjects.DEFAULT_TIMEOUT_MS:  # the default goes without saying
             headers[subjects.HEADER_TIMEOUT] = str(millis)
+        headers[subjects.HEADER_DEADLINE] = inherited or str(int(time.time() * 1000) + millis)
         return timeout, headers
 
 

@@ -21,6 +21,7 @@ class TurnContext:
     chain: tuple[str, ...]
     deadline: float | None
     base_log: structlog.typing.FilteringBoundLogger = field(repr=False)
+    deadline_ms: str | None = None  # the caller's `Mesh-Deadline`, passed on unchanged by nested calls
     _log: structlog.typing.FilteringBoundLogger | None = field(default=None, repr=False)
 
     @property

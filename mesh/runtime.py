@@ -22,7 +22,17 @@ from typing import Any
 import structlog
 
 from mesh import subjects, wire
-from mesh._nats import Bucket, Connection, Message, Service, open_bucket, publish, publish_now, request
+from mesh._nats import (
+    Bucket,
+    Connection,
+    Message,
+    Service,
+    open_bucket,
+    publish,
+    publish_now,
+    request,
+    watch_connection,
+)
 from mesh.activation import Activation, Status
 from mesh.agent import Agent
 from mesh.client import MeshClient
@@ -47,6 +57,8 @@ MAX_HOPS = 3
 EVICTION_CHUNK = 256
 RETURN_MEMORY_AFTER = 1000  # evictions in one sweep after which freed memory is handed back to the OS
 SHUTTING_DOWN = "worker is shutting down; retry"
+MOVED = "the instance is owned by another worker now; the request did not run here; retry"
+PROBE_PERIOD = 0.5  # seconds between lease checks of an owner that keeps forwards waiting
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,7 @@ class RuntimeOptions:
     call_timeout: float = 30.0
     replicas: int = 1  # copies of each bucket this worker creates; 3 on a three-node cluster
     handover_linger: float = 0.5  # seconds a stopping worker still answers forwards, see stop()
+    max_clock_skew: float = 0.5  # seconds a caller's clock may be ahead of ours (`Mesh-Deadline`)
 
 
 class Runtime:
@@ -103,6 +116,11 @@ class Runtime:
         self._services: list[Service] = []
         self._forward_sub: Any = None
         self._accepting = False
+        # Forwards waiting for their owner's reply, by owner, with when each started: the watch
+        # (`_serve_forward_watch`) checks the lease of an owner that keeps them waiting.
+        self._forwards: dict[str, dict[asyncio.Task[Any], float]] = {}
+        self._rerouting: set[asyncio.Task[Any]] = set()
+        self._unwatch: Any = None
         self.directory: Directory
         self.state: Bucket
 
@@ -126,16 +144,34 @@ class Runtime:
             lease_ttl=self.options.lease_ttl,
             heartbeat=self.options.heartbeat,
         )
-        await self.directory.renew()
+        await self._take_lease()
         self.turns.log_turns = structlog.get_logger("mesh.runtime").is_enabled_for(logging.DEBUG)
         self.background.spawn(self.directory.serve_heartbeat())
         self.background.spawn(self._serve_eviction())
+        self.background.spawn(self._serve_forward_watch())
+        # A dropped connection fences the worker at once (a forward to it now finds no responders,
+        # and the forwarding worker takes its instances over); the reconnect renews the lease at
+        # once, and the renewal bumps the epoch: every instance re-checks ownership before a turn.
+        self._unwatch = watch_connection(self.nc, disconnected=self.directory.fence, reconnected=self.directory.renew_now)
         self._accepting = True
         self._forward_sub = await self.nc.subscribe(subjects.worker_wildcard(self.worker_id), cb=self._on_forwarded)
         for agent_type in self.agents:
             self._services.append(await self._add_service(agent_type))
         await self.nc.flush()
         self.log.info("worker.started", types=sorted(self.agents))
+
+    async def _take_lease(self, patience: float = 10.0) -> None:
+        """The first lease, retried through a stream leader election (no responders for a moment)."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                await self.directory.renew()
+                return
+            except (Unavailable, NoResponders) as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                self.log.info("lease.retrying", error=exc.message)
+                await asyncio.sleep(0.25)
 
     async def _add_service(self, agent_type: str) -> Service:
         stats = self.stats[agent_type]
@@ -194,6 +230,8 @@ class Runtime:
         await self._drain(self._forward_sub)
         await self._wait_tasks(min(deadline, time.monotonic() + 1.0))
         await self._tasks.cancel_all()
+        if self._unwatch is not None:
+            self._unwatch()
         self.activations.clear()
         self.log.info("worker.stopped", handed_over=owned)
 
@@ -262,7 +300,12 @@ class Runtime:
                 raise CallCycle(f"{agent_type}/{name} is already waiting in this call chain: {chain}")
             if not self._accepting:
                 raise Unavailable(SHUTTING_DOWN)
-            envelope = Envelope(msg.data, msg.reply or None, headers, _deadline(headers, msg.reply))
+            envelope = Envelope(msg.data, msg.reply or None, headers, None)
+            if msg.reply:
+                now = time.monotonic()
+                envelope.deadline = deadline = _deadline(headers, now, self.options.max_clock_skew)
+                if deadline <= now:  # it waited (in a paused worker's socket?) until its caller gave up
+                    raise MeshTimeout("the caller's deadline passed before the request was read")
             if cls.state_model is None:
                 self.start_now(self._stateless_turn(cls, subjects.decode_name(token), key, envelope))
                 return
@@ -273,7 +316,7 @@ class Runtime:
             activation.deliver(envelope)
         except Exception as exc:
             err = exc if isinstance(exc, MeshError) else AgentError(f"cannot route {msg.subject}: {exc}")
-            if isinstance(err, (NameInvalid, PayloadTooLarge, CallCycle)):
+            if isinstance(err, (NameInvalid, PayloadTooLarge, CallCycle, MeshTimeout)):
                 self.log.info("request.rejected", subject=msg.subject[:200], code=err.code, error=err.message)
             else:
                 self.log.warning("request.rejected", subject=msg.subject[:200], code=err.code, error=err.message)
@@ -284,12 +327,19 @@ class Runtime:
         self._tasks.spawn(self._forward(activation, envelope))
 
     async def _forward(self, activation: Activation, envelope: Envelope) -> None:
+        """Send a request to the instance's owner and relay the reply; take the instance over when
+        the owner is gone (nobody on its subject: at once) or hangs (its lease expired while we
+        waited: `_serve_forward_watch` stops the wait). Never sends a request to an owner twice."""
         owner = activation.owner
         assert owner is not None
         hops = int(envelope.headers.get(subjects.HEADER_HOPS, "0") or 0)
-        if hops >= MAX_HOPS:
-            await self.reply(Outcome(envelope, None, Unavailable("instance ownership is moving; retry")))
+        if hops and envelope.reply is not None:
+            # Forwarded here, but ownership (re-checked) is another worker's now. Say so, definitely
+            # not run, and the forwarding worker routes it again; a second hop could cross a takeover.
+            await self.reply(Outcome(envelope, None, Unavailable(MOVED)))
             return
+        if hops >= MAX_HOPS:
+            return  # a fire-and-forget message that keeps moving: nobody waits for it
         subject = subjects.worker_subject(owner, activation.key)
         headers = {**envelope.headers, subjects.HEADER_HOPS: str(hops + 1)}
         if envelope.reply is None:
@@ -299,22 +349,79 @@ class Runtime:
         if left <= 0:
             return
         headers[subjects.HEADER_TIMEOUT] = str(max(1, int(left * 1000)))
+        # Only a request with an id may run elsewhere once it has reached the owner: the owner may
+        # have run and saved it before it hung (or died) without replying, and only the id lets the
+        # next owner answer it from the saved record instead of running it again. Without an id the
+        # forward waits for the owner's reply (or its own deadline: `timeout`, "may have run").
+        task = asyncio.current_task() if subjects.HEADER_REQUEST_ID in headers else None
+        waiting: dict[asyncio.Task[Any], float] = {}
+        if task is not None:
+            waiting = self._forwards.setdefault(owner, waiting)
+            waiting[task] = time.monotonic()
+        delay = 0.0
         try:
             response = await request(self.nc, subject, envelope.data, timeout=left, headers=headers)
         except NoResponders:
+            # Nobody is subscribed on the owner's own subject: the server dropped its connection
+            # (a crash, or a lost link: then it fenced itself). Take over now, lease or not.
             response = None
+            try:
+                await self.directory.take_over(activation.key, owner)
+            except MeshError as exc:
+                self.log.warning("instance.takeover_failed", key=activation.key, owner=owner, error=exc.message)
+                delay = 0.2
         except MeshTimeout:
             return  # the caller's own request timed out at the same moment
-        if response is None or _leaving(response):
-            # The owner is gone or going (it did not run the turn). Forget it and route again;
-            # once its lease is gone (at once after a graceful stop) we take over.
-            if self.activations.get(activation.key) is activation:
-                del self.activations[activation.key]
-            await asyncio.sleep(0.2 if response is None else 0.1)
-            if envelope.deadline is None or time.monotonic() < envelope.deadline:
-                self._redeliver(activation, envelope)
+        except asyncio.CancelledError:
+            if task is None or task not in self._rerouting or task.uncancel() > 0:
+                raise
+            # The watch found the owner's lease gone while we waited: it hangs, is cut off or died
+            # (it fenced itself before the lease expired, so it runs nothing now). Route again: the
+            # lease being gone, this worker takes the instance over, and the request runs here,
+            # or is answered from the record if the owner had run it.
+            response = None
+        finally:
+            if task is not None:
+                self._rerouting.discard(task)
+                del waiting[task]
+                if not waiting and self._forwards.get(owner) is waiting:
+                    del self._forwards[owner]
+        if response is not None and not _leaving(response):
+            await self.nc.publish(envelope.reply, response.data, headers=response.headers)
             return
-        await self.nc.publish(envelope.reply, response.data, headers=response.headers)
+        # The owner is gone, hangs, or is going or moved (it did not run the turn). Forget it and
+        # route again; once its lease is gone (at once after a graceful stop) we take over.
+        self.forget(activation)
+        if response is not None:
+            delay = 0.02 if _moved(response) else 0.1
+        if delay:
+            await asyncio.sleep(delay)
+        if envelope.deadline is None or time.monotonic() < envelope.deadline:
+            self._redeliver(activation, envelope)
+
+    async def _serve_forward_watch(self) -> None:
+        """Check the lease of every owner that keeps a forward waiting longer than `PROBE_PERIOD`,
+        once per period: a hung or cut-off worker keeps its subscriptions, so nothing else says it
+        is gone. Once its lease has expired, its waiting forwards stop waiting and route again."""
+        while True:
+            await asyncio.sleep(PROBE_PERIOD)
+            if not self._forwards:
+                continue
+            now = time.monotonic()
+            for owner, waiting in list(self._forwards.items()):
+                if not waiting or now - next(iter(waiting.values())) < PROBE_PERIOD:
+                    continue  # the oldest forward to it is young: nothing to suspect yet
+                try:
+                    if await self.directory.is_alive(owner):
+                        continue
+                except MeshError as exc:
+                    self.log.warning("lease.probe_failed", owner=owner, error=exc.message)
+                    continue
+                self.log.warning("worker.owner_unresponsive", owner=owner, waiting=len(waiting))
+                for task in list(waiting):
+                    if task not in self._rerouting:
+                        self._rerouting.add(task)
+                        task.cancel()
 
     def _redeliver(self, old: Activation, envelope: Envelope) -> None:
         activation = self.activations.get(old.key)
@@ -410,16 +517,23 @@ _malloc_trim = _find_malloc_trim()
 
 
 def _leaving(response: Message) -> bool:
-    """True when the owner answered that it is shutting down (so it ran nothing)."""
-    headers = response.headers or {}
-    return headers.get(subjects.HEADER_MESH_ERROR) == Unavailable.code and headers.get(subjects.HEADER_ERROR) == SHUTTING_DOWN
+    """True when the owner answered that it is shutting down or that the instance moved (so it ran nothing)."""
+    return _moved(response) is not None
 
 
-def _deadline(headers: dict[str, str], reply: str | None) -> float | None:
-    """When the caller stops waiting: `Mesh-Timeout-Ms` from now, the default if it is absent or
-    malformed, never for a message nobody waits for."""
-    if not reply:
+def _moved(response: Message) -> bool | None:
+    """True for "moved", False for "shutting down", None for any other reply."""
+    headers = response.headers
+    if not headers or headers.get(subjects.HEADER_MESH_ERROR) != Unavailable.code:
         return None
+    message = headers.get(subjects.HEADER_ERROR)
+    return True if message == MOVED else False if message == SHUTTING_DOWN else None
+
+
+def _deadline(headers: dict[str, str], now: float, skew: float) -> float:
+    """When the caller stops waiting, on this worker's monotonic clock: `Mesh-Timeout-Ms` from now
+    (the default if it is absent or malformed), and no later than the caller's `Mesh-Deadline`
+    (epoch milliseconds of its clock) less `skew`, the most its clock may be ahead of ours."""
     value = headers.get(subjects.HEADER_TIMEOUT)
     millis = subjects.DEFAULT_TIMEOUT_MS
     if value:
@@ -427,4 +541,11 @@ def _deadline(headers: dict[str, str], reply: str | None) -> float | None:
             millis = int(value)
         except ValueError:
             pass
-    return time.monotonic() + millis / 1000
+    deadline = now + millis / 1000
+    wall = headers.get(subjects.HEADER_DEADLINE)
+    if wall:
+        try:
+            deadline = min(deadline, now + int(wall) / 1000 - time.time() - skew)
+        except ValueError:
+            pass
+    return deadline

@@ -20,6 +20,7 @@ from mesh._nats.connection import (
     redact_servers,
     subscribe,
     unsubscribe,
+    watch_connection,
 )
 from mesh._nats.errors import map_error, map_errors
 from mesh._nats.inbox import ReplyInbox, inbox_of, request
@@ -108,4 +109,5 @@ __all__ = [
     "stream_subjects",
     "subscribe",
     "unsubscribe",
+    "watch_connection",
 ]

@@ -7,14 +7,17 @@ import nats-py (so there is one place to read when nats-py changes).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import nats
 import nats.errors
+import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as _Subscription
@@ -28,6 +31,8 @@ Connection: TypeAlias = Client
 Message: TypeAlias = Msg
 JetStream: TypeAlias = JetStreamContext
 Subscription: TypeAlias = _Subscription
+
+log = structlog.get_logger("mesh.nats")
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,10 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Connection
         return None
 
     kwargs["error_cb"] = _quiet
+    events = ConnectionEvents()
+    kwargs["disconnected_cb"] = events.disconnected
+    kwargs["reconnected_cb"] = events.reconnected
+    kwargs["closed_cb"] = events.closed
     where = ", ".join(redact_servers(options.servers))
     try:
         nc = await nats.connect(**kwargs)
@@ -111,7 +120,80 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Connection
     if reconnect:
         nc.options["max_reconnect_attempts"] = -1  # once connected, ride out any outage
     selfcheck.check_connection(nc)
+    _events[nc] = events
     return nc
+
+
+Listener: TypeAlias = Callable[[], None]
+
+
+class ConnectionEvents:
+    """Who hears of a connection's disconnects, reconnects and close (nats-py takes one callback of
+    each, at connect). Listeners are plain functions, called in order inside nats-py's reconnect
+    path: they must be quick (set a flag, wake a task) and an error in one is logged, never raised."""
+
+    def __init__(self) -> None:
+        self.listeners: dict[str, list[Listener]] = {"disconnected": [], "reconnected": [], "closed": []}
+
+    async def disconnected(self) -> None:
+        self._call("disconnected")
+
+    async def reconnected(self) -> None:
+        self._call("reconnected")
+
+    async def closed(self) -> None:
+        self._call("closed")
+
+    def _call(self, event: str) -> None:
+        for listener in list(self.listeners[event]):
+            try:
+                listener()
+            except Exception:
+                log.exception("connection.listener_failed", connection_event=event)
+
+
+_events: weakref.WeakKeyDictionary[Connection, ConnectionEvents] = weakref.WeakKeyDictionary()
+
+
+def watch_connection(
+    nc: Connection,
+    *,
+    disconnected: Listener | None = None,
+    reconnected: Listener | None = None,
+    closed: Listener | None = None,
+) -> Callable[[], None]:
+    """Call the given functions when `nc` loses its server, has reconnected, or is closed; returns
+    a function that stops the calls. A connection made elsewhere than `connect` gets its nats-py
+    callbacks chained here (the earlier ones still run first)."""
+    events = _events.get(nc)
+    if events is None:
+        events = _events[nc] = ConnectionEvents()
+        for event in events.listeners:
+            attribute = f"_{event}_cb"
+            earlier = getattr(nc, attribute, None)
+            setattr(nc, attribute, _chained(earlier, getattr(events, event)))
+    wanted = {"disconnected": disconnected, "reconnected": reconnected, "closed": closed}
+    added = [(event, fn) for event, fn in wanted.items() if fn is not None]
+    for event, fn in added:
+        events.listeners[event].append(fn)
+
+    def unwatch() -> None:
+        for event, fn in added:
+            with contextlib.suppress(ValueError):
+                events.listeners[event].remove(fn)
+
+    return unwatch
+
+
+def _chained(earlier: Callable[[], Awaitable[None]] | None, ours: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    if earlier is None:
+        return ours
+
+    async def both() -> None:
+        await earlier()
+        await ours()
+
+    return both
 
 
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
