@@ -54,6 +54,7 @@ HEADER_MESH_ERROR: Final = "Mesh-Error-Code"
 HEADER_TRACEPARENT: Final = "traceparent"
 HEADER_TIMEOUT: Final = "Mesh-Timeout-Ms"
 DEFAULT_TIMEOUT_MS: Final = 30_000  # what a request without Mesh-Timeout-Ms is given
+HEADER_DEADLINE: Final = "Mesh-Deadline"  # unix epoch milliseconds (the caller's clock) when it stops waiting
 HEADER_CHAIN: Final = "Mesh-Call-Chain"
 HEADER_HOPS: Final = "Mesh-Hops"
 HEADER_MSG_ID: Final = "Mesh-Msg-Id"
@@ -84,6 +85,7 @@ HEADERS: Final = (
     HEADER_MESH_ERROR,
     HEADER_TRACEPARENT,
     HEADER_TIMEOUT,
+    HEADER_DEADLINE,
     HEADER_CHAIN,
     HEADER_HOPS,
     HEADER_MSG_ID,

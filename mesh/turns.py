@@ -197,6 +197,7 @@ def make_turn_context(
         chain=chain,
         deadline=envelope.deadline,
         base_log=log,
+        deadline_ms=envelope.headers.get(subjects.HEADER_DEADLINE),
     )
 
 
