@@ -142,6 +142,13 @@ async def test_chat_approves_a_tool_call_in_the_conversation_and_clears_memory_a
             await expect(tool).to_contain_text('"add": 5')
             await expect(tool.get_by_role("button", name="Reject")).to_be_visible()
             assert await counter_value(http, "demo") == before  # nothing runs before a person says so
+            await page.get_by_role("tab", name="Timeline").click()
+            timeline = page.get_by_role("list", name="Timeline")
+            await expect(timeline).to_contain_text("approval requested: add_to_counter")
+            await page.get_by_role("tab", name="Chat").click()
+            await page.reload()  # the pending approval is in the instance's state: it is still offered
+            await expect(tool.get_by_role("button", name="Approve")).to_be_visible()
+            await expect(tool).to_contain_text("waiting for approval")
 
             await tool.get_by_role("button", name="Approve").click()
             await expect(tool).to_contain_text(f'"value": {before + 5}')  # the tool's result, in place
@@ -151,12 +158,10 @@ async def test_chat_approves_a_tool_call_in_the_conversation_and_clears_memory_a
             await screenshot(page, tmp_path, "chat.png")
 
             await page.get_by_role("tab", name="Timeline").click()
-            timeline = page.get_by_role("list", name="Timeline")
             assert (await http.post("/agents/clerk/desk", json={"op": "nope"})).status_code == 422
             await expect(timeline).to_contain_text("turn failed: schema_mismatch")
             await expect(timeline).to_contain_text("turn ok in")
             await expect(timeline).to_contain_text("state saved: revision")
-            await expect(timeline).to_contain_text("approval requested: add_to_counter")
             await expect(timeline).to_contain_text("approval approve by http")
             await expect(timeline).to_contain_text("called counter/demo: ok")
             await expect(timeline).to_contain_text("run completed: Clerk answered (offline-demo)")

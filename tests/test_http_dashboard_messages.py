@@ -13,6 +13,8 @@ import orjson
 import pytest
 from dashboard_agents import PacedTriage, Pacer, no_pacer, use_pacer
 
+from mesh import bus
+from mesh.memory import MemorySession, open_memory_stream
 from services.demo import Counter
 
 QUESTION = "What is the capital of France?"
@@ -139,3 +141,44 @@ async def test_messages_page_back_and_forward_and_reject_bad_parameters(mesh_fac
         plain = (await http.get("/agents/counter/c/messages")).json()
         assert plain["items"] == [] and plain["more"] is False
         assert (await http.get("/agents/Bad/x/messages")).status_code == 400
+
+
+async def test_the_cursor_skips_text_memory_already_holds_and_replays_text_it_does_not(nats_server, http_factory) -> None:
+    """Memory stores a model turn's items when the turn ends, and the agent publishes the turn's
+    events as the SDK queued them, so the last deltas may or may not be in memory yet: the route
+    compares their text with memory's latest answers."""
+    bridge = await http_factory()
+    nc = await bus.connect(bus.NatsOptions.from_url(nats_server.url))
+    try:
+        js = nc.jetstream()
+        await open_memory_stream(js)
+        memory = MemorySession(nc, "triage", "x")
+        await memory.add_items([{"role": "user", "content": QUESTION}])
+
+        async def event(kind: str, data: dict[str, Any]) -> int:
+            return (await bus.store(js, f"events.triage.x.{kind}", orjson.dumps({"run_id": "run_1", **data}))).seq
+
+        async def cursor() -> int:
+            async with httpx.AsyncClient(base_url=bridge.url) as http:
+                page = (await http.get("/agents/triage/x/messages")).json()
+            return int(page["last_event_id"].split(".")[1])
+
+        switched = await event("agent_switched", {"agent": "History Tutor"})
+        await event("text_delta", {"delta": "Paris "})
+        written = await event("text_delta", {"delta": "it is."})
+        assert await cursor() == switched  # being written: replay its deltas
+        await memory.add_items([_answer("Paris it is.")])
+        assert await cursor() == written  # stored: nothing to replay
+        completed = await event("run_completed", {"agent": "History Tutor"})
+        assert await cursor() == completed
+
+        await memory.add_items([{"role": "user", "content": "And Spain?"}])
+        await event("agent_switched", {"agent": "History Tutor"})
+        await event("text_delta", {"delta": "Paris it is."})  # the same words again, in a new run
+        assert await cursor() == completed + 1  # memory's answer belongs to the question before
+    finally:
+        await nc.close()
+
+
+def _answer(text: str) -> dict[str, Any]:
+    return {"type": "message", "role": "assistant", "status": "completed", "content": [{"type": "output_text", "text": text}]}

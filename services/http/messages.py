@@ -118,33 +118,37 @@ async def live_cursor(bridge: Bridge, agent_type: str, name: str, memory: list[t
     start = max((found.seq for found in others if found is not None), default=0)
     if delta is None or delta.seq < start or _stale(delta, bridge.config.async_timeout):
         return Cursor(0, last.seq)
-    text = await _text_between(bridge, stream, f"{prefix}.text_delta", start, delta.seq)
+    text, first = await _text_between(bridge, stream, f"{prefix}.text_delta", start, delta.seq)
     if text is not None and text in _answers_since_last_question(memory):
         return Cursor(0, last.seq)  # written and already stored: the page holds it
-    return Cursor(0, start)
+    return Cursor(0, max(start, first - 1))  # (no other event kept before it: from its first delta)
 
 
-async def _text_between(bridge: Bridge, stream: str, subject: str, after: int, last: int) -> str | None:
-    """The deltas on `subject` after sequence `after` up to `last`, joined; None if too many."""
+async def _text_between(bridge: Bridge, stream: str, subject: str, after: int, last: int) -> tuple[str | None, int]:
+    """The deltas on `subject` after sequence `after` up to `last`, joined (None if too many to
+    read), and the sequence of the first."""
     parts: list[str] = []
+    first = 0
     sub = await follow_stream(bridge.nc.jetstream(), subject, stream, after=after)
     try:
         async with asyncio.timeout(5):
             while len(parts) < MAX_SEGMENT:
                 msg = await next_message(sub, timeout=5)
                 if msg is None:
-                    return None
+                    break
+                seq = msg.metadata.sequence.stream
+                first = first or seq
                 try:
                     parts.append(str(orjson.loads(msg.data).get("delta", "")))
                 except (orjson.JSONDecodeError, AttributeError):
                     pass
-                if msg.metadata.sequence.stream >= last:
-                    return "".join(parts)
+                if seq >= last:
+                    return "".join(parts), first
     except TimeoutError:
-        return None
+        pass
     finally:
         await unsubscribe(sub)
-    return None
+    return None, first
 
 
 def _answers_since_last_question(memory: list[tuple[int, bytes]]) -> set[str]:
