@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from dashboard_agents import PacedTriage, no_pacer
 from dashboard_browser import PageErrors, open_browser
@@ -16,6 +17,7 @@ from playwright.async_api import Browser, expect
 
 from mesh.testing import eventually
 from services.demo import Counter
+from services.demo_live import Room
 
 EXAMPLE = Path(__file__).parents[1] / "services" / "http" / "static" / "example.html"
 OFFLINE = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "MESH_MODEL": ""}
@@ -141,5 +143,31 @@ async def test_client_follows_state_live_and_uses_a_bearer_token(browser, mesh_f
             }"""
         )
         assert denied == ["unauthorized", 401, 401]
+    finally:
+        await page.close()
+
+
+async def test_client_opens_the_agent_owned_connection_with_its_ticket(browser, mesh_factory, http_factory) -> None:
+    await mesh_factory([Room])
+    bridge = await http_factory(tokens=("t0k",))
+    page = await browser.new_page()
+    errors = PageErrors(page)
+    try:
+        await page.goto(f"{bridge.url}/static/example.html?token=t0k")
+        said = await page.evaluate(
+            """async () => {
+                const { connect } = await import("/client.js");
+                const room = connect("room", "lobby", { token: "t0k", live: false });
+                const socket = await room.socket({ query: { name: "ann" } });
+                const heard = new Promise((resolve) => { socket.onmessage = (message) => resolve(message.data); });
+                await new Promise((resolve, reject) => { socket.onopen = resolve; socket.onerror = reject; });
+                socket.send("hello");
+                const line = await heard;
+                socket.close();
+                return line;
+            }"""
+        )
+        assert orjson.loads(said) == {"from": "ann", "text": "hello"}  # the room said it to everyone in it
+        assert errors.errors == []
     finally:
         await page.close()
