@@ -13,6 +13,8 @@ from dashboard_agents import PacedTriage, no_pacer, use_pacer
 from dashboard_browser import PageErrors, horizontal_overflow, open_browser, screenshot
 from playwright.async_api import Browser, Page, expect
 
+from mesh import bus
+from mesh.memory import MemorySession, open_memory_stream
 from mesh.testing import eventually
 from services.demo import Counter
 
@@ -237,6 +239,38 @@ async def test_dashboard_fits_a_phone_and_works_from_the_keyboard(browser, mesh_
         await page.get_by_role("tab", name="State").click()
         await expect(page.get_by_role("tabpanel", name="State")).to_contain_text("value: 3")
         assert await horizontal_overflow(page) == 0
+        assert errors.errors == []
+    finally:
+        await page.close()
+
+
+async def test_a_long_conversation_loads_its_latest_page_and_earlier_ones_on_request(
+    browser, nats_server, mesh_factory, http_factory
+) -> None:
+    await mesh_factory([PacedTriage])
+    bridge = await http_factory()
+    nc = await bus.connect(bus.NatsOptions.from_url(nats_server.url))
+    try:
+        await open_memory_stream(nc.jetstream())
+        items: list[dict[str, Any]] = []
+        for n in range(1, 61):  # 120 items: more than the page of 100 the view loads first
+            items.append({"role": "user", "content": f"question {n}"})
+            items.append({"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": f"answer {n}"}]})
+        await MemorySession(nc, "triage", "long").add_items(items)
+    finally:
+        await nc.close()
+    page = await browser.new_page()
+    errors = PageErrors(page)
+    try:
+        await page.goto(f"{bridge.url}/ui/triage/long")
+        log = page.get_by_role("log", name="Conversation")
+        await expect(log).to_contain_text("answer 60")
+        assert await log.get_by_role("article", name="You").count() == 50  # the newest 100 items
+        await expect(log.get_by_role("article", name="You").first).to_contain_text("question 11")
+        await page.get_by_role("button", name="Load earlier messages").click()
+        await expect(log.get_by_role("article", name="You")).to_have_count(60)
+        await expect(log.get_by_role("article", name="You").first).to_contain_text("question 1")
+        await expect(page.get_by_role("button", name="Load earlier messages")).to_be_hidden()
         assert errors.errors == []
     finally:
         await page.close()
