@@ -167,12 +167,15 @@ async def run_handler(agent: Agent[Any], envelope: Envelope) -> Any:
         return await connections.dispatch(agent, agent.connection_registry(), envelope.headers, envelope.data)
     method = envelope.headers.get(subjects.HEADER_METHOD)
     if method:
+        wire.check_integers(envelope.data)
         return await invoke_method(agent, method, envelope.data)
     return await agent.on_request(decode_request(type(agent), envelope.data))
 
 
 def decode_request(agent_cls: type[Agent[Any]], data: bytes) -> Any:
-    """The request model of `agent_cls` from a body; `BadJson` or `SchemaMismatch` if it is not one."""
+    """The request model of `agent_cls` from a body; `BadJson` or `SchemaMismatch` if it is not one
+    (an integer beyond 64 bits is refused as on every door: `wire.check_integers`)."""
+    wire.check_integers(data)
     try:
         return agent_cls.request_adapter.validate_json(data or b"null")
     except pydantic.ValidationError as exc:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 import pydantic_core
 
 from mesh import subjects
-from mesh.errors import BadJson, MeshError, error_from_wire
+from mesh.errors import BadJson, MeshError, SchemaMismatch, error_from_wire
 
 Headers = dict[str, str]
+
+INTEGERS = (-(2**63), 2**64 - 1)
+"""The integers JSON may carry on the mesh: what orjson (and so every door) reads exactly."""
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")  # the shortest integers outside INTEGERS have 19 digits
 
 
 def dumps(value: Any) -> bytes:
@@ -57,3 +62,36 @@ def error_of(headers: Headers | None, data: bytes) -> MeshError | None:
 def _header_safe(text: str) -> str:
     """Header values are one line of bounded length; the full message is in the JSON body."""
     return " ".join(text.split())[:512]
+
+
+def check_integers(data: bytes) -> None:
+    """Refuse (`SchemaMismatch`) JSON holding an integer outside `INTEGERS`.
+
+    orjson would read such a number as a float, losing digits, and another door might keep it
+    exact: one request would mean two things. So every door refuses it the same way, at the
+    worker's decode. Costs one regex scan unless the body has a run of 19 digits; then the body is
+    parsed exactly (pydantic's parser keeps big integers) to find one. Not JSON: left to the decoder.
+    """
+    if _LONG_DIGITS.search(data) is None:
+        return
+    try:
+        value = pydantic_core.from_json(data)
+    except ValueError as exc:
+        if "number out of range" in str(exc):
+            raise SchemaMismatch(f"a JSON number is too large: {exc}") from None
+        return
+    low, high = INTEGERS
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bool):
+            continue
+        if isinstance(item, int):
+            if not low <= item <= high:
+                digits = str(item)
+                shown = digits if len(digits) <= 40 else digits[:40] + "..."
+                raise SchemaMismatch(f"the integer {shown} is outside the 64-bit range the mesh carries")
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)

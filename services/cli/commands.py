@@ -24,10 +24,11 @@ async def _client(args: argparse.Namespace, settings: MeshSettings) -> MeshClien
 async def cmd_call(args: argparse.Namespace, settings: MeshSettings) -> int:
     agent_type, name = subjects.parse_address(args.address)
     try:
-        payload = orjson.loads(args.payload)
+        orjson.loads(args.payload)
     except orjson.JSONDecodeError as exc:
         print(f"mesh: error [bad_json]: the payload argument is not JSON: {exc}", file=sys.stderr)
         return 2
+    payload = args.payload.encode()  # as typed: orjson would turn an integer beyond 64 bits into a float
     async with await _client(args, settings) as client:
         reply = await client.call(agent_type, name, payload, timeout=args.timeout, method=args.method, request_id=args.request_id)
     print(orjson.dumps(reply).decode())
@@ -125,7 +126,8 @@ def _json_arg(text: str, what: str) -> Any:
 
 async def cmd_send(args: argparse.Namespace, settings: MeshSettings) -> int:
     agent_type, name = subjects.parse_address(args.address)
-    payload = _json_arg(args.payload, "payload argument")
+    _json_arg(args.payload, "payload argument")
+    payload = args.payload.encode()  # as typed (see cmd_call)
     async with await _client(args, settings) as client:
         seq = await client.send_durable(agent_type, name, payload, msg_id=args.msg_id, method=args.method)
     print(orjson.dumps({"stream": subjects.DURABLE_STREAM, "seq": seq}).decode())

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from mesh import subjects
+from mesh import subjects, wire
 from mesh.errors import BadJson, MeshError, PayloadTooLarge, RequestError, Unavailable
 from services.http.bridge import Bridge
 from services.http.live import Cursor, LiveFeed, LiveMessage
@@ -128,6 +128,7 @@ async def _answer(bridge: Bridge, agent_type: str, name: str, text: str, send: A
             message = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             raise BadJson(f"message is not valid JSON: {exc}") from exc
+        wire.check_integers(text.encode())  # orjson read an integer beyond 64 bits as a float: refuse, as every door does
         if not isinstance(message, dict) or message.get("type") != "request" or "body" not in message:
             raise RequestError('messages must look like {"type": "request", "id": "...", "body": <JSON>, "method"?: "..."}')
         request_id = message.get("id")
