@@ -221,7 +221,7 @@ class MeshClient:
             deadline = asyncio.get_running_loop().time() + wait
             while (left := deadline - asyncio.get_running_loop().time()) > 0:
                 msg = await next_message(sub, left)
-                if msg is None:
+                if msg is None or not msg.data:  # no data: the server's no-responders status (no worker at all)
                     break
                 info = wire.loads(msg.data)
                 if (info.get("metadata") or {}).get("mesh.kind") == "agent":

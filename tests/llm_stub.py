@@ -4,6 +4,9 @@ It plays a tiny rule-based LLM: offered `transfer_to_*` tools, it routes history
 History Tutor and math questions to the Math Tutor; as a tutor (recognised by its system prompt) it
 answers. It speaks both the plain JSON and the streaming (server-sent events) forms, and records
 every request body so tests can assert on what the real `openai` client sent.
+
+A streamed text answer comes in two deltas; between them the stub waits for `hold` (set unless a
+test clears it), so a test can prove a client saw the first delta before the answer was complete.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ class ChatCompletionsStub:
         self.requests: list[dict[str, Any]] = []
         self.server: asyncio.Server | None = None
         self.port = 0
+        self.hold = asyncio.Event()
+        self.hold.set()
 
     @property
     def base_url(self) -> str:
@@ -53,7 +58,8 @@ class ChatCompletionsStub:
             self.requests.append(payload)
             message = self.answer(payload)
             if payload.get("stream"):
-                await self._write(writer, 200, "text/event-stream", _sse(payload["model"], message))
+                first, rest = _sse(payload["model"], message)
+                await self._write(writer, 200, "text/event-stream", first + rest, split=len(first), hold=self.hold)
             else:
                 await self._write(writer, 200, "application/json", json.dumps(_completion(payload["model"], message)).encode())
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -61,13 +67,28 @@ class ChatCompletionsStub:
         finally:
             writer.close()
 
-    async def _write(self, writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes) -> None:
+    async def _write(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        content_type: str,
+        body: bytes,
+        split: int | None = None,
+        hold: asyncio.Event | None = None,
+    ) -> None:
+        """Write the response; with `split`, the rest of `body` only once `hold` is set."""
         head = (
             f"HTTP/1.1 {status} {'OK' if status == 200 else 'Not Found'}\r\ncontent-type: {content_type}\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
         )
-        writer.write(head.encode() + body)
+        cut = len(body) if split is None else split
+        writer.write(head.encode() + body[:cut])
         await writer.drain()
+        if cut < len(body):
+            if hold is not None:
+                await hold.wait()
+            writer.write(body[cut:])
+            await writer.drain()
 
     def answer(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The assistant message this 'LLM' answers: a tool call or text."""
@@ -106,7 +127,9 @@ def _completion(model: str, message: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _sse(model: str, message: dict[str, Any]) -> bytes:
+def _sse(model: str, message: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The event stream, cut after the first text delta (all of it in the first part otherwise)."""
+
     def chunk(delta: dict[str, Any], finish: str | None, usage: dict[str, int] | None = None) -> str:
         body: dict[str, Any] = {
             "id": "chatcmpl-stub",
@@ -124,10 +147,12 @@ def _sse(model: str, message: dict[str, Any]) -> bytes:
         calls = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
         parts.append(chunk({"tool_calls": calls}, None))
         parts.append(chunk({}, "tool_calls"))
+        cut = len(parts) + 2
     else:
         text = message["content"]
         half = len(text) // 2
         parts += [chunk({"content": text[:half]}, None), chunk({"content": text[half:]}, None), chunk({}, "stop")]
+        cut = 2
     parts.append(chunk({}, None, {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}))
     parts.append("data: [DONE]\n\n")
-    return "".join(parts).encode()
+    return "".join(parts[:cut]).encode(), "".join(parts[cut:]).encode()

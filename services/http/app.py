@@ -18,12 +18,15 @@ from starlette.staticfiles import StaticFiles
 from mesh import bus
 from mesh.errors import MeshError
 from services.http import calls, messages, problems, routes, streams
+from services.http.a2a import ROUTES as A2A_ROUTES
 from services.http.auth import Auth, AuthMiddleware
 from services.http.bridge import Bridge
 from services.http.config import BridgeConfig
 from services.http.connect import connect as websocket_connect
 from services.http.mcp import McpDoor
 from services.http.metrics import MetricsMiddleware
+from services.http.openai_api import ROUTES as OPENAI_ROUTES
+from services.http.openai_api import OpenAIErrors
 from services.http.openapi import build_openapi
 
 STATIC = Path(__file__).parent / "static"
@@ -65,7 +68,7 @@ def create_app(config: BridgeConfig, *, nats: bus.NatsOptions | None = None, nc:
                 await conn.drain()
 
     auth = Auth(config.tokens, config.ticket_ttl)
-    middleware = [Middleware(MetricsMiddleware)]
+    middleware = [Middleware(MetricsMiddleware), Middleware(OpenAIErrors)]
     if config.cors_origins:
         middleware.append(
             Middleware(
@@ -102,6 +105,8 @@ def create_app(config: BridgeConfig, *, nats: bus.NatsOptions | None = None, nc:
             Route("/agents/{type}/{name}/approvals/{id}/{decision}", routes.decide_approval, methods=["POST"]),
             Route("/runs/{id}", routes.get_run, methods=["GET"]),
             Route("/mcp", McpDoor(), methods=["GET", "POST", "DELETE"]),
+            *OPENAI_ROUTES,
+            *A2A_ROUTES,
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=middleware,

@@ -8,6 +8,7 @@ as the `code` of its problem documents and in the `Mesh-Error-Code` header:
     │   ├── Unauthorized          no valid bearer token or ticket                unauthorized 401
     │   ├── Forbidden             WebSocket Origin not allowed                   forbidden 403
     │   ├── NotFound              no such route, state or run                    not_found 404
+    │   │   └── ModelNotFound     no LLM agent type by that model name (/v1)     model_not_found 404
     │   ├── MethodNotAllowed      route exists, method does not                  method_not_allowed 405
     │   └── IdempotencyKeyReused  same key, different request                    idempotency_key_reused 422
     └── IdempotencyInProgress     the first request with this key still runs     idempotency_in_progress 409
@@ -35,6 +36,12 @@ class NotFound(RequestError):
     status = 404
 
 
+class ModelNotFound(NotFound):
+    """OpenAI-compatible API: `model` names no LLM agent type being served (OpenAI's own code)."""
+
+    code = "model_not_found"
+
+
 class MethodNotAllowed(RequestError):
     code = "method_not_allowed"
     status = 405
@@ -54,6 +61,7 @@ HTTP_ERRORS: tuple[type[MeshError], ...] = (
     Unauthorized,
     Forbidden,
     NotFound,
+    ModelNotFound,
     MethodNotAllowed,
     IdempotencyKeyReused,
     IdempotencyInProgress,

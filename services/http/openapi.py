@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mesh import __version__, subjects
+from services.http import a2a, openai_api
 from services.http.bridge import AgentType
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
@@ -369,6 +370,8 @@ def build_openapi(types: list[AgentType], *, auth: bool) -> dict[str, Any]:
                 "responses": {"200": _json(reply, "the agent's reply"), "202": ACCEPTED, "default": PROBLEM_RESPONSE},
             }
         }
+    paths.update(openai_api.OPENAPI_PATHS)
+    paths.update(a2a.OPENAPI_PATHS)
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
