@@ -56,13 +56,16 @@ class Notes(Agent[NoteState]):
 
 def _schema_agents() -> list[type[Agent[Any]]]:
     from services.demo import Counter, Echo
+    from services.triage import Clerk, Triage
 
-    return [Counter, Echo, Notes]
+    return [Counter, Echo, Notes, Triage, Clerk]
 
 
 SCHEMA_AGENTS = _schema_agents()
-"""What the schemathesis run serves (through `mesh up --app http_agents:SCHEMA_AGENTS`). Not the
-demo Relay: it relays whatever its target answers, so `{"to": "nosuch/x"}` is a correct 503."""
+"""What the schemathesis run serves (through `mesh up --app http_agents:SCHEMA_AGENTS`): plain agents,
+a method (counter's reset), and LLM agents (offline model) for the approvals routes and the LLM doors
+(OpenAI-compatible API, A2A). Not the demo Relay: it relays whatever its target answers, so
+`{"to": "nosuch/x"}` is a correct 503."""
 
 
 async def serve_garbled(nc: Client) -> Any:

@@ -26,6 +26,9 @@ def mesh_up(tmp_path: Path) -> Iterator[str]:
     env = {
         **os.environ,
         "MESH_APP": "http_agents:SCHEMA_AGENTS",
+        "OPENAI_API_KEY": "",  # the LLM agents run on the offline demo model
+        "OPENAI_BASE_URL": "",
+        "MESH_MODEL": "",
         "MESH_LOG_FORMAT": "json",
         "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
