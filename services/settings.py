@@ -62,6 +62,9 @@ class MeshSettings(BaseSettings):
     idle_timeout: float = 300.0
     lease_ttl: int = Field(default=6, ge=2)
     call_timeout: float = 30.0
+    max_clock_skew: float = Field(
+        default=0.5, ge=0, description="Seconds a caller's clock may be ahead of this worker's (Mesh-Deadline)."
+    )
     shutdown_grace: float = Field(default=10.0, description="Seconds a stopping worker lets in-flight turns finish.")
     durable_max_attempts: int = Field(default=5, ge=1, description="Deliveries of a failing message before it is dead-lettered.")
     durable_backoff: str = Field(default="1,2,5,10,30", description="Seconds before each redelivery, comma separated.")
@@ -105,6 +108,7 @@ class MeshSettings(BaseSettings):
             lease_ttl=self.lease_ttl,
             call_timeout=self.call_timeout,
             replicas=self.replicas,
+            max_clock_skew=self.max_clock_skew,
         )
 
 
