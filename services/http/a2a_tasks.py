@@ -75,6 +75,7 @@ from starlette.responses import JSONResponse, Response
 
 from mesh import __version__, subjects
 from mesh.approvals import LLMState, PendingApproval
+from mesh.client import MeshClient
 from mesh.errors import MeshError
 from services.catalog import AgentType
 from services.http.bridge import Bridge
@@ -84,7 +85,6 @@ from services.http.llm_runs import (
     approvals_json,
     approvals_text,
     follow_run,
-    fresh_name,
     message_body,
     new_run_id,
     parse_reply,
@@ -295,7 +295,7 @@ class MeshTasks(RequestHandler):
             return _Run(bridge, TaskView(agent_type, name, run_id), decide)
         if not text:
             raise InvalidParamsError("the message has no text")
-        name = message.context_id or fresh_name()
+        name = message.context_id or MeshClient.new_name(agent_type)
         try:
             subjects.encode_name(name)
         except MeshError as err:

@@ -12,8 +12,6 @@ yields every delta of the run.
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -29,7 +27,7 @@ from services.http.bridge import Bridge
 
 Send = Callable[[], Awaitable[bytes]]
 
-__all__ = ["LLMReply", "follow_run", "fresh_name", "is_llm", "llm_type", "llm_types", "message_body", "new_run_id"]
+__all__ = ["LLMReply", "follow_run", "is_llm", "llm_type", "llm_types", "message_body", "new_run_id"]
 
 
 INFO_WAIT = 5.0
@@ -63,11 +61,6 @@ async def llm_type(bridge: Bridge, agent_type: str) -> AgentType | None:
         return None
     found_now = group([info]) if isinstance(info, dict) else []
     return found_now[0] if found_now and found_now[0].type == agent_type and is_llm(found_now[0]) else None
-
-
-def fresh_name() -> str:
-    """A new instance name no one has used: for callers that name no instance."""
-    return uuid.UUID(bytes=os.urandom(16), version=4).hex
 
 
 def message_body(text: str, run_id: str) -> bytes:

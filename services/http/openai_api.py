@@ -35,6 +35,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mesh import subjects
+from mesh.client import MeshClient
 from mesh.errors import AgentError, MeshError, RequestError
 from services.http.bridge import Bridge
 from services.http.errors import ModelNotFound
@@ -43,7 +44,6 @@ from services.http.llm_runs import (
     approvals_json,
     approvals_text,
     follow_run,
-    fresh_name,
     llm_type,
     llm_types,
     message_body,
@@ -152,7 +152,7 @@ async def resolve_model(bridge: Bridge, model: str, user: str | None) -> tuple[s
         raise model_not_found(model)
     param = "model"
     if not slash:
-        name, param = (user, "user") if user else (fresh_name(), "model")
+        name, param = (user, "user") if user else (MeshClient.new_name(agent_type), "model")
     try:
         subjects.encode_name(name)
     except MeshError as err:
