@@ -8,7 +8,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -21,6 +21,8 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+expect.set_options(timeout=15_000)  # the page waits on real workers, on 2 cores shared with other tests
+
 SCREENSHOTS = os.environ.get("MESH_SCREENSHOTS")
 """Also copy the screenshots tests take here (the README's are made this way)."""
 

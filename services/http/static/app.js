@@ -19,13 +19,16 @@ let current = null;          // the open instance: {type, name, agent, info, cha
 let openSerial = 0;
 
 function api(path, options = {}) {
-  return request(path, { token, ...options }).catch((error) => {
-    if (error.status === 401) askForToken();
+  const used = token;
+  return request(path, { token: used, ...options }).catch((error) => {
+    if (error.status === 401) askForToken(used);
     throw error;
   });
 }
 
-function askForToken() {
+/** Show the sign-in form, unless the refusal was of a token the person has since replaced. */
+function askForToken(used = token) {
+  if (used !== token || !$("token-form").hidden) return;
   $("token-form").hidden = false;
   $("token").focus();
 }
@@ -206,7 +209,7 @@ async function openInstance(type, name, view) {
   showView(view || (info.chat ? "chat" : "request"));
 
   agent.on("status", setConnection);
-  agent.on("unauthorized", askForToken);
+  agent.on("unauthorized", () => askForToken(agent.token));
   agent.on("state", (message) => {
     showState(message);
     if (current && current.chat) current.chat.showState(message.state);
@@ -222,7 +225,7 @@ async function openInstance(type, name, view) {
     const chat = new ChatView({
       log: $("conversation"), status: $("chat-status"), older: $("older"), agent, entryLabel: type,
       onError: (error) => {
-        if (error.status === 401) askForToken();
+        if (error.status === 401) askForToken(agent.token);
         else console.error("chat:", error);
       },
     });
