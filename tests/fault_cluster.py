@@ -63,23 +63,23 @@ class Cluster:
 
     async def start(self, workers: int, proxied: bool) -> None:
         await self.server.start()
-        self.client = MeshClient(
-            await connect(NatsOptions.from_url(self.server.url, name="fault-test")), default_timeout=CALL_TIMEOUT
-        )
-        for _ in range(workers):
+        nc = await connect(NatsOptions.from_url(self.server.url, name="fault-test"))
+        self.client = MeshClient(nc, default_timeout=CALL_TIMEOUT)
+        for _ in range(workers):  # one after another: on a busy 2-core machine, at once is slower
             await self.add_worker(proxied)
 
     async def add_worker(self, proxied: bool) -> Member:
+        """Start one more worker; return once it serves."""
         proxy = None
         if proxied:
             proxy = FaultProxy(self.server.url)
             await proxy.start()
         index = len(self.members)
-        process = WorkerProcess(proxy.url if proxy else self.server.url, APP, self.folder / f"worker-{index}.log", self.env)
-        member = Member(index, process, proxy, "")
+        url = proxy.url if proxy else self.server.url
+        member = Member(index, WorkerProcess(url, APP, self.folder / f"worker-{index}.log", self.env), proxy, "")
         self.members.append(member)
-        await process.wait_started()
-        member.worker_id = _worker_id(process.log_text())
+        await member.process.wait_started()
+        member.worker_id = _worker_id(member.process.log_text())
         return member
 
     async def stop(self) -> None:
@@ -88,7 +88,9 @@ class Cluster:
                 os.kill(member.pid, signal.SIGCONT)  # never leave a stopped worker behind
             if member.proxy is not None:
                 member.proxy.release()
-            await member.process.terminate(timeout=5.0)
+        # All at once, and before their proxies close, so each stops gracefully over its link.
+        await asyncio.gather(*(m.process.terminate(timeout=5.0) for m in self.members))
+        for member in self.members:
             if member.proxy is not None:
                 await member.proxy.close()
         with contextlib.suppress(Exception):
