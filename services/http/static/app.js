@@ -59,11 +59,15 @@ function typeInfo(type) {
     const prefix = `/agents/${type}/{name}/methods/`;
     if (!path.startsWith(prefix) || !item.post || path.slice(prefix.length).includes("/")) continue;
     const name = decodeURIComponent(path.slice(prefix.length));
-    if (!name.startsWith("{")) methods.set(name, { name, schema: bodySchema(item.post), description: item.post.description || "" });
+    if (!name.startsWith("{")) {
+      methods.set(name, { name, schema: bodySchema(item.post), input: Boolean(item.post.requestBody), description: item.post.description || "" });
+    }
   }
   for (const method of (listed && listed.methods) || []) {
     const name = typeof method === "string" ? method : method.name;
-    if (name && !methods.has(name)) methods.set(name, { name, schema: method.request_schema || null, description: method.description || "" });
+    if (name && !methods.has(name)) {
+      methods.set(name, { name, schema: method.request_schema || null, input: method.request_schema != null, description: method.description || "" });
+    }
   }
   return {
     type,

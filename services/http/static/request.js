@@ -59,7 +59,6 @@ export class RequestPanel {
     const send = el("button", { type: "submit", id: "send-request", textContent: "Send" });
     const form = el("form", { id: "request-form", noValidate: true, attrs: { "aria-labelledby": "request-heading" } },
       el("h3", { id: "request-heading", textContent: "Request" }),
-      info.description ? el("p", { className: "muted", textContent: info.description }) : null,
       editor.element, el("div", { className: "actions" }, send));
     form.onsubmit = async (event) => {
       event.preventDefault();
@@ -85,8 +84,10 @@ export class RequestPanel {
     const { info, agent } = this;
     const section = el("section", { attrs: { "aria-labelledby": "methods-heading" } }, el("h3", { id: "methods-heading", textContent: "Methods" }));
     for (const method of info.methods) {
-      const editor = requestEditor(method.schema, info.resolve, { label: method.name, idPrefix: "method-" + method.name });
-      const out = el("pre", { className: "reply muted", attrs: { "aria-live": "polite" } });
+      const editor = method.input
+        ? requestEditor(method.schema, info.resolve, { label: method.name, idPrefix: "method-" + method.name })
+        : { element: el("p", { className: "muted", textContent: "It takes no input." }), read: () => null };
+      const out = el("pre", { className: "reply muted", hidden: true, attrs: { "aria-live": "polite" } });
       const button = el("button", { type: "submit", textContent: `Call ${method.name}` });
       const form = el("form", { className: "method", noValidate: true, attrs: { "aria-label": `Method ${method.name}` } },
         el("h4", {}, el("code", { textContent: method.name })),
@@ -95,6 +96,7 @@ export class RequestPanel {
       form.onsubmit = async (event) => {
         event.preventDefault();
         let body;
+        out.hidden = false;
         try { body = editor.read(); } catch (error) { return showError(out, error); }
         button.disabled = true;
         try { showReply(out, await agent.call(body, { method: method.name })); } catch (error) { showError(out, error); }
