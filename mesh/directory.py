@@ -20,7 +20,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -68,7 +68,7 @@ class Directory:
         self._wake = asyncio.Event()  # set to make the heartbeat renew now
         self._attempted = asyncio.Event()  # set (and replaced) after each renewal attempt of the heartbeat
         self._heartbeat_serving = False
-        self.on_renew_failed: Callable[[Exception], Awaitable[None]] | None = None
+        self.on_renew_failed: Callable[[Exception], None] | None = None  # e.g. the runtime's check for a lost store
 
     def fenced(self) -> bool:
         """True when this worker can no longer be sure that nobody else considers it dead."""
@@ -127,7 +127,7 @@ class Directory:
                     failed = True
                     log.warning("lease.renew_failed", worker=self.worker_id, error=str(exc))
                     if self.on_renew_failed is not None:
-                        await self.on_renew_failed(exc)
+                        self.on_renew_failed(exc)
                 finally:
                     attempted, self._attempted = self._attempted, asyncio.Event()
                     attempted.set()

@@ -27,6 +27,7 @@ from mesh._nats import (
     Connection,
     Message,
     Service,
+    healer_of,
     open_bucket,
     publish,
     publish_now,
@@ -144,6 +145,7 @@ class Runtime:
             lease_ttl=self.options.lease_ttl,
             heartbeat=self.options.heartbeat,
         )
+        self.directory.on_renew_failed = self._renew_failed
         await self._take_lease()
         self.turns.log_turns = structlog.get_logger("mesh.runtime").is_enabled_for(logging.DEBUG)
         self.background.spawn(self.directory.serve_heartbeat())
@@ -172,6 +174,10 @@ class Runtime:
                     raise
                 self.log.info("lease.retrying", error=exc.message)
                 await asyncio.sleep(0.25)
+
+    def _renew_failed(self, exc: Exception) -> None:
+        if isinstance(exc, NoResponders):  # no stream for the lease: did the server lose its store?
+            healer_of(self.nc).check_soon()
 
     async def _add_service(self, agent_type: str) -> Service:
         stats = self.stats[agent_type]

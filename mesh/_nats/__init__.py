@@ -23,6 +23,7 @@ from mesh._nats.connection import (
     watch_connection,
 )
 from mesh._nats.errors import map_error, map_errors
+from mesh._nats.healing import Healer, healer_of
 from mesh._nats.inbox import ReplyInbox, inbox_of, request
 from mesh._nats.kv import Bucket, Change, Objects, Watch, bind_bucket, open_bucket, open_objects
 from mesh._nats.outbox import publish, publish_now
@@ -64,6 +65,7 @@ __all__ = [
     "ConsumerConfig",
     "DeliverPolicy",
     "DiscardPolicy",
+    "Healer",
     "JetStream",
     "Message",
     "NatsOptions",
@@ -90,6 +92,7 @@ __all__ = [
     "follow_stream",
     "free_port",
     "get_stored",
+    "healer_of",
     "inbox_of",
     "last_stored",
     "map_error",

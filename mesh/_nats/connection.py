@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import re
 import ssl
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -120,7 +119,7 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Connection
     if reconnect:
         nc.options["max_reconnect_attempts"] = -1  # once connected, ride out any outage
     selfcheck.check_connection(nc)
-    _events[nc] = events
+    setattr(nc, _EVENTS, events)
     return nc
 
 
@@ -152,7 +151,14 @@ class ConnectionEvents:
                 log.exception("connection.listener_failed", connection_event=event)
 
 
-_events: weakref.WeakKeyDictionary[Connection, ConnectionEvents] = weakref.WeakKeyDictionary()
+_EVENTS = "_mesh_events"
+"""The attribute of a connection holding its `ConnectionEvents` (on the object itself: a weak
+mapping's value would keep its key alive, since listeners end up referring to the connection)."""
+
+
+def _events_of(nc: Connection) -> ConnectionEvents | None:
+    events = getattr(nc, _EVENTS, None)
+    return events if isinstance(events, ConnectionEvents) else None
 
 
 def watch_connection(
@@ -165,9 +171,10 @@ def watch_connection(
     """Call the given functions when `nc` loses its server, has reconnected, or is closed; returns
     a function that stops the calls. A connection made elsewhere than `connect` gets its nats-py
     callbacks chained here (the earlier ones still run first)."""
-    events = _events.get(nc)
+    events = _events_of(nc)
     if events is None:
-        events = _events[nc] = ConnectionEvents()
+        events = ConnectionEvents()
+        setattr(nc, _EVENTS, events)
         for event in events.listeners:
             attribute = f"_{event}_cb"
             earlier = getattr(nc, attribute, None)

@@ -17,6 +17,7 @@ nothing was written since: it never overwrites anyone's state.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from nats.js.object_store import ObjectStore
 
 from mesh._nats.connection import Connection, JetStream
 from mesh._nats.errors import map_errors
+from mesh._nats.healing import healer_of
 from mesh._nats.inbox import inbox_of
 from mesh.errors import MeshError, MeshTimeout, NoResponders, OutcomeUnknown, StateConflict, Unavailable
 from mesh.subjects import HEADER_WRITE
@@ -89,6 +91,8 @@ async def open_bucket(
     An existing bucket is bound as it is: its replica count is fixed when it is first created, so
     on a cluster the first worker must already run with `replicas=3`.
     """
+    again = functools.partial(open_bucket, nc, name, history=history, replicas=replicas, ttl=ttl, timeout=timeout)
+    healer_of(nc).remember_stream(f"KV_{name}", again)  # made again if a server restarts without it
     found = await bind_bucket(nc, name, timeout=timeout)
     if found is not None:
         return found
@@ -406,6 +410,8 @@ class Objects:
 
 async def open_objects(js: JetStream, name: str, *, description: str | None = None) -> Objects:
     """Bind an object store bucket, creating it (file storage) the first time."""
+    if isinstance(nc := getattr(js, "_nc", None), Connection):
+        healer_of(nc).remember_stream(f"OBJ_{name}", functools.partial(open_objects, js, name, description=description))
     with map_errors(f"object store {name}", timeout=Unavailable):
         try:
             return Objects(await js.object_store(name), name)

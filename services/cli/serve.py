@@ -29,6 +29,7 @@ from mesh.bus import NatsServer
 from mesh.errors import MeshError, RequestError
 from mesh.logging import configure_logging
 from mesh.runtime import RuntimeOptions
+from mesh.tasks import TaskSet
 from services import triage
 from services.health import open_health_server
 from services.http.config import BridgeConfig, config_from_settings, exposure_problem, parse_listen
@@ -87,7 +88,20 @@ async def cmd_up(args: argparse.Namespace, settings: MeshSettings) -> int:
         # The server stops with this process, and with it every route to this worker: lingering
         # for peers that might still forward here would only delay the exit.
         options = dataclasses.replace(settings.runtime_options(), handover_linger=0.0)
-        return await _serve(settings, server.url, http=http, mail=mail, options=options, demo_mcp=True)
+        async with _supervised(server):
+            return await _serve(settings, server.url, http=http, mail=mail, options=options, demo_mcp=True)
+
+
+@contextlib.asynccontextmanager
+async def _supervised(server: NatsServer) -> AsyncIterator[None]:
+    """Keep `mesh up`'s own nats-server running while the block runs: restarted on the same store
+    and port when it dies (with backoff, logged); the worker and the bridge reconnect on their own."""
+    supervisor = TaskSet(log, "nats_server.supervisor_failed")
+    supervisor.spawn(server.serve_supervised())
+    try:
+        yield
+    finally:
+        await supervisor.cancel_all()
 
 
 async def cmd_worker(args: argparse.Namespace, settings: MeshSettings) -> int:
