@@ -361,14 +361,13 @@ class Activation:
                 record = None
                 if self.applied is not None and len(self.applied):
                     record = headers[subjects.HEADER_APPLIED] = self.applied.header()
-                replies, now_ms = None, 0
+                entries, now_ms = None, 0
                 if with_ids is not None or self.requests is not None:  # requests with ids, now or lately
-                    replies = [(o.envelope.request_id or "", o.body or b"null") for o in with_ids or ()]
-                    now_ms = self._request_headers(headers, replies)
+                    entries, now_ms = self._request_headers(headers, with_ids)
                 write = write_id(turns.worker_id, self.state_revision)
                 self.state_revision = await host.state.save(self.key, self.current, self.state_revision, headers, write=write)
-                if replies and self.requests is not None:
-                    self.requests.took_effect(replies, now_ms)
+                if entries and self.requests is not None:
+                    self.requests.took_effect(entries, now_ms)
                 if record is not None and self.applied is not None:
                     self.applied_saved, self.applied.dirty = record, False
                 self.saved = self.current
@@ -397,29 +396,32 @@ class Activation:
             for observer in turns.observers:
                 observer.on_state_saved(saved)
 
-    def _request_headers(self, headers: dict[str, str], replies: list[tuple[str, bytes]]) -> int:
+    def _request_headers(
+        self, headers: dict[str, str], with_ids: list[Outcome] | None
+    ) -> tuple[list[tuple[str, bytes | None, bytes]], int]:
         """Add what the next state write says about request ids: the carried replies plus this
         batch's (`Mesh-Requests`), and until when spilled records count (`Mesh-Requests-Until`).
-        Returns the time (unix ms) the batch's replies are recorded at."""
+        Returns the batch's entries and the time (unix ms) they are recorded at."""
         now_ms = int(time.time() * 1000)
         if self.requests is None:
             self.requests = RequestIndex()
-        carried = self.requests.header(now_ms, replies)
+        replies = [(o.envelope.request_id or "", o.body or b"null") for o in with_ids or ()]
+        entries = RequestIndex.entries(replies, now_ms)
+        carried = self.requests.header(now_ms, entries)
         if carried is not None:
             headers[subjects.HEADER_REQUESTS] = carried
         if self.requests.until > now_ms:
             headers[subjects.HEADER_REQUESTS_UNTIL] = str(self.requests.until)
-        return now_ms
+        return entries, now_ms
 
     def _spill(self) -> None:
         """Copy the carried replies into records once they are many (off the reply path)."""
         index = self.requests
-        if index is None:
+        if index is None or not index.spill_due():
             return
+        index.spilling = True
         spill = index.spill(self.key, write_id(self.host.turns.worker_id, self.state_revision), self._record_limit())
-        if spill is not None:
-            index.spilling = True
-            self.host.spawn(self._store_spill(index, spill))
+        self.host.spawn(self._store_spill(index, spill))
 
     async def _store_spill(self, index: RequestIndex, spill: Spill) -> None:
         try:

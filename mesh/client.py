@@ -48,6 +48,8 @@ NO_RESPONDERS_FOR = 1.0  # seconds "nobody serves this type" is retried before i
 _BACKOFF = (0.05, 1.0)  # seconds before a resend after a retryable error, doubling, and its cap
 HEDGE_SHARE = 0.1  # at most this share of a client's calls in flight resend while unanswered...
 HEDGE_MIN = 8  # ...or this many, whichever is more
+_NOT_RUN = (Unavailable.code, MeshTimeout.code)  # what a worker answers for an attempt it did not run
+_WAIT = float("inf")  # not final, and no reason to resend sooner than planned
 
 
 class MeshClient:
@@ -277,7 +279,7 @@ class _Attempts:
             self.hedging = True
         return True
 
-    def __call__(self, msg: Message) -> float | None:
+    def __call__(self, msg: Message, pending: bool) -> float | None:
         headers = msg.headers
         if not headers:
             return None  # the fast path: a reply without headers is a success
@@ -285,6 +287,8 @@ class _Attempts:
         if code is None:
             if not no_responders(msg):
                 return None
+            if pending:
+                return _WAIT  # this attempt found nobody; an earlier one is still out
             now = time.monotonic()
             if not self._no_responders_until:
                 self._no_responders_until = now + NO_RESPONDERS_FOR
@@ -292,8 +296,8 @@ class _Attempts:
         if code == OutcomeUnknown.code:
             self.unknown = True
             return self._next_pause()
-        if code == Unavailable.code:
-            return self._next_pause()
+        if code in _NOT_RUN:  # this attempt did not run: an earlier one still out may yet answer
+            return _WAIT if pending else self._next_pause() if code == Unavailable.code else None
         return None
 
     def _next_pause(self) -> float:

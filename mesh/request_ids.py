@@ -10,8 +10,10 @@ requests with ids ride in the `Mesh-Requests` header of the very KV message that
 batch's state, so they are stored exactly when the state is (like `Mesh-Applied`). They keep
 riding in every later state write of the instance until they have been copied ("spilled") into a
 record message of their own, `_r.<type>.<token>.<spill id>` in the state bucket, expiring after
-`RECORD_TTL` seconds; a spill happens once the carried replies pass `SPILL_AT` bytes and drops
-them from the header only after JetStream confirmed the record. So every reply that counts is, at
+`RECORD_TTL` seconds. A spill happens once the carried replies pass a threshold that grows with
+the square root of what a write adds (1 to 16 KiB: the point where carrying bytes in every write
+costs as much as writing records more often), and drops them from the header only after
+JetStream confirmed the record. So every reply that counts is, at
 any moment, in the stored state's header or in a stored record, and a record never names a request
 whose effect was not stored. The state header `Mesh-Requests-Until` (unix ms) says until when
 spilled records may still count; only then does a new activation list them. An instance that
@@ -28,9 +30,10 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import math
 import os
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -42,7 +45,7 @@ MAX_ID_LENGTH = 128
 WINDOW_MS = 120_000  # a request id that took effect is remembered this long
 RECORD_TTL = 130  # seconds a spilled record is stored: longer than the window it serves
 SKEW_MS = 10_000  # replies written by another worker's clock are kept this much longer, not shorter
-SPILL_AT = 16 * 1024  # bytes of carried replies past which they are copied into a record
+SPILL_AT = (1024, 16 * 1024)  # bytes of carried replies past which they go into a record: bounds
 MAX_KEPT_REPLY = 64 * 1024  # a larger reply is remembered as taken effect, without its body
 
 
@@ -63,11 +66,9 @@ def records_prefix(key: str) -> str:
     return f"{subjects.REQUEST_RECORDS}.{key}."
 
 
-@dataclass(slots=True)
-class _Carried:
-    serial: int
-    at: int  # unix ms it took effect
-    entry: bytes  # `["<id>",<at>,<reply>]`, or `["<id>",<at>,null,1]` when the reply was too large
+_Carried = tuple[int, int, bytes]
+"""(serial, unix ms it took effect, entry): `["<id>",<at>,<reply>]`, or `["<id>",<at>,null,1]`
+when the reply was too large to keep."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,7 @@ class RequestIndex:
     """The replies of the requests that took effect on one instance within the window, by id, and
     those of them that still ride in the state header (carried) rather than in a record."""
 
-    __slots__ = ("_replies", "_order", "_carried", "_carried_bytes", "_serials", "until", "spilling")
+    __slots__ = ("_replies", "_order", "_carried", "_carried_bytes", "_serials", "_spill_at", "until", "spilling")
 
     def __init__(self) -> None:
         self._replies: dict[str, tuple[int, bytes | None]] = {}  # id -> (expires at, unix ms; reply)
@@ -91,6 +92,7 @@ class RequestIndex:
         self._carried: deque[_Carried] = deque()
         self._carried_bytes = 0
         self._serials = itertools.count(1)
+        self._spill_at = SPILL_AT[0]
         self.until = 0  # unix ms until which spilled records may count (`Mesh-Requests-Until`)
         self.spilling = False
 
@@ -108,23 +110,34 @@ class RequestIndex:
             return False, None
         return True, found[1]
 
-    def took_effect(self, replies: Iterable[tuple[str, bytes]], at_ms: int) -> None:
-        """The batch whose write carried `replies` (see `header(..., adding=...)`) was stored."""
+    @staticmethod
+    def entries(replies: Iterable[tuple[str, bytes]], at_ms: int) -> list[tuple[str, bytes | None, bytes]]:
+        """(id, reply kept, entry) of a batch's replies, for `header` and then `took_effect`."""
+        found = []
         for request_id, reply in replies:
             kept = reply if len(reply) <= MAX_KEPT_REPLY else None
-            self._keep(request_id, kept, at_ms + WINDOW_MS)
-            self._carry(at_ms, _entry(request_id, at_ms, kept))
+            found.append((request_id, kept, _entry(request_id, at_ms, kept)))
+        return found
+
+    def took_effect(self, entries: list[tuple[str, bytes | None, bytes]], at_ms: int) -> None:
+        """The write that carried `entries` (`entries()`, `header(..., entries)`) was stored."""
+        expires = at_ms + WINDOW_MS
+        added = 0
+        for request_id, kept, entry in entries:
+            self._keep(request_id, kept, expires)
+            self._carry(at_ms, entry)
+            added += len(entry)
+        self._spill_at = min(SPILL_AT[1], max(SPILL_AT[0], 140 * math.isqrt(added)))
         self._prune(at_ms)
 
-    def header(self, now_ms: int, adding: Iterable[tuple[str, bytes]] = ()) -> str | None:
+    def header(self, now_ms: int, adding: Sequence[tuple[str, bytes | None, bytes]] = ()) -> str | None:
         """The `Mesh-Requests` value of the next state write: the carried replies still within the
-        window, plus `adding` (the replies of the batch being written, at `now_ms`)."""
+        window, plus `adding` (`entries()` of the batch being written, at `now_ms`)."""
         carried = self._carried
-        while carried and carried[0].at + WINDOW_MS + SKEW_MS <= now_ms and not self.spilling:
-            self._carried_bytes -= len(carried.popleft().entry)
-        parts = [c.entry for c in carried]
-        for request_id, reply in adding:
-            parts.append(_entry(request_id, now_ms, reply if len(reply) <= MAX_KEPT_REPLY else None))
+        while carried and carried[0][1] + WINDOW_MS + SKEW_MS <= now_ms and not self.spilling:
+            self._carried_bytes -= len(carried.popleft()[2])
+        parts = [c[2] for c in carried]
+        parts.extend(entry for _, _, entry in adding)
         if not parts:
             return None
         value = b"[" + b",".join(parts) + b"]"
@@ -132,30 +145,31 @@ class RequestIndex:
             return value.decode()
         return json.dumps(orjson.loads(value), separators=(",", ":"))  # header values stay ASCII
 
-    def spill(self, key: str, spill_id: str, limit: int) -> Spill | None:
-        """The records that would take the carried replies out of the header, once they pass
-        `SPILL_AT` bytes (each record at most `limit` bytes); None if it is not time yet."""
-        if self.spilling or self._carried_bytes < SPILL_AT:
-            return None
+    def spill_due(self) -> bool:
+        """True once the carried replies pass the threshold (and no spill is under way)."""
+        return not self.spilling and self._carried_bytes >= self._spill_at
+
+    def spill(self, key: str, spill_id: str, limit: int) -> Spill:
+        """The records that take the carried replies out of the header, each at most `limit` bytes."""
         records: list[tuple[str, bytes]] = []
         parts: list[bytes] = []
         size = 2
-        for carried in self._carried:
-            if parts and size + len(carried.entry) + 1 > limit:
+        for _, _, entry in self._carried:
+            if parts and size + len(entry) + 1 > limit:
                 records.append((f"{records_prefix(key)}{spill_id}.{len(records)}", b"[" + b",".join(parts) + b"]"))
                 parts, size = [], 2
-            parts.append(carried.entry)
-            size += len(carried.entry) + 1
+            parts.append(entry)
+            size += len(entry) + 1
         records.append((f"{records_prefix(key)}{spill_id}.{len(records)}", b"[" + b",".join(parts) + b"]"))
-        newest = self._carried[-1]
-        return Spill(records, newest.serial, newest.at + WINDOW_MS)
+        serial, at, _ = self._carried[-1]
+        return Spill(records, serial, at + WINDOW_MS)
 
     def spilled(self, spill: Spill) -> None:
         """The spill's records are stored: its replies no longer ride in the header."""
         self.until = max(self.until, spill.until)
         carried = self._carried
-        while carried and carried[0].serial <= spill.serial:
-            self._carried_bytes -= len(carried.popleft().entry)
+        while carried and carried[0][0] <= spill.serial:
+            self._carried_bytes -= len(carried.popleft()[2])
 
     def load_header(self, value: str, now_ms: int) -> int:
         """Take in the replies a stored state's `Mesh-Requests` header carries (they go on riding
@@ -196,7 +210,7 @@ class RequestIndex:
         self._order.append((expires, request_id))
 
     def _carry(self, at: int, entry: bytes) -> None:
-        self._carried.append(_Carried(next(self._serials), at, entry))
+        self._carried.append((next(self._serials), at, entry))
         self._carried_bytes += len(entry)
 
     def _prune(self, now_ms: int) -> None:

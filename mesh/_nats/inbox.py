@@ -108,15 +108,16 @@ class ReplyInbox:
         *,
         timeout: float,  # noqa: ASYNC109 - the exchange's own deadline, swept like a request's
         headers: dict[str, str] | None = None,
-        judge: Callable[[Message], float | None],
+        judge: Callable[[Message, bool], float | None],
         resend: tuple[float, float] = (0.5, 2.0),
         may_hedge: Callable[[], bool] | None = None,
     ) -> Exchanged:
         """Send `data` on `subject` until a reply is final or `timeout` has passed.
 
         The same bytes are sent again (with a new reply token) when no reply came within an attempt
-        time (`resend[0]`, doubling up to `resend[1]`), or when `judge(reply)` returns a delay, in
-        seconds, after which to try again (None: the reply is final). Earlier attempts stay
+        time (`resend[0]`, doubling up to `resend[1]`), or when `judge(reply, pending)` returns a
+        delay, in seconds, after which to try again (None: the reply is final; `pending` says
+        whether an earlier attempt is still unanswered, whose reply may yet decide). Earlier attempts stay
         registered, so the first final reply to any of them wins; each reply is judged as it
         arrives, so none is lost. A resend while an earlier attempt is still unanswered (a hedge)
         happens only when `may_hedge()` allows it, else it is put off (a budget: under overload,
@@ -130,14 +131,19 @@ class ReplyInbox:
         waiting = self._waiting
         now = loop.time()
         deadline = now + timeout
-        ex = _Exchange(judge, loop, now)
-        wait = resend[0]
         tokens: list[str] = []
-        wake_key = f"~{next(self._ids):x}"  # never a reply subject: the entry that wakes the exchange
+        ex = _Exchange(judge, now, tokens, waiting)
+        wait = resend[0]
+        wake_key = ""  # an entry that is no reply subject, to wake the exchange when no attempt does
         try:
             while ex.final is None:
-                if ex.send_at <= now and may_hedge is not None and any(t in waiting for t in tokens) and not may_hedge():
+                wakeup = ex.wakeup = loop.create_future()
+                for token in tokens:  # earlier attempts: a reply still counts; none sets the time
+                    if token in waiting:
+                        waiting[token] = (ex, _NEVER)
+                if ex.send_at <= now and tokens and may_hedge is not None and _any_in(tokens, waiting) and not may_hedge():
                     ex.send_at = now + SWEEP  # over the hedging budget: ask again a little later
+                carrier = ""
                 if ex.send_at <= now:
                     token = f"{next(self._ids):x}"
                     waiting[token] = (ex, _NEVER)
@@ -145,6 +151,7 @@ class ReplyInbox:
                     try:
                         if not publish_now(self.nc, subject, data, headers, self._prefix + token):
                             await publish(self.nc, subject, data, headers, self._prefix + token)
+                        carrier = token
                     except MeshError:
                         if len(tokens) == 1:
                             raise
@@ -153,17 +160,19 @@ class ReplyInbox:
                     if ex.final is not None:
                         break
                 wake = min(ex.send_at, deadline)
-                ex.wakeup = loop.create_future()
                 timer = None
                 if wake == deadline and deadline - now < OWN_TIMER_BELOW:
-                    timer = loop.call_later(deadline - now, _expire_on_time, ex.wakeup, deadline)
-                    waiting.pop(wake_key, None)
+                    timer = loop.call_later(deadline - now, _expire_on_time, wakeup, deadline)
                 else:
-                    waiting[wake_key] = (ex.wakeup, wake)
+                    if carrier in waiting:  # the attempt just sent carries the time (no extra entry)
+                        waiting[carrier] = (ex, wake)
+                    else:
+                        wake_key = wake_key or f"~{next(self._ids):x}"
+                        waiting[wake_key] = (wakeup, wake)
                     if self._sweeper is None:
                         self._start_sweeping(loop)
                 try:
-                    await ex.wakeup
+                    await wakeup
                 except TimeoutError:
                     pass
                 finally:
@@ -172,11 +181,13 @@ class ReplyInbox:
                 now = loop.time()
                 if ex.final is None and now >= deadline:
                     break
-            return Exchanged(ex.final or ex.last, ex.final is not None, len(tokens), sum(t in waiting for t in tokens))
+            unanswered = sum(1 for token in tokens if token in waiting) if len(tokens) > 1 or ex.final is None else 0
+            return Exchanged(ex.final or ex.last, ex.final is not None, len(tokens), unanswered)
         finally:
             for token in tokens:
                 waiting.pop(token, None)
-            waiting.pop(wake_key, None)
+            if wake_key:
+                waiting.pop(wake_key, None)
 
     def _start_sweeping(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sweep_due = loop.time() + SWEEP
@@ -254,14 +265,22 @@ class _Handoff(asyncio.Queue[Message]):
 
 class _Exchange:
     """The attempts of one `exchange`, as the inbox sees them: a reply to any attempt is judged at
-    once (`set_result`, called by the read loop), and wakes the exchange to send again or return."""
+    once (`set_result`, called by the read loop) and wakes the exchange, to send again or return;
+    the sweep expiring the newest attempt's time wakes it too (`set_exception`)."""
 
-    __slots__ = ("judge", "loop", "send_at", "final", "last", "wakeup")
+    __slots__ = ("judge", "send_at", "tokens", "waiting", "final", "last", "wakeup")
 
-    def __init__(self, judge: Callable[[Message], float | None], loop: asyncio.AbstractEventLoop, send_at: float) -> None:
+    def __init__(
+        self,
+        judge: Callable[[Message, bool], float | None],
+        send_at: float,
+        tokens: list[str],
+        waiting: dict[str, Any],
+    ) -> None:
         self.judge = judge
-        self.loop = loop
-        self.send_at = send_at  # when to send the next attempt
+        self.send_at = send_at  # when to send the next attempt (loop time)
+        self.tokens = tokens  # every attempt's reply token
+        self.waiting = waiting  # the inbox's table: a token still there is an unanswered attempt
         self.final: Message | None = None
         self.last: Message | None = None  # the last reply the judge wanted retried
         self.wakeup: asyncio.Future[None] | None = None
@@ -270,17 +289,22 @@ class _Exchange:
         return self.final is not None
 
     def set_result(self, msg: Message) -> None:
-        delay = self.judge(msg)
+        delay = self.judge(msg, len(self.tokens) > 1 and _any_in(self.tokens, self.waiting))
         if delay is None:
             self.final = msg
         else:
             self.last = msg
-            self.send_at = min(self.send_at, self.loop.time() + delay)
+            self.send_at = min(self.send_at, asyncio.get_running_loop().time() + delay)
         if self.wakeup is not None and not self.wakeup.done():
             self.wakeup.set_result(None)
 
     def set_exception(self, exc: BaseException) -> None:
-        return None  # only its wake-up entry expires
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_exception(exc)
+
+
+def _any_in(tokens: list[str], waiting: dict[str, Any]) -> bool:
+    return any(token in waiting for token in tokens)
 
 
 def _expire(future: asyncio.Future[Any] | _Exchange) -> None:
