@@ -8,8 +8,9 @@ restarts) or that its outcome is unknown (`outcome_unknown`). The owner of an in
 request id at most once, so these retries are safe, and hedging around a worker that hangs is
 what lets a call through it succeed elsewhere. Such hedged resends are budgeted (`HEDGE_SHARE` of
 the calls in flight, at least `HEDGE_MIN`): when the mesh is merely slow, every call is late and
-resending them all would only multiply the load. A stateless agent keeps no request ids: its
-turns may run more than once when the caller retries (keep them idempotent).
+resending them all would only multiply the load. A stateless agent keeps no request ids (only a
+repeat reaching the worker where the same id still runs is attached to it): its turns may run
+more than once when the caller retries (keep them idempotent).
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ rarely writes never spills: its replies stay in its header until they run out of
 Why not one atomic batch (record + state) per write: on nats-server 2.15 a file-storage atomic
 batch commit took 10-90 ms against 0.3 ms for a plain write (measured), on every batch with ids.
 
-Stateless agents keep no request ids: a retried request runs again there.
+Stateless agents keep no request ids: a repeat that reaches the worker where the same id is still
+running is attached to it (`Turns.join_stateless`); any other retried request runs again there.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ RECORD_TTL = 130  # seconds a spilled record is stored: longer than the window i
 SKEW_MS = 10_000  # replies written by another worker's clock are kept this much longer, not shorter
 SPILL_AT = (1024, 16 * 1024)  # bytes of carried replies past which they go into a record: bounds
 MAX_KEPT_REPLY = 64 * 1024  # a larger reply is remembered as taken effect, without its body
+MAX_CARRIED = 256 * 1024  # past this (spills keep failing), the oldest carried replies are dropped
 
 
 def new_request_id() -> str:
@@ -135,6 +137,10 @@ class RequestIndex:
         window, plus `adding` (`entries()` of the batch being written, at `now_ms`)."""
         carried = self._carried
         while carried and carried[0][1] + WINDOW_MS + SKEW_MS <= now_ms and not self.spilling:
+            self._carried_bytes -= len(carried.popleft()[2])
+        while self._carried_bytes > MAX_CARRIED and not self.spilling:
+            # Records cannot be written (see the spill warnings): rather than let the state write
+            # outgrow a message, the oldest retries lose their protection.
             self._carried_bytes -= len(carried.popleft()[2])
         parts = [c[2] for c in carried]
         parts.extend(entry for _, _, entry in adding)

@@ -313,6 +313,8 @@ class Runtime:
                 if deadline <= now:  # it waited (in a paused worker's socket?) until its caller gave up
                     raise MeshTimeout("the caller's deadline passed before the request was read")
             if cls.state_model is None:
+                if subjects.HEADER_REQUEST_ID in headers and self.turns.join_stateless(key, envelope):
+                    return  # a retry of a request running here: it gets that turn's outcome
                 self.start_now(self._stateless_turn(cls, subjects.decode_name(token), key, envelope))
                 return
             activation = self.activations.get(key)
@@ -460,6 +462,8 @@ class Runtime:
     async def _stateless_turn(self, cls: type[Agent[Any]], name: str, key: str, envelope: Envelope) -> None:
         outcome = await run_turn(self.turns, cls(name, None, self.client), key, envelope)
         await self.reply(outcome)  # first: observers must not delay the caller
+        for other in self.turns.leave_stateless(envelope):
+            await self.reply(Outcome(other, outcome.body, outcome.error))
         if self.turns.log_turns or self.turns.observers:
             self.turns.finished(outcome)
 

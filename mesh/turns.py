@@ -69,7 +69,7 @@ class TypeStats:
 class Turns:
     """What the turns of one worker share: limits, counters per agent type, and their reporting."""
 
-    __slots__ = ("worker_id", "log", "observers", "stats", "max_batch", "max_state_bytes", "log_turns")
+    __slots__ = ("worker_id", "log", "observers", "stats", "max_batch", "max_state_bytes", "log_turns", "stateless")
 
     def __init__(
         self,
@@ -88,6 +88,35 @@ class Turns:
         self.max_batch = max_batch  # turns an instance runs before one state write (group commit)
         self.max_state_bytes = max_state_bytes
         self.log_turns = False  # debug logging of every turn; decided when the worker starts
+        self.stateless: dict[str, Envelope] = {}  # "<key> <request id>" -> the stateless turn running it here
+
+    def join_stateless(self, key: str, envelope: Envelope) -> bool:
+        """For a stateless request with a request id: True when a request with the same id (to the
+        same instance) is running on this worker, and this one is attached to it (its caller gets
+        that turn's outcome, see `leave_stateless`). Stateless agents keep no ids beyond that: a
+        retry that reaches another worker, or comes later, runs again."""
+        request_id = envelope.headers.get(subjects.HEADER_REQUEST_ID)
+        if request_id is None:
+            return False
+        running = f"{key} {request_id}"
+        first = self.stateless.get(running)
+        if first is None:
+            envelope.request_id = running
+            self.stateless[running] = envelope
+            return False
+        if first.attached is None:
+            first.attached = []
+        first.attached.append(envelope)
+        return True
+
+    def leave_stateless(self, envelope: Envelope) -> list[Envelope]:
+        """The turn of `envelope` ended: the requests attached to it, to be answered the same."""
+        if envelope.request_id is None:
+            return []
+        if self.stateless.get(envelope.request_id) is envelope:
+            del self.stateless[envelope.request_id]
+        attached, envelope.attached = envelope.attached or [], None
+        return attached
 
     def failed(self, exc: Exception, turn: TurnContext) -> MeshError:
         """Count a failed turn, log it, and return the error its caller receives."""

@@ -174,6 +174,17 @@ async def test_stateless_agents_keep_no_ids(mesh_factory, mesh_client) -> None:
     assert await mesh_client.call("echo", "e", "b", request_id="r") == "b"
 
 
+async def test_a_stateless_repeat_running_on_the_same_worker_is_attached(mesh_factory, mesh_client) -> None:
+    runtime = await mesh_factory(AGENTS)
+    subject = subjects.agent_subject("sleeper", "s")
+    calls = [raw_call(mesh_client.nc, subject, 0.4, with_id("nap")) for _ in range(3)]
+    assert await asyncio.gather(*calls) == [0.4] * 3
+    assert runtime.stats["sleeper"].turns == 1
+    assert await mesh_client.call("sleeper", "s", 1.2) == 1.2  # hedged after 0.5 s: attached, not run again
+    assert runtime.stats["sleeper"].turns == 2
+    assert not runtime.turns.stateless
+
+
 async def test_mesh_call_id_runs_once(mesh_factory, nats_server: NatsServer) -> None:
     await mesh_factory(AGENTS)
     env = {**os.environ, "NATS_URL": nats_server.url, "PYTHONPATH": str(ROOT)}
