@@ -2,19 +2,25 @@
 
     websocat ws://127.0.0.1:8080/agents/room/lobby/connect?name=ann     -> the last 50 messages, then live
     POST /agents/room/lobby {"from": "bot", "text": "hello"}             -> said to everyone in the room
+    POST /agents/receptionist/desk/call (Twilio's voice webhook)         -> TwiML streaming the call here
 
 `mesh up` serves them (`services.demo` lists them).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesh import Agent
 from mesh.connections import Connection
+from mesh.tools import agent_tool
+from mesh.voice import VoiceAgent
+
+if TYPE_CHECKING:
+    from agents.realtime import RealtimeAgent
 
 HISTORY = 50
 
@@ -65,4 +71,39 @@ def _frame(line: RoomLine) -> str:
     return orjson.dumps({"from": line.sender, "text": line.text}).decode()
 
 
-LIVE_AGENTS: list[type[Agent[Any]]] = [Room]
+class AskTutors(BaseModel):
+    """A question for the triage tutors (a user message of the `triage` LLM agent)."""
+
+    model_config = ConfigDict(extra="forbid")
+    op: Literal["message"] = "message"
+    input: str = Field(description="The caller's question, in their words.")
+
+
+class Receptionist(VoiceAgent):
+    """Answers the phone: greets the caller and hands questions to the triage tutors. Offline (no
+    OPENAI_API_KEY) it talks through the local stub model, which says so in every sentence."""
+
+    type = "receptionist"
+
+    def realtime_agent(self) -> RealtimeAgent[Any]:
+        from agents.realtime import RealtimeAgent
+
+        return RealtimeAgent(
+            name="Receptionist",
+            instructions=(
+                "You answer the phone for agent-mesh. Greet the caller briefly. When they ask a question, "
+                "call ask_tutors with it and read the tutors' answer back. Keep every answer short: this is a phone call."
+            ),
+            tools=[
+                agent_tool(
+                    "triage",
+                    name="ask_tutors",
+                    instance=f"phone-{self.name}",
+                    request_model=AskTutors,
+                    description="Ask the history and math tutors a question; returns their answer.",
+                )
+            ],
+        )
+
+
+LIVE_AGENTS: list[type[Agent[Any]]] = [Room, Receptionist]

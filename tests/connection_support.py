@@ -22,6 +22,8 @@ ROOT = TESTS.parent
 PYTHONPATH = os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")])
 OFFLINE = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "MESH_MODEL": "", "TWILIO_AUTH_TOKEN": "", "MESH_REALTIME_URL": ""}
 WORKER_ENV = {"PYTHONPATH": PYTHONPATH, "MESH_LEASE_TTL": "3", "MESH_IDLE_TIMEOUT": "600", **OFFLINE}
+PHONE_ENV = {**WORKER_ENV, "MESH_LEASE_TTL": "6", "MESH_LOG_LEVEL": "debug"}
+"""Phone calls: the first call in a process imports the SDK for seconds; keep the default lease."""
 
 
 class BridgeProcess:

@@ -24,10 +24,12 @@ from services.http.bridge import Bridge
 from services.http.config import BridgeConfig
 from services.http.connect import connect as websocket_connect
 from services.http.mcp import McpDoor
+from services.http.media_stream import media_stream
 from services.http.metrics import MetricsMiddleware
 from services.http.openai_api import ROUTES as OPENAI_ROUTES
 from services.http.openai_api import OpenAIErrors
 from services.http.openapi import build_openapi
+from services.http.twilio import call_webhook
 
 STATIC = Path(__file__).parent / "static"
 
@@ -79,7 +81,9 @@ def create_app(config: BridgeConfig, *, nats: bus.NatsOptions | None = None, nc:
                 expose_headers=["Location", "Retry-After", "Preference-Applied", "Idempotent-Replayed"],
             )
         )
-    middleware.append(Middleware(AuthMiddleware, auth=auth, cors_origins=config.cors_origins))
+    middleware.append(
+        Middleware(AuthMiddleware, auth=auth, cors_origins=config.cors_origins, twilio_signed=bool(config.twilio_auth_token))
+    )
     app = Starlette(
         routes=[
             Route("/", dashboard, methods=["GET"]),
@@ -101,6 +105,8 @@ def create_app(config: BridgeConfig, *, nats: bus.NatsOptions | None = None, nc:
             Route("/agents/{type}/{name}/events", streams.sse, methods=["GET"]),
             WebSocketRoute("/agents/{type}/{name}/ws", streams.websocket),
             WebSocketRoute("/agents/{type}/{name}/connect", websocket_connect),
+            Route("/agents/{type}/{name}/call", call_webhook, methods=["POST"]),
+            WebSocketRoute("/agents/{type}/{name}/media-stream", media_stream),
             Route("/agents/{type}/{name}/approvals", routes.list_approvals, methods=["GET"]),
             Route("/agents/{type}/{name}/approvals/{id}/{decision}", routes.decide_approval, methods=["POST"]),
             Route("/runs/{id}", routes.get_run, methods=["GET"]),

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,7 +178,7 @@ class Link:
                 await self._wake.wait()
             item = self._frames.popleft()
             if isinstance(item, Closing):
-                await _close(self.ws, item.code, item.reason)
+                await close_socket(self.ws, item.code, item.reason)
                 return
             frame, payload = item
             self._queued -= len(payload)
@@ -286,7 +286,7 @@ async def hub_of(app: ASGIApp) -> ConnectionHub:
     return hub
 
 
-def connect_info(ws: WebSocket, kind: str = WEBSOCKET, info: dict[str, object] | None = None) -> ConnectInfo:
+def connect_info(ws: WebSocket, kind: str = WEBSOCKET, info: Mapping[str, object] | None = None) -> ConnectInfo:
     """What the instance is told about the client: path, headers and query, without credentials."""
     headers = Headers(scope=ws.scope)
     query = QueryParams(ws.scope.get("query_string", b"").decode("latin-1"))
@@ -349,7 +349,7 @@ async def serve_link(link: Link, reader: Callable[[], Coroutine[Any, Any, None]]
         if not read.done():
             # This side closed (or gave up on a slow client): wait a moment for the client's reply.
             if link.overflowed:
-                await _close(link.ws, 1013, "client too slow")
+                await close_socket(link.ws, 1013, "client too slow")
             try:
                 async with asyncio.timeout(CLOSE_WAIT):
                     await asyncio.shield(read)
@@ -388,7 +388,7 @@ async def read_frames(link: Link) -> None:
             link.close(close_code(err), err.code)
 
 
-async def _close(ws: WebSocket, code: int, reason: str) -> None:
+async def close_socket(ws: WebSocket, code: int, reason: str) -> None:
     """Close, without waiting long on a client that reads nothing (its buffer may be full)."""
     try:
         async with asyncio.timeout(1.0):
