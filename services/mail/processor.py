@@ -19,7 +19,7 @@ import structlog
 from mesh import subjects, wire
 from mesh.bus import AckPolicy, ConsumerConfig, Message, map_errors
 from mesh.client import MeshClient
-from mesh.errors import ConnectionFailed, MeshError, MeshTimeout, NoResponders, Unavailable
+from mesh.errors import ConnectionFailed, MeshError, MeshTimeout, NoResponders, OutcomeUnknown, Unavailable
 from mesh.mail import InboundEmail
 from mesh.tasks import TaskSet
 from services.mail.approvals import MailApprovals
@@ -30,7 +30,7 @@ from services.mail.ratelimit import ReplyRateLimit
 from services.mail.routing import Resolver, Route, agent_address
 from services.mail.store import MailStore, message_key, pull_subscription, short_hash
 
-TRANSIENT = (NoResponders, Unavailable, MeshTimeout, ConnectionFailed)
+TRANSIENT = (NoResponders, Unavailable, MeshTimeout, OutcomeUnknown, ConnectionFailed)
 RETRY_DELAYS = (1.0, 2.0, 5.0, 15.0, 60.0)
 MAX_CONCURRENT = 8
 
@@ -156,6 +156,7 @@ class Processor:
                 mail.model_dump_json().encode(),
                 timeout=self.config.call_timeout,
                 headers={subjects.HEADER_MAIL: "1"},
+                request_id=f"mail-{seen}",  # a retry (or another process's copy) takes effect once
             )
             result = wire.loads(body)
             status = "answered"
