@@ -16,6 +16,8 @@ Headers = dict[str, str]
 INTEGERS = (-(2**63), 2**64 - 1)
 """The integers JSON may carry on the mesh: what orjson (and so every door) reads exactly."""
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")  # the shortest integers outside INTEGERS have 19 digits
+_DIGITS_AS_NINES = bytes(0x39 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_NINETEEN_NINES = b"9" * 19
 
 
 def dumps(value: Any) -> bytes:
@@ -69,10 +71,14 @@ def check_integers(data: bytes) -> None:
 
     orjson would read such a number as a float, losing digits, and another door might keep it
     exact: one request would mean two things. So every door refuses it the same way, at the
-    worker's decode. Costs one regex scan unless the body has a run of 19 digits; then the body is
-    parsed exactly (pydantic's parser keeps big integers) to find one. Not JSON: left to the decoder.
+    worker's decode. Costs one scan for a run of 19 digits (a regex on short bodies, a byte
+    translation and a substring search on longer ones); only a body with such a run is parsed
+    exactly (pydantic's parser keeps big integers) to find one. Not JSON: left to the decoder.
     """
-    if _LONG_DIGITS.search(data) is None:
+    if len(data) <= 32:
+        if _LONG_DIGITS.search(data) is None:
+            return
+    elif _NINETEEN_NINES not in data.translate(_DIGITS_AS_NINES):  # ~10x faster than the regex on long bodies
         return
     try:
         value = pydantic_core.from_json(data)

@@ -43,6 +43,10 @@ def test_the_check_refuses_only_integers_outside_the_range() -> None:
         with pytest.raises(SchemaMismatch):
             wire.check_integers(big)
     wire.check_integers(b"not JSON 123456789012345678901234")  # left to the decoder, which says bad_json
+    padding = b'{"pad": "' + b"x" * 100 + b'", "n": '  # a long body is scanned another way: same answers
+    wire.check_integers(padding + b'"123456789012345678901"}')
+    with pytest.raises(SchemaMismatch):
+        wire.check_integers(padding + b"123456789012345678901}")
 
 
 async def test_the_bus_refuses_them_and_keeps_the_state_untouched(runtime, mesh_client) -> None:
