@@ -45,7 +45,7 @@ import orjson
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from mesh import subjects, wire
+from mesh import subjects
 from mesh._nats import Bucket, open_bucket, publish, publish_now
 from mesh._nats import Connection as NatsConnection
 from mesh.errors import ConnectionGone, MethodNotFound, PayloadTooLarge, RequestError, SchemaMismatch, StateTooLarge
@@ -390,10 +390,6 @@ def event_headers(conn_id: str, bridge: str, event: str, frame: str | None = Non
     if frame is not None:
         headers[subjects.HEADER_FRAME] = frame
     return headers
-
-
-def connect_body(info: ConnectInfo) -> bytes:
-    return wire.dumps(info)
 
 
 async def connections_bucket(nc: NatsConnection) -> Bucket:

@@ -36,6 +36,8 @@ log = structlog.get_logger("mesh.reaper")
 
 GONE_CODE = 1006
 """The close code `on_close` sees for a connection whose bridge died (abnormal closure)."""
+CONCURRENCY = 64
+"""Close events in flight at once while reaping one bridge (it may have held thousands)."""
 
 
 def new_bridge_id() -> str:
@@ -136,9 +138,17 @@ class Reaper:
                     self._empty_since.pop(bridge, None)
                 continue
             self._empty_since.pop(bridge, None)
-            results = await asyncio.gather(*(self._close(bucket, bridge, k) for k in indexed))
-            closed += sum(results)
+            closed += await self._reap(bucket, bridge, indexed)
         return closed
+
+    async def _reap(self, bucket: Bucket, bridge: str, indexed: list[str]) -> int:
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def close(index: str) -> bool:
+            async with gate:
+                return await self._close(bucket, bridge, index)
+
+        return sum(await asyncio.gather(*(close(index) for index in indexed)))
 
     async def _close(self, bucket: Bucket, bridge: str, index: str) -> bool:
         conn_id = index.rsplit(".", 1)[1]

@@ -4,7 +4,8 @@
         ...  # serve until told to stop (other services may share worker.nc)
 
 Inside the block the worker serves: one NATS connection, the flight recorder, the runtime hosting
-`agents`, durable delivery pulling for them, and the operations port (`/metrics`, `/healthz`,
+`agents` (and, among its background tasks, the reaper that closes dead bridges' connections on
+their instances), durable delivery pulling for them, and the operations port (`/metrics`, `/healthz`,
 `/readyz`) when `settings.metrics_port` is set. Leaving the block stops them in the order that
 loses nothing: delivery stops pulling (deliveries in flight finish and are acked), the runtime
 stops taking turns and hands its instances over, both within `settings.shutdown_grace`; then the

@@ -22,6 +22,7 @@ class Broadcast(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str
     tag: str | None = None
+    exclude: list[str] = Field(default_factory=list)
 
 
 class Tracker(Agent[TrackerState]):
@@ -56,7 +57,7 @@ class Tracker(Agent[TrackerState]):
         self.state.log.setdefault(conn.id, []).append("close")
 
     async def on_request(self, request: Broadcast) -> dict[str, Any]:
-        sent = await self.broadcast(request.text, tag=request.tag)
+        sent = await self.broadcast(request.text, tag=request.tag, exclude=request.exclude)
         return {"sent": sent, "open": len(await self.connections())}
 
 

@@ -224,6 +224,11 @@ async def test_broadcast_by_tag_and_sends_to_closed_connections_are_dropped(mesh
         assert await mesh_client.call("tracker", "teams", {"text": "everyone"}) == {"sent": 2, "open": 2}
         assert await blue.recv() == "everyone"
         assert await red.recv() == "everyone"
+        red_id, _ = (await mesh_client.state("tracker", "teams"))["log"]  # in the order they connected
+        assert await mesh_client.call("tracker", "teams", {"text": "not red", "exclude": [red_id]}) == {"sent": 1, "open": 2}
+        assert await blue.recv() == "not red"
+        await red.send("ping")  # red's next frame is its own answer: "not red" never reached it
+        assert await recv_json(red) == {"n": "ping", "connected": True}
     await eventually(lambda: _closed_count(mesh_client, "teams", 2))
     assert await mesh_client.call("tracker", "teams", {"text": "nobody"}) == {"sent": 0, "open": 0}
 

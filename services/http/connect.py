@@ -37,7 +37,7 @@ from starlette.types import ASGIApp
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mesh import subjects
-from mesh.bus import Message, Subscription, subscribe, unsubscribe
+from mesh.bus import Message, Subscription, subscribe
 from mesh.connections import (
     CLOSE,
     CONNECT,
@@ -219,7 +219,6 @@ class ConnectionHub:
         self.links: dict[str, Link] = {}
         self.lease: BridgeLease | None = None
         self._sub: Subscription | None = None
-        self.opened = 0  # statistics: connections ever opened here
 
     async def start(self) -> None:
         bucket = await connections_bucket(self.bridge.nc)
@@ -229,18 +228,12 @@ class ConnectionHub:
         self.bridge.spawn(self._serve_lease())
         log.info("connections.started", bridge=self.bridge_id)
 
-    async def stop(self) -> None:
-        if self._sub is not None:
-            await unsubscribe(self._sub)
-            self._sub = None
-
     def fenced(self) -> bool:
         return self.lease is None or self.lease.fenced()
 
     def open(self, ws: WebSocket, agent_type: str, name: str, *, control: Control | None = None) -> Link:
         link = Link(self, ws, agent_type, name, control=control)
         self.links[link.id] = link
-        self.opened += 1
         return link
 
     def forget(self, link: Link) -> None:
