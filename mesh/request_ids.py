@@ -11,13 +11,13 @@ batch's state, so they are stored exactly when the state is (like `Mesh-Applied`
 riding in every later state write of the instance until they have been copied ("spilled") into a
 record message of their own, `_r.<type>.<token>.<spill id>` in the state bucket, expiring after
 `RECORD_TTL` seconds. A spill happens once the carried replies pass a threshold that grows with
-the square root of what a write adds (1 to 16 KiB: the point where carrying bytes in every write
-costs as much as writing records more often), and drops them from the header only after
-JetStream confirmed the record. So every reply that counts is, at
-any moment, in the stored state's header or in a stored record, and a record never names a request
-whose effect was not stored. The state header `Mesh-Requests-Until` (unix ms) says until when
-spilled records may still count; only then does a new activation list them. An instance that
-rarely writes never spills: its replies stay in its header until they run out of the window.
+the square root of what a write adds (4 to 16 KiB: about where carrying bytes in every write costs
+as much as writing records more often), and drops them from the header only after JetStream
+confirmed the record. So every reply that counts is, at any moment, in the stored state's header
+or in a stored record, and a record never names a request whose effect was not stored. The
+state header `Mesh-Requests-Until` (unix ms) says until when spilled records may still count;
+only then does a new activation list them. An instance that rarely writes never spills: its
+replies stay in its header until they run out of the window.
 
 Why not one atomic batch (record + state) per write: on nats-server 2.15 a file-storage atomic
 batch commit took 10-90 ms against 0.3 ms for a plain write (measured), on every batch with ids.
@@ -46,7 +46,7 @@ MAX_ID_LENGTH = 128
 WINDOW_MS = 120_000  # a request id that took effect is remembered this long
 RECORD_TTL = 130  # seconds a spilled record is stored: longer than the window it serves
 SKEW_MS = 10_000  # replies written by another worker's clock are kept this much longer, not shorter
-SPILL_AT = (1024, 16 * 1024)  # bytes of carried replies past which they go into a record: bounds
+SPILL_AT = (4096, 16 * 1024)  # bytes of carried replies past which they go into a record: bounds
 MAX_KEPT_REPLY = 64 * 1024  # a larger reply is remembered as taken effect, without its body
 MAX_CARRIED = 256 * 1024  # past this (spills keep failing), the oldest carried replies are dropped
 
