@@ -33,6 +33,7 @@ from mesh.errors import (
 from mesh.request_ids import RequestIndex, records_prefix
 from mesh.runtime import RuntimeOptions
 from mesh.testing import eventually
+from services.http.idempotency import IdempotencyStore, request_id
 
 ROOT = Path(__file__).parent.parent
 
@@ -118,8 +119,8 @@ async def test_spilled_records_are_loaded_by_a_new_worker_and_never_listed_as_in
     nc = mesh_client.nc
     subject = subjects.agent_subject("tally", "busy")
     ids = [f"spill-{i:03d}-{'x' * 40}" for i in range(120)]  # ~80 bytes each: several spills
-    for number, request_id in enumerate(ids, 1):
-        assert await raw_call(nc, subject, {}, with_id(request_id)) == {"runs": number}
+    for number, sent in enumerate(ids, 1):
+        assert await raw_call(nc, subject, {}, with_id(sent)) == {"runs": number}
     state = await open_bucket(nc, subjects.STATE_BUCKET)
     records = await eventually(lambda: state.keys(records_prefix("tally.busy")))
     assert all(key.startswith("_r.tally.busy.") for key in records)
@@ -326,31 +327,44 @@ async def test_hedged_resends_are_budgeted_when_every_call_is_slow(nats_server, 
 
 
 async def test_an_idempotency_key_whose_outcome_was_unknown_is_resolved_by_its_retry(nats_server, http_factory) -> None:
-    """The mesh stand-in "applies" each request id once; for its first 2.5 s it reports every
-    outcome as unknown (as an owner whose writes cannot be confirmed), then it answers."""
+    """The mesh stand-in "applies" each request id once and answers as `mode` says: every outcome
+    unknown (as an owner whose writes cannot be confirmed), `unavailable` (a worker going away),
+    then the original reply."""
     applied: dict[str, int] = {}
-    opened = time.monotonic()
+    mode = {"now": "unknown"}
 
     def answer(n: int) -> tuple[float, Any]:
+        if mode["now"] == "unavailable":
+            return 0, Unavailable("shutting down")
         request_id = responder.ids[-1]
         applied.setdefault(request_id, len(applied) + 1)
-        if time.monotonic() - opened < 2.5:
+        if mode["now"] == "unknown":
             return 0, OutcomeUnknown("the write was sent, its ack never came")
         return 0, {"order": applied[request_id]}
 
     bridge = await http_factory()
+    claims = bridge.bridge.idempotency
+    stored_key = IdempotencyStore.storage_key("", "POST", "/agents/shop/alice", "pay-1")
+
+    async def claim_state() -> str:
+        found = await claims.get(stored_key)
+        return "" if found is None else str(orjson.loads(found[0])["state"])
+
     async with responding(nats_server, "shop", answer) as responder, httpx.AsyncClient(base_url=bridge.url, timeout=10) as http:
         headers = {"Idempotency-Key": "pay-1", "Prefer": "wait=1"}
         first = await http.post("/agents/shop/alice", json={"pay": 5}, headers=headers)
         assert first.status_code == 504 and first.json()["code"] == "outcome_unknown"
+        assert await claim_state() == "unknown"  # kept, not released
 
-        async def resolved() -> httpx.Response | None:
-            response = await http.post("/agents/shop/alice", json={"pay": 5}, headers=headers)
-            return response if response.status_code == 200 else None
+        mode["now"] = "unavailable"  # the retry's send did not run: that says nothing of the first
+        second = await http.post("/agents/shop/alice", json={"pay": 5}, headers=headers)
+        assert second.status_code == 503
+        assert await claim_state() == "unknown"
 
-        second = await eventually(resolved, timeout=10, interval=0.3)
-        assert second.json() == {"order": 1}
+        mode["now"] = "answers"
         third = await http.post("/agents/shop/alice", json={"pay": 5}, headers=headers)
-        assert third.json() == {"order": 1} and third.headers["idempotent-replayed"] == "true"
-        assert len(applied) == 1  # every send carried the one request id the key stands for
-        assert responder.ids[0].startswith("http-idem-")
+        assert third.status_code == 200 and third.json() == {"order": 1}  # resent: the original reply
+        fourth = await http.post("/agents/shop/alice", json={"pay": 5}, headers=headers)
+        assert fourth.json() == {"order": 1} and fourth.headers["idempotent-replayed"] == "true"
+        assert await claim_state() == "done"
+        assert len(applied) == 1 and set(responder.ids) == {request_id(stored_key)}  # one id for every send

@@ -13,7 +13,7 @@ still `pending` after its request's deadline (its bridge died) is resolved the s
 remembers request ids for two minutes, so this works within `RESOLVE_WITHIN_MS` of the first send;
 after that the unknown answer is what a retry gets. A claim is released only when the request
 certainly did not run (`unavailable`, `no_responders`, `connection_failed`, `conflict`), so the
-retry runs it.
+retry runs it; once a send's outcome was unknown, a later send that did not run leaves it unknown.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class Claim:
     revision: int
     fingerprint: str
     sent_at: int  # unix ms when the request was first sent: resolving is possible for a while after
+    resolving: bool = False  # an earlier send may have run: no later answer can release the key
 
 
 def check_key(value: str) -> str:
@@ -95,7 +96,7 @@ class IdempotencyStore:
         state = stored.get("state")
         if state == "done":
             return _replay(stored)
-        if state == "pending" and now < int(stored.get("until", 0)):
+        if state == "pending" and ("until" not in stored or now < int(stored["until"])):
             raise IdempotencyInProgress("the first request with this Idempotency-Key has not finished; retry")
         # Its outcome is unknown (or its bridge went away mid-request): send it again, same request id.
         sent_at = int(stored.get("sent_at", now))
@@ -108,15 +109,19 @@ class IdempotencyStore:
             revision = await self.bucket.write(key, _pending(fingerprint, sent_at, now, wait), revision)
         except StateConflict:  # another retry took it over first
             raise IdempotencyInProgress("a retry of this Idempotency-Key is being resolved; retry") from None
-        return Claim(key, revision, fingerprint, sent_at)
+        return Claim(key, revision, fingerprint, sent_at, resolving=True)
 
     async def finish(self, claim: Claim, response: Response, error: MeshError | None = None) -> None:
         """Store the response (`error`: the mesh error it reports, if any). A request that did not
         run releases the key; one that may have run keeps it, resolvable by a retry."""
         if isinstance(error, DID_NOT_RUN):
-            await self.release(claim)
-            return
-        state = "unknown" if isinstance(error, MAY_HAVE_RUN) else "done"
+            if not claim.resolving:
+                await self.release(claim)
+                return
+            # A resend that did not run says nothing of an earlier send: the outcome stays unknown.
+            detail = f"an earlier send of this request may have run; the last one did not ({error.code}: {error.message})"
+            response = problem(OutcomeUnknown(detail))
+        state = "unknown" if isinstance(error, (*MAY_HAVE_RUN, *DID_NOT_RUN)) else "done"
         await self.bucket.write(claim.key, _record(state, claim, response), claim.revision)
 
     async def release(self, claim: Claim) -> None:
