@@ -69,17 +69,24 @@ class Cluster:
             await self.add_worker(proxied)
 
     async def add_worker(self, proxied: bool) -> Member:
-        """Start one more worker; return once it serves."""
+        """Start one more worker (behind a proxy of its own if `proxied`); return once it serves,
+        its durable delivery included (a fault in its first second would hit its start-up)."""
         proxy = None
         if proxied:
             proxy = FaultProxy(self.server.url)
             await proxy.start()
+        member = self.spawn(proxy)
+        await member.process.wait_logged('"durable.started"')
+        member.worker_id = _worker_id(member.process.log_text())
+        return member
+
+    def spawn(self, proxy: FaultProxy | None) -> Member:
+        """Start a worker process (through `proxy`, if given) without waiting for it; its
+        `worker_id` is left empty."""
         index = len(self.members)
         url = proxy.url if proxy else self.server.url
         member = Member(index, WorkerProcess(url, APP, self.folder / f"worker-{index}.log", self.env), proxy, "")
         self.members.append(member)
-        await member.process.wait_started()
-        member.worker_id = _worker_id(member.process.log_text())
         return member
 
     async def stop(self) -> None:
@@ -96,6 +103,13 @@ class Cluster:
         with contextlib.suppress(Exception):
             await self.client.close()
         self.server.stop()
+
+    async def restart_server(self) -> None:
+        """SIGKILL the nats-server and start it again on the same store and port (workers and the
+        client reconnect by themselves)."""
+        self.server.kill()
+        self.server = NatsServer(self.folder / "nats-store", port=self.server.port)
+        await self.server.start()
 
     def live(self) -> list[Member]:
         return [m for m in self.members if m.alive()]

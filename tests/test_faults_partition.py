@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 from fault_cluster import CALL_TIMEOUT, Frozen, assert_one_owner_at_a_time, loaded, open_cluster, probing, recovered
 
-from mesh.faults import Direction, History, paused, state_write_marker
+from mesh.faults import Direction, FaultProxy, History, paused, state_write_marker
 from mesh.testing import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -161,3 +161,23 @@ async def test_ack_held_then_owner_partitioned_the_held_call_is_told_the_truth_a
     history.assert_counters(finals)
     assert set(history.codes(via="client")) == {"ok"}, history.codes(via="client")
     assert_one_owner_at_a_time([t for t in cluster.turns() if t["agent_name"] in (name, *others)])
+
+
+@pytest.mark.xfail(
+    reason="bug: DurableDelivery.start() lets Unavailable from a consumer creation that got no answer in time "
+    "propagate, and the worker, already serving, exits 1 (mesh: error [unavailable]: consumer mesh_counter_0: ...)",
+    strict=True,
+)
+async def test_a_worker_whose_link_stalls_while_it_creates_its_durable_consumers_keeps_running(cluster) -> None:
+    """A worker announces `worker.started` and serves before its durable delivery has created its
+    consumers; a stall then (a pause, a slow or electing JetStream) must not end the process."""
+    proxy = FaultProxy(cluster.server.url)
+    await proxy.start()
+    held = proxy.hold_after(b".CREATE.MESH_DURABLE.")  # its first consumer creation: answers held
+    member = cluster.spawn(proxy)
+    async with asyncio.timeout(30):
+        await held.wait()
+    await asyncio.sleep(8.0)  # the fault: longer than a JetStream API call waits (5 s)
+    proxy.release()
+    await member.process.wait_logged('"durable.started"', timeout=30)  # fails at once if it exited
+    assert member.alive()

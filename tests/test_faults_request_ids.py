@@ -1,7 +1,8 @@
 """A request retried with the same request id after each kind of fault gets its original reply and
-runs once: after the owner was paused, partitioned or SIGKILLed, and after the ack of the write
-that applied it was held and then the owner paused, partitioned or SIGKILLed. Hedged copies of one
-id sent while the owner is paused run once too.
+runs once: after the owner was paused, partitioned or SIGKILLed, after the ack of the write that
+applied it was held and then the owner paused, partitioned or SIGKILLed, and after the nats-server
+was SIGKILLed and restarted on its store. Hedged copies of one id sent while the owner is paused
+run once too.
 
 Two workers, each behind its own `FaultProxy`, with a 3 s lease; every turn that ran is in the
 workers' logs, so "runs once" is checked there as well as on the counter.
@@ -15,6 +16,7 @@ import pytest
 import pytest_asyncio
 from fault_cluster import open_cluster
 
+from mesh.errors import MeshError
 from mesh.faults import paused, state_write_marker
 from mesh.testing import eventually
 
@@ -123,3 +125,16 @@ async def test_after_the_owner_was_killed_a_retried_id_gets_its_original_reply_a
         await assert_ran(cluster, name, 1)
     finally:
         await cluster.add_worker(proxied=True)
+
+
+async def test_after_the_nats_server_restarted_a_retried_id_gets_its_original_reply_and_runs_once(cluster) -> None:
+    name = "rid-server"
+    first = await cluster.add(name, request_id=f"{name}-1")
+    await cluster.restart_server()
+
+    async def again() -> int:
+        return await cluster.add(name, request_id=f"{name}-1", timeout=5)
+
+    assert await eventually(again, timeout=60, interval=0.2, retry=(MeshError,)) == first
+    assert await cluster.final(name) == first
+    await assert_ran(cluster, name, 1)
