@@ -37,7 +37,7 @@ from mesh.bus import Bucket
 from mesh.client import MeshClient
 from mesh.dedupe import AppliedIds
 from mesh.directory import Directory
-from mesh.errors import MeshError, MeshTimeout, PayloadTooLarge, RequestError, StateInvalid, Unavailable
+from mesh.errors import MeshError, MeshTimeout, OutcomeUnknown, PayloadTooLarge, RequestError, StateInvalid, Unavailable
 from mesh.observe import StateRecord
 from mesh.request_ids import RECORD_TTL, SKEW_MS, RequestIndex, Spill, check_request_id, records_prefix
 from mesh.tasks import TaskSet
@@ -261,6 +261,8 @@ class Activation:
                 self.log.warning("instance.activation_failed", error=err.message, code=err.code)
             while self.queue:
                 await self._answer(Outcome(self.queue.popleft(), None, err))
+            for envelope in list((self.inflight or {}).values()):  # in the batch that failed: it may have been saved
+                await self._answer(Outcome(envelope, None, OutcomeUnknown("the instance failed during this request's turn")))
             self.host.forget(self)
         finally:
             self.running = False

@@ -117,9 +117,9 @@ class ReplyInbox:
         The same bytes are sent again (with a new reply token) when no reply came within an attempt
         time (`resend[0]`, doubling up to `resend[1]`), or when `judge(reply, pending)` returns a
         delay, in seconds, after which to try again (None: the reply is final; `pending` says
-        whether an earlier attempt is still unanswered, whose reply may yet decide). Earlier attempts stay
-        registered, so the first final reply to any of them wins; each reply is judged as it
-        arrives, so none is lost. A resend while an earlier attempt is still unanswered (a hedge)
+        whether an earlier attempt is still unanswered, whose reply may yet decide). Earlier
+        attempts stay registered, so the first final reply to any of them wins; each reply is
+        judged as it arrives, so none is lost. A resend while an earlier attempt is still unanswered (a hedge)
         happens only when `may_hedge()` allows it, else it is put off (a budget: under overload,
         when every reply is slow, hedging would multiply the load). Raises what publishing raises,
         for the first attempt only (nothing was sent then); a later attempt that cannot be sent is
@@ -166,6 +166,8 @@ class ReplyInbox:
                 else:
                     if carrier in waiting:  # the attempt just sent carries the time (no extra entry)
                         waiting[carrier] = (ex, wake)
+                        if wake_key:
+                            waiting.pop(wake_key, None)
                     else:
                         wake_key = wake_key or f"~{next(self._ids):x}"
                         waiting[wake_key] = (wakeup, wake)
