@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mesh import deadletters, subjects, wire
 from mesh._nats import (
@@ -38,7 +40,7 @@ from mesh._nats import (
     request,
 )
 from mesh.durable import DurableOptions, ensure_streams
-from mesh.errors import AgentError, ConnectionFailed, MeshError, MeshTimeout, RequestError, StateError
+from mesh.errors import AgentError, ConnectionFailed, MeshError, MeshTimeout, RequestError, StateError, Unavailable
 from mesh.metrics import DEAD_LETTERS, DURABLE_BACKLOG
 from mesh.recorder import FlightRecorder
 from mesh.tasks import TaskSet
@@ -46,6 +48,9 @@ from mesh.tracing import child_traceparent, trace_id
 
 if TYPE_CHECKING:
     from mesh.runtime import Runtime
+
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -80,23 +85,34 @@ class DurableDelivery:
         for agent_type in self.runtime.agents:
             for partition in self.options.partitions:
                 name = consumer_name(agent_type, partition)
-                sub = await add_pull_consumer(
-                    self._js,
-                    subjects.DURABLE_STREAM,
-                    ConsumerConfig(
-                        durable_name=name,
-                        filter_subject=subjects.durable_partition_filter(agent_type, partition),
-                        ack_policy=AckPolicy.EXPLICIT,
-                        deliver_policy=DeliverPolicy.ALL,
-                        max_ack_pending=1,
-                        ack_wait=self.options.ack_wait,
-                        max_deliver=-1,
-                        description=f"agent-mesh durable delivery to {agent_type}, partition {partition}",
-                    ),
+                config = ConsumerConfig(
+                    durable_name=name,
+                    filter_subject=subjects.durable_partition_filter(agent_type, partition),
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    max_ack_pending=1,
+                    ack_wait=self.options.ack_wait,
+                    max_deliver=-1,
+                    description=f"agent-mesh durable delivery to {agent_type}, partition {partition}",
                 )
+                create = functools.partial(add_pull_consumer, self._js, subjects.DURABLE_STREAM, config)
+                sub = await self._until_answered(name, create)
                 self._subs.append(sub)
                 self._tasks.spawn(self._serve(sub, agent_type))
         self.log.info("durable.started", consumers=len(self._subs))
+
+    async def _until_answered(self, what: str, create: Callable[[], Awaitable[_T]]) -> _T:
+        """Create `what`, retrying while JetStream does not answer: the worker already serves turns,
+        so a pause, a stalled link or a leader election here must delay durable delivery, not end
+        the process. Creating a durable consumer with the same config again is harmless."""
+        delay = 0.5
+        while True:
+            try:
+                return await create()
+            except Unavailable as err:
+                self.log.warning("durable.start_retrying", consumer=what, error=err.message, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop pulling; let the messages being delivered finish within `grace`; unacked ones return.

@@ -163,11 +163,6 @@ async def test_ack_held_then_owner_partitioned_the_held_call_is_told_the_truth_a
     assert_one_owner_at_a_time([t for t in cluster.turns() if t["agent_name"] in (name, *others)])
 
 
-@pytest.mark.xfail(
-    reason="bug: DurableDelivery.start() lets Unavailable from a consumer creation that got no answer in time "
-    "propagate, and the worker, already serving, exits 1 (mesh: error [unavailable]: consumer mesh_counter_0: ...)",
-    strict=True,
-)
 async def test_a_worker_whose_link_stalls_while_it_creates_its_durable_consumers_keeps_running(cluster) -> None:
     """A worker announces `worker.started` and serves before its durable delivery has created its
     consumers; a stall then (a pause, a slow or electing JetStream) must not end the process."""
