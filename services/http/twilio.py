@@ -137,18 +137,7 @@ async def check_realtime(bridge: Bridge, agent_type: str) -> None:
     schema admits `{"op": "calls"}`, which `mesh.voice.VoiceAgent` answers)."""
     for found in await bridge.types():
         if found.type == agent_type:
-            if _admits_op(found.request_schema, "calls"):
+            if found.admits_op("calls"):
                 return
             raise NotFound(f"agent type {agent_type} has no realtime agent, so it cannot take calls")
     raise NotFound(f"no worker serves agent type {agent_type}")
-
-
-def _admits_op(schema: Any, op: str) -> bool:
-    if isinstance(schema, dict):
-        prop = (schema.get("properties") or {}).get("op")
-        if isinstance(prop, dict) and (prop.get("const") == op or op in (prop.get("enum") or [])):
-            return True
-        return any(_admits_op(value, op) for value in schema.values())
-    if isinstance(schema, list):
-        return any(_admits_op(value, op) for value in schema)
-    return False
