@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -151,7 +152,7 @@ async def test_a_missing_subscription_attribute_disables_the_handoff_with_one_wa
         for conn in conns:  # two connections, two reply subscriptions: still one warning
             replies = await asyncio.gather(*(bus.request(conn, "svc.echo", b"%d" % i, timeout=5) for i in range(20)))
             assert [r.data for r in replies] == [b"%d!" % i for i in range(20)]
-            assert not isinstance(inbox_of(conn)._sub._pending_queue, _Handoff)  # type: ignore[union-attr]
+            assert not isinstance(inbox_of(conn).subscription._pending_queue, _Handoff)  # type: ignore[union-attr]
         (warning,) = fresh_selfcheck.events
         assert warning["event"] == "nats.shortcut_disabled" and warning["shortcut"] == "handoff"
         assert "_pending_queue_renamed (missing)" in warning["unexpected"]
@@ -173,7 +174,7 @@ async def test_a_missing_connection_attribute_sends_through_nats_py_publish_with
         assert not bus.publish_now(conns[1], "svc.echo", b"x")  # nothing queued: the caller awaits publish
         replies = await asyncio.gather(*(bus.request(conns[1], "svc.echo", b"%d" % i, timeout=5) for i in range(20)))
         assert [r.data for r in replies] == [b"%d!" % i for i in range(20)]
-        assert isinstance(inbox_of(conns[1])._sub._pending_queue, _Handoff)  # type: ignore[union-attr]
+        assert isinstance(inbox_of(conns[1]).subscription._pending_queue, _Handoff)  # type: ignore[union-attr]
     finally:
         for conn in conns:
             await conn.close()
@@ -183,7 +184,7 @@ async def test_the_handoff_resolves_replies_in_the_read_loop_and_leaves_nothing_
     await echo_service(nc)
     replies = await asyncio.gather(*(bus.request(nc, "svc.echo", b"%d" % i, timeout=5) for i in range(50)))
     assert len(replies) == 50
-    sub = inbox_of(nc)._sub
+    sub = inbox_of(nc).subscription
     assert sub is not None and isinstance(sub._pending_queue, _Handoff)
     assert (sub.delivered, sub.pending_msgs, sub.pending_bytes) == (50, 0, 0)
 
@@ -206,7 +207,7 @@ async def test_no_nats_py_task_dies_with_an_unretrieved_exception_after_a_connec
             await bus.request(conn, "svc.echo", b"silent", timeout=0.2)
         bucket = await bus.open_bucket(conn, "seam_tasks")
         await bucket.write("k", b"1", 0)
-        sub = inbox_of(conn)._sub
+        sub = inbox_of(conn).subscription
         assert sub is not None
         reader = sub._wait_for_msgs_task  # the subscription task the handoff leaves waiting
         assert reader is not None
@@ -221,6 +222,20 @@ async def test_no_nats_py_task_dies_with_an_unretrieved_exception_after_a_connec
     finally:
         loop.set_exception_handler(previous)
     assert reports == []
+
+
+async def test_a_closed_connection_and_its_reply_inbox_are_freed(nats_server: bus.NatsServer) -> None:
+    conn = await bus.connect(bus.NatsOptions.from_url(nats_server.url))
+    await echo_service(conn)
+    await asyncio.gather(*(bus.request(conn, "svc.echo", b"x", timeout=5) for _ in range(10)))
+    bucket = await bus.open_bucket(conn, "seam_freed")
+    await bucket.write("k", b"1", 0)
+    gone = weakref.ref(conn)
+    await conn.close()
+    del conn, bucket
+    await asyncio.sleep(0)  # let the cancelled subscription tasks finish
+    gc.collect()
+    assert gone() is None
 
 
 # -- error mapping, produced for real -----------------------------------------------------------

@@ -33,7 +33,7 @@ from mesh._nats import selfcheck
 from mesh._nats.connection import Connection, Message, Subscription
 from mesh._nats.errors import map_errors
 from mesh._nats.outbox import publish, publish_now
-from mesh.errors import MeshError, MeshTimeout, NoResponders
+from mesh.errors import ConnectionFailed, MeshError, MeshTimeout, NoResponders
 
 NO_RESPONDERS = "503"
 SWEEP = 0.1  # seconds between checks for expired requests
@@ -58,18 +58,35 @@ def no_responders(msg: Message) -> bool:
 
 
 class ReplyInbox:
-    """The futures of one connection's requests, resolved by one subscription on `<inbox>.*`."""
+    """The futures of one connection's requests, resolved by one subscription on `<inbox>.*`.
+
+    It holds its connection and subscription weakly: `inbox_of` keeps inboxes in a mapping keyed
+    weakly by connection, and a strong path from the value back to the key (the subscription holds
+    its connection) would keep every closed connection alive for good.
+    """
 
     def __init__(self, nc: Connection) -> None:
-        self.nc = nc
+        self._nc = weakref.ref(nc)
         self._prefix = ""
         self._waiting: dict[str, tuple[asyncio.Future[Any] | _Exchange, float]] = {}
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
-        self._sub: Subscription | None = None
+        self._sub: weakref.ref[Subscription] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_due = 0.0  # when the scheduled sweep should run
         self._postponed = False  # the last sweep expired nothing because it ran late
+
+    @property
+    def nc(self) -> Connection:
+        nc = self._nc()
+        if nc is None:  # only reachable through a stray reference to the inbox of a collected connection
+            raise ConnectionFailed("the connection of this reply inbox is gone")
+        return nc
+
+    @property
+    def subscription(self) -> Subscription | None:
+        """The reply subscription, once the first request made it."""
+        return self._sub() if self._sub is not None else None
 
     async def request(self, subject: str, data: bytes, *, timeout: float, headers: dict[str, str] | None = None) -> Message:  # noqa: ASYNC109 - a deadline per request, swept, not a timer each
         """The reply to `data` sent on `subject`; raises `MeshTimeout`, `NoResponders` or what
@@ -221,7 +238,7 @@ class ReplyInbox:
                 if selfcheck.check_subscription(sub):
                     sub._pending_queue = _Handoff(self, sub)
                 self._prefix = prefix
-                self._sub = sub
+                self._sub = weakref.ref(sub)
 
     async def _on_reply(self, msg: Message) -> None:
         """The subscription's callback: used only when the handoff is off (see `selfcheck`)."""
