@@ -14,7 +14,7 @@ from services.bench import names
 from services.bench.runner import select
 from services.bench.scenarios import SCENARIOS
 
-MEASURED = ["invoke", "turn", "hot", "activation", "slow", "http", "mail"]
+MEASURED = ["invoke", "turn", "hot", "activation", "slow", "http", "mail", "durable"]
 
 
 def run_mesh(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
@@ -60,6 +60,13 @@ def test_quick_json_runs_every_scenario_and_reports_each_ratio() -> None:
     # Every mail the mesh side sent (warm-up included) was stored once: none was deduplicated away.
     assert mail["notes"]["mesh_stored"] == mail["notes"]["expected_stored"] == mail["mesh"]["ops"] + 20
     assert mail["notes"]["processing"] == "off"
+    durable = by_scenario["durable"]
+    assert [r["case"] for r in durable] == ["50 instances", "1 instance"]
+    for row in durable:  # every message applied exactly once, each instance's in the order sent, on both sides
+        notes = row["notes"]
+        for side in ("raw", "mesh"):
+            assert notes[f"{side}_exactly_once"] is True and notes[f"{side}_order_kept"] is True, row
+            assert notes[f"{side}_applied"] == notes[f"{side}_expected"] == row[side]["ops"]
     # Progress went to stderr, so stdout was pure JSON.
     assert "invoke c=64 mesh" in done.stderr
 

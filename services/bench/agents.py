@@ -62,5 +62,27 @@ class BenchSlow(Agent[Count]):
         return self.state
 
 
+class Seq(BaseModel):
+    seq: int
+
+
+class Applied(BaseModel):
+    n: int = 0
+    last: int = 0
+    out_of_order: int = 0
+
+
+class BenchDurable(Agent[Applied]):
+    """Applies durable messages numbered 1, 2, 3, ... per instance, counting any out of order (`durable`)."""
+
+    type = "bench-durable"
+
+    async def on_request(self, request: Seq) -> None:
+        self.state.out_of_order += int(request.seq != self.state.last + 1)
+        self.state.n += 1
+        self.state.last = request.seq
+
+
 AGENTS = [BenchEcho, BenchTurn, BenchSlow]
 ACTIVATION_AGENTS = [BenchActivation]
+DURABLE_AGENTS = [BenchDurable]

@@ -21,7 +21,7 @@ from nats.aio.client import Client
 from mesh import subjects
 from mesh.bus import free_port
 from mesh.client import MeshClient
-from services.bench import procs
+from services.bench import durable, procs
 from services.bench.clients import HttpPool, ProtocolError, SmtpPool, mail_message
 from services.bench.load import Measure, Op, Progress, drive, merge, process_cpu
 from services.bench.raw import SUBJECT_PREFIX
@@ -43,6 +43,9 @@ class Sizes:
     idle_timeout: float
     http_ops: int
     mail_ops: int
+    durable_instances: int = 1_000
+    durable_msgs: int = 10_000
+    durable_hot_msgs: int = 3_000
 
 
 ROUNDS = 3  # alternating rounds per case, see Bench.pair
@@ -50,7 +53,9 @@ ROUNDS = 3  # alternating rounds per case, see Bench.pair
 # The activation worker's idle timeout outlasts its run, so that eviction does not compete with
 # the first touches being measured; the scenario then waits for it.
 FULL = Sizes(3_000, 30_000, 10_000, 30_000, 10_000, 100_000, 1_000, 1.0, 60.0, 10_000, 3_000)
-QUICK = Sizes(200, 1_000, 200, 1_000, 300, 500, 50, 1.0, 1.0, 300, 100)
+QUICK = Sizes(
+    200, 1_000, 200, 1_000, 300, 500, 50, 1.0, 1.0, 300, 100, durable_instances=50, durable_msgs=500, durable_hot_msgs=300
+)
 
 
 def scaled(sizes: Sizes, factor: float) -> Sizes:
@@ -67,6 +72,9 @@ def scaled(sizes: Sizes, factor: float) -> Sizes:
             "slow_instances",
             "http_ops",
             "mail_ops",
+            "durable_instances",
+            "durable_msgs",
+            "durable_hot_msgs",
         )
     }
     return replace(sizes, **counts)
@@ -415,6 +423,7 @@ SCENARIOS: dict[str, Callable[[Bench], Awaitable[list[Any]]]] = {
     "slow": slow,
     "http": http,
     "mail": mail,
+    "durable": durable.durable,
 }
 
 MAIN_APP = "services.bench.agents"  # its AGENTS; `activation` starts a worker of its own
