@@ -247,29 +247,35 @@ class Triage(LLMAgent):
         ]
 
     def build_agent(self) -> agents.Agent[Any]:
-        import agents
+        return triage_agents(model_for, self.mcp_servers)
 
-        history = agents.Agent(
-            name="History Tutor",
-            handoff_description="Specialist agent for historical questions",
-            instructions="You provide assistance with historical queries. Explain important events and context clearly.",
-            model=model_for(history_policy),
-        )
-        math = agents.Agent(
-            name="Math Tutor",
-            handoff_description="Specialist agent for math questions",
-            instructions="You provide help with math problems. Explain your reasoning at each step and include examples. "
-            "Use the calculate tool, when you have it, for arithmetic.",
-            model=model_for(math_policy),
-            mcp_servers=self.mcp_servers,
-        )
-        return agents.Agent(
-            name="Triage Agent",
-            instructions="You determine which agent to use based on the user's question: history questions go "
-            "to the History Tutor, math questions to the Math Tutor.",
-            handoffs=[history, math],
-            model=model_for(triage_policy),
-        )
+
+def triage_agents(model: Callable[[Policy], agents.Model], mcp_servers: Sequence[MCPServer] = ()) -> agents.Agent[Any]:
+    """The triage demo's SDK agents (Triage Agent, History Tutor, Math Tutor), with `model(policy)`
+    as each agent's model: what `Triage` runs, and what `mesh bench`'s plain SDK baseline runs."""
+    import agents
+
+    history = agents.Agent(
+        name="History Tutor",
+        handoff_description="Specialist agent for historical questions",
+        instructions="You provide assistance with historical queries. Explain important events and context clearly.",
+        model=model(history_policy),
+    )
+    math = agents.Agent(
+        name="Math Tutor",
+        handoff_description="Specialist agent for math questions",
+        instructions="You provide help with math problems. Explain your reasoning at each step and include examples. "
+        "Use the calculate tool, when you have it, for arithmetic.",
+        model=model(math_policy),
+        mcp_servers=list(mcp_servers),
+    )
+    return agents.Agent(
+        name="Triage Agent",
+        instructions="You determine which agent to use based on the user's question: history questions go "
+        "to the History Tutor, math questions to the Math Tutor.",
+        handoffs=[history, math],
+        model=model(triage_policy),
+    )
 
 
 # -- clerk: agents as tools, approval-gated --------------------------------------------------

@@ -21,7 +21,7 @@ from nats.aio.client import Client
 from mesh import subjects
 from mesh.bus import free_port
 from mesh.client import MeshClient
-from services.bench import durable, procs
+from services.bench import durable, llm, procs
 from services.bench.clients import HttpPool, ProtocolError, SmtpPool, mail_message
 from services.bench.load import Measure, Op, Progress, drive, merge, process_cpu
 from services.bench.raw import SUBJECT_PREFIX
@@ -46,6 +46,7 @@ class Sizes:
     durable_instances: int = 1_000
     durable_msgs: int = 10_000
     durable_hot_msgs: int = 3_000
+    llm_conversations: int = 500
 
 
 ROUNDS = 3  # alternating rounds per case, see Bench.pair
@@ -54,7 +55,21 @@ ROUNDS = 3  # alternating rounds per case, see Bench.pair
 # the first touches being measured; the scenario then waits for it.
 FULL = Sizes(3_000, 30_000, 10_000, 30_000, 10_000, 100_000, 1_000, 1.0, 60.0, 10_000, 3_000)
 QUICK = Sizes(
-    200, 1_000, 200, 1_000, 300, 500, 50, 1.0, 1.0, 300, 100, durable_instances=50, durable_msgs=500, durable_hot_msgs=300
+    200,
+    1_000,
+    200,
+    1_000,
+    300,
+    500,
+    50,
+    1.0,
+    1.0,
+    300,
+    100,
+    durable_instances=50,
+    durable_msgs=500,
+    durable_hot_msgs=300,
+    llm_conversations=24,
 )
 
 
@@ -75,6 +90,7 @@ def scaled(sizes: Sizes, factor: float) -> Sizes:
             "durable_instances",
             "durable_msgs",
             "durable_hot_msgs",
+            "llm_conversations",
         )
     }
     return replace(sizes, **counts)
@@ -424,6 +440,7 @@ SCENARIOS: dict[str, Callable[[Bench], Awaitable[list[Any]]]] = {
     "http": http,
     "mail": mail,
     "durable": durable.durable,
+    "llm": llm.llm,
 }
 
 MAIN_APP = "services.bench.agents"  # its AGENTS; `activation` starts a worker of its own
