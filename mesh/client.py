@@ -11,11 +11,21 @@ the calls in flight, at least `HEDGE_MIN`): when the mesh is merely slow, every 
 resending them all would only multiply the load. A stateless agent keeps no request ids (only a
 repeat reaching the worker where the same id still runs is attached to it): its turns may run
 more than once when the caller retries (keep them idempotent).
+
+One hop to the owner: the owner of a stateful instance names itself in a reply (`Mesh-Owner`)
+when the request did not come straight to it, and the client remembers it per instance (at most
+`OWNER_CACHE` of them, the oldest forgotten first) and sends the next call's first attempt to the
+owner's worker subject, saving the queue group's worker a forward and a relay. When that attempt
+finds nobody there (`no_responders`: the owner is gone) or is refused (`unavailable`: the instance
+moved, or the worker is stopping; it did not run), the client forgets the owner and sends the
+request again at once to the type subject; every later attempt goes there too, so a hung owner is
+routed around like before (the worker that forwards to it checks its lease).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from datetime import datetime
@@ -40,6 +50,9 @@ from mesh.methods import check_method
 from mesh.request_ids import check_request_id, new_request_id
 from mesh.tracing import child_traceparent
 
+OWNER_CACHE = 16_384  # instances whose owner a client remembers
+_WORKER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
 if TYPE_CHECKING:
     from mesh.schedules import ScheduleInfo
 
@@ -60,9 +73,11 @@ class MeshClient:
     (A calls B calls A) fails fast instead of waiting for the deadline.
     """
 
-    def __init__(self, nc: Connection, *, default_timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, nc: Connection, *, default_timeout: float = DEFAULT_TIMEOUT, owner_cache: int = OWNER_CACHE) -> None:
         self.nc = nc
         self.default_timeout = default_timeout
+        self.owner_cache = owner_cache
+        self._owners: dict[str, str] = {}  # agent subject -> its owner's worker subject (insertion order: oldest first)
         self._in_flight = 0  # calls waiting for their reply
         self._hedging = 0  # of which resend while an attempt is unanswered (see HEDGE_SHARE)
 
@@ -129,17 +144,45 @@ class MeshClient:
         timeout, context = self._outgoing(timeout)
         headers = {**(headers or {}), **context}
         headers[subjects.HEADER_REQUEST_ID] = new_request_id() if request_id is None else check_request_id(request_id)
-        attempts = _Attempts(self)
+        direct = self._owners.get(subject)
+        attempts = _Attempts(self, subject, direct)
         self._in_flight += 1
         try:
             result = await inbox_of(self.nc).exchange(
-                subject, data, timeout=timeout, headers=headers, judge=attempts, resend=RESEND, may_hedge=attempts.hedge
+                subject,
+                data,
+                timeout=timeout,
+                headers=headers,
+                judge=attempts,
+                resend=RESEND,
+                may_hedge=attempts.hedge,
+                first=direct,
             )
         finally:
             self._in_flight -= 1
             if attempts.hedging:
                 self._hedging -= 1
+        if attempts.owner is not None:
+            self._learn_owner(subject, attempts.owner)
         return _answer(subject, timeout, result, attempts)
+
+    def owner_of(self, agent_type: str, name: str) -> str | None:
+        """The worker subject this client sends the instance's calls to first, if it knows the owner."""
+        return self._owners.get(subjects.agent_subject(agent_type, name))
+
+    def _learn_owner(self, subject: str, owner: str) -> None:
+        if not subject.startswith("agents.") or not _WORKER_ID.match(owner):
+            return
+        direct = f"_mesh.w.{owner}.{subject[7:]}"
+        owners = self._owners
+        if owners.get(subject) == direct:
+            return
+        if len(owners) >= self.owner_cache and subject not in owners:
+            del owners[next(iter(owners))]
+        owners[subject] = direct
+
+    def _forget_owner(self, subject: str) -> None:
+        self._owners.pop(subject, None)
 
     async def send(self, agent_type: str, name: str, payload: Any = None) -> None:
         """Fire-and-forget: the instance runs a turn for it; nobody waits for the reply."""
@@ -261,10 +304,13 @@ class _Attempts:
     """Judges each reply to a call's attempts (`ReplyInbox.exchange`): final, or worth another
     attempt after a pause; remembers whether any attempt's outcome was reported unknown."""
 
-    __slots__ = ("client", "unknown", "hedging", "_pause", "_no_responders_until")
+    __slots__ = ("client", "subject", "direct", "owner", "unknown", "hedging", "_pause", "_no_responders_until")
 
-    def __init__(self, client: MeshClient) -> None:
+    def __init__(self, client: MeshClient, subject: str, direct: str | None) -> None:
         self.client = client
+        self.subject = subject
+        self.direct = direct is not None  # the first attempt went to the owner's worker subject
+        self.owner: str | None = None  # the owner a reply named (`Mesh-Owner`)
         self.unknown = False
         self.hedging = False  # counted in the client's hedging budget
         self._pause = _BACKOFF[0]
@@ -287,7 +333,10 @@ class _Attempts:
         code = headers.get(subjects.HEADER_MESH_ERROR)
         if code is None:
             if not no_responders(msg):
+                self.owner = headers.get(subjects.HEADER_OWNER)
                 return None
+            if self.direct:  # the owner we knew is gone: ask the type subject at once
+                return self._reroute(pending)
             if pending:
                 return _WAIT  # this attempt found nobody; an earlier one is still out
             now = time.monotonic()
@@ -297,9 +346,18 @@ class _Attempts:
         if code == OutcomeUnknown.code:
             self.unknown = True
             return self._next_pause()
+        if self.direct and code == Unavailable.code:  # not the owner (any more), or stopping: it did not run
+            return self._reroute(pending)
         if code in _NOT_RUN:  # this attempt did not run: an earlier one still out may yet answer
             return _WAIT if pending else self._next_pause() if code == Unavailable.code else None
         return None
+
+    def _reroute(self, pending: bool) -> float:
+        """The attempt sent to the owner's worker subject found nobody or was refused unrun: forget
+        that owner, and send again now, to the type subject (an attempt still out may yet answer)."""
+        self.direct = False
+        self.client._forget_owner(self.subject)
+        return _WAIT if pending else 0.0
 
     def _next_pause(self) -> float:
         pause = self._pause

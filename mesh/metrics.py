@@ -166,14 +166,22 @@ class RuntimeCollector(Collector):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         stats = self.runtime.statistics()
         activations = GaugeMetricFamily("mesh_activations", "Instances this worker has in memory.")
         activations.add_metric([], stats["activations"])
         owned = GaugeMetricFamily("mesh_instances_owned", "Instances this worker owns (runs the turns of).")
         owned.add_metric([], stats["owned"])
+        forwarded = CounterMetricFamily(
+            "mesh_requests_forwarded_in",
+            "Requests that reached this worker forwarded by another worker (not sent to the owner directly).",
+            labels=["agent_type"],
+        )
+        for agent_type, counts in stats["types"].items():
+            forwarded.add_metric([agent_type], counts["forwarded_in"])
         yield activations
         yield owned
+        yield forwarded
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())

@@ -5,6 +5,12 @@ request runs as a turn at once (`mesh.turns.run_turn`). For an instance with sta
 owns it (or claims it now through the directory) the request joins the instance's mailbox
 (`mesh.activation`); if another live worker owns it, it is forwarded to that worker's own subject
 and the reply relayed. The runtime is the activations' `Host`; they never import this module.
+
+One hop to the owner: a successful reply to a request that did not come straight to its owner
+names the owner (`Mesh-Owner`), so that callers (`MeshClient`) address the owner's worker subject
+next time. A request a caller sent there (no `Mesh-Hops`) is never forwarded on: a worker that
+does not own the instance answers it `unavailable` ("owned by another worker", it did not run),
+as it does a forwarded one, and the caller routes it again through the type subject.
 """
 
 from __future__ import annotations
@@ -60,6 +66,9 @@ RETURN_MEMORY_AFTER = 1000  # evictions in one sweep after which freed memory is
 SHUTTING_DOWN = "worker is shutting down; retry"
 MOVED = "the instance is owned by another worker now; the request did not run here; retry"
 PROBE_PERIOD = 0.5  # seconds between lease checks of an owner that keeps forwards waiting
+# How a request reached this worker (`_dispatch`): through the type's queue group, forwarded by
+# another worker, or sent to this worker's own subject by a caller that believes it the owner.
+QUEUED, FORWARDED, DIRECT = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,8 @@ class Runtime:
             max_state_bytes=self.options.max_state_bytes,
         )
         self.stats: dict[str, TypeStats] = self.turns.stats
+        self.forwarded_in = dict.fromkeys(self.agents, 0)  # requests that reached this worker forwarded
+        self._owner_header = {subjects.HEADER_OWNER: self.worker_id}
         self.activations: dict[str, Activation] = {}
         self._tasks = TaskSet(self.log)  # turns, forwards, replies, releases: waited for on stop
         self.background = TaskSet(self.log)  # heartbeat, eviction, agents' timers: cancelled on stop
@@ -183,7 +194,12 @@ class Runtime:
         stats = self.stats[agent_type]
 
         def stats_data() -> dict[str, int]:
-            return {"turns": stats.turns, "turn_errors": stats.errors, "activations": len(self.activations)}
+            return {
+                "turns": stats.turns,
+                "turn_errors": stats.errors,
+                "activations": len(self.activations),
+                "forwarded_in": self.forwarded_in[agent_type],
+            }
 
         service = Service(
             self.nc,
@@ -280,18 +296,22 @@ class Runtime:
             "worker": self.worker_id,
             "activations": len(self.activations),
             "owned": owned,
-            "types": {t: {"turns": s.turns, "errors": s.errors} for t, s in self.stats.items()},
+            "types": {
+                t: {"turns": s.turns, "errors": s.errors, "forwarded_in": self.forwarded_in[t]} for t, s in self.stats.items()
+            },
         }
 
     # -- routing -----------------------------------------------------------------------------
 
     async def _on_request(self, msg: Message) -> None:
-        self._dispatch(msg, msg.subject.split(".", 2)[1:])
+        self._dispatch(msg, msg.subject.split(".", 2)[1:], QUEUED)
 
     async def _on_forwarded(self, msg: Message) -> None:
-        self._dispatch(msg, msg.subject.split(".", 4)[3:])
+        headers = msg.headers
+        via = FORWARDED if headers is not None and subjects.HEADER_HOPS in headers else DIRECT
+        self._dispatch(msg, msg.subject.split(".", 4)[3:], via)
 
-    def _dispatch(self, msg: Message, parts: list[str]) -> None:
+    def _dispatch(self, msg: Message, parts: list[str], via: int) -> None:
         """Route one message; never raises, so the subscription keeps serving."""
         try:
             agent_type, token = parts
@@ -317,6 +337,10 @@ class Runtime:
                     return  # a retry of a request running here: it gets that turn's outcome
                 self.start_now(self._stateless_turn(cls, subjects.decode_name(token), key, envelope))
                 return
+            if via != DIRECT:
+                envelope.tell_owner = True
+                if via == FORWARDED:
+                    self.forwarded_in[agent_type] += 1
             activation = self.activations.get(key)
             if activation is None:
                 activation = Activation(self, cls, subjects.decode_name(token), key)
@@ -341,9 +365,10 @@ class Runtime:
         owner = activation.owner
         assert owner is not None
         hops = int(envelope.headers.get(subjects.HEADER_HOPS, "0") or 0)
-        if hops and envelope.reply is not None:
-            # Forwarded here, but ownership (re-checked) is another worker's now. Say so, definitely
-            # not run, and the forwarding worker routes it again; a second hop could cross a takeover.
+        if envelope.reply is not None and (hops or not envelope.tell_owner):
+            # Forwarded here, or sent here by a caller that took us for the owner, but ownership
+            # (re-checked) is another worker's. Say so, definitely not run, and the forwarding worker
+            # (or the caller) routes it again; a second hop could cross a takeover.
             await self.reply(Outcome(envelope, None, Unavailable(MOVED)))
             return
         if hops >= MAX_HOPS:
@@ -442,10 +467,11 @@ class Runtime:
         reply = outcome.envelope.reply
         if not reply:
             return
+        headers: dict[str, str] | None
         if outcome.error is not None:
             body, headers = wire.error_body(outcome.error), wire.error_headers(outcome.error)
         else:
-            body, headers = outcome.body or b"null", None
+            body, headers = outcome.body or b"null", self._owner_header if outcome.envelope.tell_owner else None
         try:
             if not publish_now(self.nc, reply, body, headers):
                 await publish(self.nc, reply, body, headers)  # the outgoing buffer is full: wait for it

@@ -57,6 +57,7 @@ DEFAULT_TIMEOUT_MS: Final = 30_000  # what a request without Mesh-Timeout-Ms is 
 HEADER_DEADLINE: Final = "Mesh-Deadline"  # unix epoch milliseconds (the caller's clock) when it stops waiting
 HEADER_CHAIN: Final = "Mesh-Call-Chain"
 HEADER_HOPS: Final = "Mesh-Hops"
+HEADER_OWNER: Final = "Mesh-Owner"  # a reply from an instance's owner: its worker id, for direct routing
 HEADER_MSG_ID: Final = "Mesh-Msg-Id"
 HEADER_APPLIED: Final = "Mesh-Applied"
 HEADER_METHOD: Final = "Mesh-Method"
@@ -88,6 +89,7 @@ HEADERS: Final = (
     HEADER_DEADLINE,
     HEADER_CHAIN,
     HEADER_HOPS,
+    HEADER_OWNER,
     HEADER_MSG_ID,
     HEADER_APPLIED,
     HEADER_METHOD,

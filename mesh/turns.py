@@ -45,6 +45,7 @@ class Envelope:
     deadline: float | None
     request_id: str | None = None  # its `Mesh-Request-Id`, once an instance's mailbox took it
     attached: list[Envelope] | None = None  # retries of the same request id: they get this one's outcome
+    tell_owner: bool = False  # the caller did not address the owner's worker subject: the reply names it
 
 
 @dataclass(slots=True)

@@ -128,6 +128,7 @@ class ReplyInbox:
         judge: Callable[[Message, bool], float | None],
         resend: tuple[float, float] = (0.5, 2.0),
         may_hedge: Callable[[], bool] | None = None,
+        first: str | None = None,
     ) -> Exchanged:
         """Send `data` on `subject` until a reply is final or `timeout` has passed.
 
@@ -138,7 +139,9 @@ class ReplyInbox:
         attempts stay registered, so the first final reply to any of them wins; each reply is
         judged as it arrives, so none is lost. A resend while an earlier attempt is still unanswered (a hedge)
         happens only when `may_hedge()` allows it, else it is put off (a budget: under overload,
-        when every reply is slow, hedging would multiply the load). Raises what publishing raises,
+        when every reply is slow, hedging would multiply the load). `first`, if given, is where the
+        first attempt goes instead of `subject` (a guess of the fastest route: the owner's worker
+        subject); every later attempt goes to `subject`. Raises what publishing raises,
         for the first attempt only (nothing was sent then); a later attempt that cannot be sent is
         tried again at the next resend.
         """
@@ -164,10 +167,11 @@ class ReplyInbox:
                 if ex.send_at <= now:
                     token = f"{next(self._ids):x}"
                     waiting[token] = (ex, _NEVER)
+                    to = first if first is not None and not tokens else subject
                     tokens.append(token)
                     try:
-                        if not publish_now(self.nc, subject, data, headers, self._prefix + token):
-                            await publish(self.nc, subject, data, headers, self._prefix + token)
+                        if not publish_now(self.nc, to, data, headers, self._prefix + token):
+                            await publish(self.nc, to, data, headers, self._prefix + token)
                         carrier = token
                     except MeshError:
                         if len(tokens) == 1:
