@@ -11,10 +11,10 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from mesh import bus, subjects
 from mesh.bus import free_port
 from services.bench import names
-from services.bench.runner import select
+from services.bench.runner import render_table, select
 from services.bench.scenarios import SCENARIOS
 
-MEASURED = ["invoke", "turn", "hot", "activation", "slow", "http", "mail", "durable"]
+MEASURED = ["invoke", "turn", "hot", "activation", "slow", "http", "mail", "durable", "failover"]
 
 
 def run_mesh(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
@@ -24,7 +24,7 @@ def run_mesh(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[
 
 
 def test_quick_json_runs_every_scenario_and_reports_each_ratio() -> None:
-    done = run_mesh("bench", "--quick", "--json")
+    done = run_mesh("bench", "--quick", "--json", timeout=300)  # every scenario: ~140 s on a loaded 2-core machine
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert report["nats_url"] == "embedded"
@@ -34,7 +34,7 @@ def test_quick_json_runs_every_scenario_and_reports_each_ratio() -> None:
         by_scenario.setdefault(row["scenario"], []).append(row)
     assert list(by_scenario) == list(SCENARIOS) == MEASURED
     assert [r["case"] for r in by_scenario["invoke"]] == ["c=1", "c=64"]
-    for name in MEASURED:
+    for name in (n for n in MEASURED if n != "failover"):  # failover has no raw baseline: checked below
         for row in by_scenario[name]:
             assert row["ratio"] > 0, row
             for side in ("raw", "mesh"):
@@ -67,6 +67,12 @@ def test_quick_json_runs_every_scenario_and_reports_each_ratio() -> None:
         for side in ("raw", "mesh"):
             assert notes[f"{side}_exactly_once"] is True and notes[f"{side}_order_kept"] is True, row
             assert notes[f"{side}_applied"] == notes[f"{side}_expected"] == row[side]["ops"]
+    failover = by_scenario["failover"][0]  # every affected instance answered again; nothing lost or applied twice
+    notes = failover["notes"]
+    assert failover["raw"]["ops"] == 0 and failover["mesh"]["ops"] > 0 and isinstance(failover["met"], bool)
+    assert notes["rounds"] == 2 and notes["affected"] >= 2 and notes["unrecovered"] == 0
+    assert notes["lost"] == notes["applied_twice"] == notes["unaccounted"] == 0 and notes["problems"] == []
+    assert 0 < failover["mesh"]["p50_ms"] <= failover["mesh"]["p99_ms"]
     # Progress went to stderr, so stdout was pure JSON.
     assert "invoke c=64 mesh" in done.stderr
 
@@ -113,6 +119,17 @@ async def test_an_existing_server_is_used_and_left_clean(nats_server, mesh_clien
     assert (await js.stream_info(subjects.MAIL_INBOUND_STREAM)).state.messages == 0
     state = await bus.open_bucket(mesh_client.nc, subjects.STATE_BUCKET)
     assert await state.keys("bench-turn.") == []
+
+
+def test_a_case_without_a_raw_baseline_is_rendered_with_empty_raw_columns() -> None:
+    empty = {"ops": 0, "errors": 0, "wall_s": 0.0, "ops_per_s": 0.0, "p50_ms": 0.0, "p99_ms": 0.0}
+    mesh = {**empty, "ops": 900, "wall_s": 3.0, "ops_per_s": 300.0, "p50_ms": 612.5, "p99_ms": 801.0}
+    row = {"scenario": "failover", "case": "16 instances, 2 kills", "unit": "ms kill to reply", "ratio": 0.0}
+    row |= {"raw": empty, "mesh": mesh, "target": "p99 <= 1000 ms", "met": True, "notes": {"lost": 0}}
+    report = {"quick": True, "scale": 1, "cpus": 2, "loadavg_before": [0.1], "loadavg_after": [0.2], "duration_s": 9.0}
+    line = render_table({**report, "results": [row]}).splitlines()[3]
+    assert line.split()[:8] == ["failover", "16", "instances,", "2", "kills", "-", "300", "-"]
+    assert "612.50/801.00" in line and "(met)" in line
 
 
 def test_an_unreachable_server_is_a_clear_error() -> None:

@@ -43,6 +43,13 @@ Scenarios (run in this order; --only picks some):
               types bench-echo; raw: a bare aiosmtpd handler that only publishes each mail to
               the JetStream stream mesh_bench_raw_mail before answering 250. Reports mails/s
               accepted and p50/p99 time from MAIL FROM to the 250 after DATA.
+  failover    two mesh worker processes of its own (agent type bench-fail, a persisted counter),
+              one MeshClient caller per instance (48; --quick 16) adding 1 in a loop; each round
+              (5; --quick 2) SIGKILLs the worker owning the most instances and then starts a
+              fresh one. mesh p50/p99 = ms from the SIGKILL to the first successful reply of each
+              instance it owned (target p99 <= 1 s); notes say whether any acknowledged update
+              was lost or applied twice (every reply checked against the final counters). No raw
+              baseline: its columns stay empty ("-").
 
 How to read the figures:
   ratio = mesh ops/s / raw ops/s of the same case in the same run; > 1 means the mesh is faster.

@@ -65,7 +65,7 @@ async def _wait_raw_ready(nc: Any, raw: procs.Child, within: float = 30.0) -> No
             await asyncio.sleep(0.1)
 
 
-BENCH_TYPES = ("bench-echo", "bench-turn", "bench-act", "bench-slow")
+BENCH_TYPES = ("bench-echo", "bench-turn", "bench-act", "bench-slow", "bench-fail")
 
 
 async def _clean_up(nc: Any) -> None:
@@ -188,9 +188,15 @@ def render_table(report: dict[str, Any]) -> str:
             continue
         raw, mesh = r["raw"], r["mesh"]
         verdict = {True: "met", False: "NOT met", None: ""}[r["met"]]
+        if raw["ops"] or raw["errors"]:
+            raw_cols = (
+                f"{raw['ops_per_s']:>10,.0f} {mesh['ops_per_s']:>11,.0f} {r['ratio']:>6.2f}  "
+                f"{raw['p50_ms']:>7.2f}/{raw['p99_ms']:<7.2f}"
+            )
+        else:  # no raw baseline for this case (failover): its columns stay empty
+            raw_cols = f"{'-':>10} {mesh['ops_per_s']:>11,.0f} {'-':>6}  {'-':>15}"
         lines.append(
-            f"{r['scenario']:<11} {r['case']:<28} {raw['ops_per_s']:>10,.0f} {mesh['ops_per_s']:>11,.0f} "
-            f"{r['ratio']:>6.2f}  {raw['p50_ms']:>7.2f}/{raw['p99_ms']:<7.2f} {mesh['p50_ms']:>7.2f}/{mesh['p99_ms']:<8.2f}"
+            f"{r['scenario']:<11} {r['case']:<28} {raw_cols} {mesh['p50_ms']:>7.2f}/{mesh['p99_ms']:<8.2f}"
             f"  {r['target']}" + (f" ({verdict})" if verdict else "")
         )
         extras = {**r.get("notes", {}), **_extras(raw, "raw"), **_extras(mesh, "mesh")}

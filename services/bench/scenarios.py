@@ -23,6 +23,7 @@ from mesh.bus import free_port
 from mesh.client import MeshClient
 from services.bench import durable, llm, procs
 from services.bench.clients import HttpPool, ProtocolError, SmtpPool, mail_message
+from services.bench.failover import failover as failover_scenario
 from services.bench.load import Measure, Op, Progress, drive, merge, process_cpu
 from services.bench.raw import SUBJECT_PREFIX
 from services.bench.stub_model import StubModel
@@ -46,6 +47,8 @@ class Sizes:
     durable_instances: int = 1_000
     durable_msgs: int = 10_000
     durable_hot_msgs: int = 3_000
+    failover_instances: int = 48
+    failover_rounds: int = 5
     llm_conversations: int = 500
 
 
@@ -69,6 +72,8 @@ QUICK = Sizes(
     durable_instances=50,
     durable_msgs=500,
     durable_hot_msgs=300,
+    failover_instances=16,
+    failover_rounds=2,
     llm_conversations=24,
 )
 
@@ -90,6 +95,7 @@ def scaled(sizes: Sizes, factor: float) -> Sizes:
             "durable_instances",
             "durable_msgs",
             "durable_hot_msgs",
+            "failover_instances",
             "llm_conversations",
         )
     }
@@ -440,6 +446,7 @@ SCENARIOS: dict[str, Callable[[Bench], Awaitable[list[Any]]]] = {
     "http": http,
     "mail": mail,
     "durable": durable.durable,
+    "failover": failover_scenario,
     "llm": llm.llm,
 }
 
