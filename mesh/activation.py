@@ -38,6 +38,7 @@ from mesh.client import MeshClient
 from mesh.dedupe import AppliedIds
 from mesh.directory import Directory
 from mesh.errors import MeshError, MeshTimeout, OutcomeUnknown, PayloadTooLarge, RequestError, StateInvalid, Unavailable
+from mesh.handoff import MOVED_HERE, NOT_RUN, answer, is_local
 from mesh.observe import StateRecord
 from mesh.request_ids import RECORD_TTL, SKEW_MS, RequestIndex, Spill, check_request_id, records_prefix
 from mesh.tasks import TaskSet
@@ -180,6 +181,9 @@ class Activation:
     async def _answer(self, outcome: Outcome) -> None:
         """Reply to a request and to the retries attached to it."""
         envelope = outcome.envelope
+        if is_local(envelope.reply):
+            answer(outcome)
+            return
         if envelope.request_id is not None:
             self._untrack(envelope)
         await self.host.reply(outcome)
@@ -192,7 +196,11 @@ class Activation:
             del self.inflight[envelope.request_id or ""]
 
     def _send_away(self, envelope: Envelope) -> None:
-        """Forward a queued request (and the retries attached to it) to the owner, which tracks them."""
+        """Forward a queued request (and the retries attached to it) to the owner, which tracks them;
+        a durable message handed over in process goes back to delivery, which sends it in order."""
+        if is_local(envelope.reply):
+            answer(Outcome(envelope, None, Unavailable(MOVED_HERE)))
+            return
         if envelope.request_id is not None:
             self._untrack(envelope)
             envelope.request_id = None
@@ -301,8 +309,9 @@ class Activation:
         agent._background = host.background
         self.status = Status.OWNED
         self.owner = directory.worker_id
-        await agent.on_activate()
-        self.current = dump_state(agent.state)  # what on_activate changed is saved with the next turn
+        if type(agent).on_activate is not Agent.on_activate:  # most agents have none: no coroutine, no second dump
+            await agent.on_activate()
+            self.current = dump_state(agent.state)  # what on_activate changed is saved with the next turn
         if host.turns.log_turns:
             self.log.debug("instance.activated", revision=self.state_revision)
 
@@ -332,11 +341,16 @@ class Activation:
         assert agent is not None
         outcomes: list[Outcome] = []
         with_ids: list[Outcome] | None = None  # turns of requests with an id that took effect
+        hold = False  # a durable message handed over in process failed: its later ones must wait
         for envelope in batch:
             msg_id = envelope.headers.get(subjects.HEADER_MSG_ID)
+            if hold and is_local(envelope.reply):
+                outcomes.append(Outcome(envelope, None, Unavailable(NOT_RUN)))
+                continue
             refused = self._refuse(envelope, msg_id)
             if refused is not None:
                 outcomes.append(refused)
+                hold = hold or (refused.error is not None and is_local(envelope.reply))
                 continue
             before = self.current
             outcome = await run_turn(turns, agent, self.key, envelope, before)
@@ -352,6 +366,7 @@ class Activation:
                     with_ids.append(outcome)
             else:
                 self._rollback(before)
+                hold = hold or is_local(envelope.reply)
             outcomes.append(outcome)
         # Group commit: one compare-and-set write for the whole batch (inline: this is the hot path).
         saved: StateRecord | None = None
@@ -385,6 +400,9 @@ class Activation:
                 self._rollback(self.saved)
                 self.applied = AppliedIds.from_header(self.applied_saved) if self.applied_saved else None
                 self.status = Status.PENDING  # reload state and re-check ownership before the next turn
+                hold = True
+        if hold and self.queue:
+            self._hold_back(outcomes)
         for outcome in outcomes:
             await self._answer(outcome)
         if self.requests is not None:
@@ -397,6 +415,18 @@ class Activation:
         if saved is not None:
             for observer in turns.observers:
                 observer.on_state_saved(saved)
+
+    def _hold_back(self, outcomes: list[Outcome]) -> None:
+        """Take the queued durable messages handed over in process out of the mailbox, unrun: one
+        before them failed, and delivery retries it first (`mesh.handoff`)."""
+        assert self.queue is not None
+        kept: deque[Envelope] = deque()
+        for envelope in self.queue:
+            if is_local(envelope.reply):
+                outcomes.append(Outcome(envelope, None, Unavailable(NOT_RUN)))
+            else:
+                kept.append(envelope)
+        self.queue = kept
 
     def _request_headers(
         self, headers: dict[str, str], with_ids: list[Outcome] | None

@@ -1,20 +1,35 @@
 """Delivering durable messages: pull them from MESH_DURABLE and run each as a turn of its instance.
 
-Each worker pulls every partition of every agent type it hosts. A partition is one durable pull
-consumer `mesh_<type>_<p>` with `max_ack_pending=1`: JetStream hands out the partition's next
-message only after the previous one was acknowledged (or given up on), whichever worker pulls.
-So messages to one instance run in stored order, also across redeliveries and failovers: a message
-waiting for its retry holds back the ones behind it (head-of-line blocking is the price of order).
+Each agent type has `DURABLE_PARTITIONS` durable pull consumers `mesh_<type>_<p>` in the priority
+group `mesh` with policy `pinned_client` (`mesh._nats.pinned`): every worker hosting the type
+pulls, but JetStream hands a partition's messages to one of them at a time, in batches of up to
+`BATCH`, up to `MAX_ACK_PENDING` unacknowledged. The puller keeps them in per-instance lanes, in
+stored order, and hands each instance its messages itself, so instances run in parallel while one
+instance's messages run in stored order:
 
-A delivered message becomes an ordinary request to `agents.<type>.<token>` carrying
-`Mesh-Msg-Id`; it reaches the instance's owner like any request (forwarded if needed), and its
-reply comes only after the turn's state was saved. Then the message is acked. A redelivery after
-a crash between save and ack is answered from the instance's processed-ids record (`mesh.dedupe`).
+- an instance this worker owns (or claims now) gets up to `WINDOW` messages straight into its
+  mailbox, in process: no NATS request, and they share the instance's group commit (one state
+  write for a batch of turns). Their outcomes come back in process (`mesh.handoff`);
+- an instance another worker owns gets one request at a time on `agents.<type>.<token>`, like any
+  caller's, carrying `Mesh-Msg-Id`;
+- a stateless type gets one request at a time per instance, the same way.
+
+A message is acked once its turn's state was saved (its reply says so). When a message fails, the
+instance's later messages wait: those already in its mailbox are handed back without running
+(the mailbox refuses them, `mesh.activation`), and the failed one is retried here, after its
+backoff, before any later one; other instances keep flowing. A redelivery of a message whose
+effect is already in the saved state is answered from the processed-ids record (`mesh.dedupe`).
 
 Failures: a request error (bad JSON, schema) cannot succeed on retry and goes to the dead letters
 at once; a failed turn (handler error, invalid state, timeout) is retried with backoff and goes to
-the dead letters after `max_attempts` deliveries; an unavailable mesh (failover, shutdown,
-conflict) is retried with backoff without limit, since the turn did not take effect.
+the dead letters after `max_attempts` attempts; an unavailable mesh (failover, shutdown, conflict)
+is retried with backoff without limit, since the turn did not take effect.
+
+Failover: messages held by a worker that died come back after `ack_wait`, in no particular order,
+to whichever worker is pinned next. A newly pinned worker therefore dispatches nothing until it
+holds every message of the partition that is still unacknowledged (`_settle`), then sorts each
+lane by stream sequence: order holds across crashes. A worker that stops unpins after giving its
+undelivered messages back, so the next one takes over at once.
 """
 
 from __future__ import annotations
@@ -23,34 +38,44 @@ import asyncio
 import contextlib
 import functools
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mesh import deadletters, subjects, wire
-from mesh._nats import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    JetStream,
-    Message,
-    PullConsumer,
-    add_pull_consumer,
-    map_errors,
-    request,
-)
+from mesh._nats import JetStream, Message, request
+from mesh._nats.pinned import ACK, PROGRESS, PinnedConsumer, nak_delay, settle, settle_later
+from mesh.activation import Activation, Status
 from mesh.durable import DurableOptions, ensure_streams
-from mesh.errors import AgentError, ConnectionFailed, MeshError, MeshTimeout, RequestError, StateError, Unavailable
+from mesh.errors import (
+    AgentError,
+    ConnectionFailed,
+    MeshError,
+    MeshTimeout,
+    RequestError,
+    StateError,
+    Unavailable,
+)
+from mesh.handoff import MOVED_HERE, NOT_RUN, expect, forget
 from mesh.metrics import DEAD_LETTERS, DURABLE_BACKLOG
 from mesh.recorder import FlightRecorder
 from mesh.tasks import TaskSet
 from mesh.tracing import child_traceparent, trace_id
+from mesh.turns import Envelope, Outcome
 
 if TYPE_CHECKING:
     from mesh.runtime import Runtime
 
-
 _T = TypeVar("_T")
+
+BATCH = 256
+"""Messages asked for per pull."""
+MAX_ACK_PENDING = 1024
+"""Messages of one partition out at once (held by its puller, not yet acknowledged)."""
+WINDOW = 32
+"""Messages of one instance in its mailbox at once. A crash may leave that many applied and not
+acked, so it stays well below what the processed-ids record keeps (`mesh.dedupe.DEFAULT_KEEP`)."""
 
 
 @dataclass
@@ -64,6 +89,51 @@ def consumer_name(agent_type: str, partition: int) -> str:
     return f"mesh_{agent_type}_{partition}"
 
 
+class _Held:
+    """One message this worker holds: waiting in its lane, or handed to its instance."""
+
+    __slots__ = ("msg", "seq", "msg_id", "attempts", "refusals", "done", "error", "reply", "lane", "traceparent")
+
+    def __init__(self, msg: Message, seq: int, msg_id: str, attempts: int, lane: _Lane) -> None:
+        self.msg = msg
+        self.seq = seq
+        self.msg_id = msg_id
+        self.attempts = attempts  # turns tried (JetStream's deliveries, then our retries)
+        self.refusals = 0  # tries the mesh refused without running (unavailable): never dead-lettered
+        self.done = False
+        self.error: MeshError | None = None
+        self.reply = ""
+        self.lane = lane
+        self.traceparent: str | None = None  # the turn's, made once: every retry is in the same trace
+
+
+class _Lane:
+    """One instance's held messages in one partition, in stored order."""
+
+    __slots__ = ("token", "part", "waiting", "out", "busy", "remote", "failing")
+
+    def __init__(self, token: str, part: _Partition) -> None:
+        self.token = token
+        self.part = part
+        self.waiting: deque[_Held] = deque()  # not yet handed over, by stream sequence
+        self.out: list[_Held] = []  # handed over, in order, not yet settled
+        self.busy = False  # waiting out a retry's backoff, or burying a dead letter
+        self.remote = False  # `out` went as requests (one at a time), not into a local mailbox
+        self.failing = False  # one of `out` failed: nothing more is handed over until it is retried
+
+
+class _Partition:
+    __slots__ = ("agent_type", "consumer", "lanes", "held", "settling", "pending")
+
+    def __init__(self, agent_type: str) -> None:
+        self.agent_type = agent_type
+        self.consumer: PinnedConsumer
+        self.lanes: dict[str, _Lane] = {}
+        self.held: dict[int, _Held] = {}  # stream sequence -> what this worker holds
+        self.settling = False  # newly pinned: collecting what an earlier puller left unacked
+        self.pending = 0  # messages the consumer had left to deliver, as of the last one
+
+
 class DurableDelivery:
     """Runs the pull loops of one worker. `start()` after the runtime started, `stop()` before it stops."""
 
@@ -73,33 +143,50 @@ class DurableDelivery:
         self.stats = DeliveryStats()
         self.log = runtime.log.bind(component="durable")
         self._js: JetStream = runtime.nc.jetstream(timeout=5.0)
-        self._tasks = TaskSet(self.log, "durable.loop_failed")
-        self._subs: list[PullConsumer] = []
+        self._tasks = TaskSet(self.log, "durable.loop_failed")  # pull loops, keep-alive
+        self._work = TaskSet(self.log, "durable.delivery_failed")  # requests, retries, dead letters
+        self._parts: list[_Partition] = []
+        self._local: dict[str, _Held] = {}  # local reply id -> the message handed to a mailbox
         self._stopping = False
-        self._idle: set[asyncio.Task[Any]] = set()  # loops waiting in a pull, holding no message
+        self._idle = asyncio.Event()  # set while nothing is handed over and unsettled
+        self._idle.set()
+        self._out = 0
         self._recorders = [o for o in runtime.observers if isinstance(o, FlightRecorder)]
-        self._pending: dict[tuple[str, str], int] = {}  # (type, consumer) -> messages waiting
+
+    # -- life cycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         await ensure_streams(self._js, self.options.replicas)
+        ack_wait = int(self.options.ack_wait * 1e9)
+        pin_timeout = max(self.options.ack_wait, 2 * self.options.fetch_wait + 1.0)
         for agent_type in self.runtime.agents:
             for partition in self.options.partitions:
                 name = consumer_name(agent_type, partition)
-                config = ConsumerConfig(
-                    durable_name=name,
-                    filter_subject=subjects.durable_partition_filter(agent_type, partition),
-                    ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL,
-                    max_ack_pending=1,
-                    ack_wait=self.options.ack_wait,
-                    max_deliver=-1,
-                    description=f"agent-mesh durable delivery to {agent_type}, partition {partition}",
+                part = _Partition(agent_type)
+                config = {
+                    "durable_name": name,
+                    "name": name,
+                    "description": f"agent-mesh durable delivery to {agent_type}, partition {partition}",
+                    "filter_subject": subjects.durable_partition_filter(agent_type, partition),
+                    "ack_policy": "explicit",
+                    "deliver_policy": "all",
+                    "max_ack_pending": MAX_ACK_PENDING,
+                    "ack_wait": ack_wait,
+                    "max_deliver": -1,
+                    "priority_timeout": int(pin_timeout * 1e9),
+                }
+                part.consumer = PinnedConsumer(
+                    self.runtime.nc,
+                    subjects.DURABLE_STREAM,
+                    config,
+                    functools.partial(self._on_message, part),
+                    functools.partial(self._on_pinned, part),
                 )
-                create = functools.partial(add_pull_consumer, self._js, subjects.DURABLE_STREAM, config)
-                sub = await self._until_answered(name, create)
-                self._subs.append(sub)
-                self._tasks.spawn(self._serve(sub, agent_type))
-        self.log.info("durable.started", consumers=len(self._subs))
+                await self._until_answered(name, part.consumer.create)
+                self._parts.append(part)
+                self._tasks.spawn(self._serve(part))
+        self._tasks.spawn(self._keep_alive())
+        self.log.info("durable.started", consumers=len(self._parts))
 
     async def _until_answered(self, what: str, create: Callable[[], Awaitable[_T]]) -> _T:
         """Create `what`, retrying while JetStream does not answer: the worker already serves turns,
@@ -115,144 +202,327 @@ class DurableDelivery:
                 delay = min(delay * 2, 5.0)
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop pulling; let the messages being delivered finish within `grace`; unacked ones return.
+        """Stop pulling; let the messages handed over finish within `grace` (and be acked); give
+        the rest back and unpin, so another worker takes the partitions over at once.
 
-        Loops waiting in a pull are cancelled at once rather than waited out (up to `fetch_wait`): a
-        message answering a pull at that very moment stays unacked, and JetStream redelivers it
-        after `ack_wait`, as after a crash.
+        A message whose turn is still under way when `grace` ends stays unacked: JetStream
+        redelivers it after `ack_wait`, as after a crash (the next puller waits for it, `_settle`).
         """
         if self._stopping:
             return
         self._stopping = True
-        for task in self._idle:  # nothing to finish there: a stopping worker does not wait out a pull
-            task.cancel()
-        tasks = list(self._tasks)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=max(grace, self.options.fetch_wait + 0.5))
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.close()
+        await self._tasks.cancel_all()  # pull loops and keep-alive: nothing to finish there
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+        await self._work.cancel_all()  # retries waiting out their backoff, requests still out
+        nc = self.runtime.nc
+        for part in self._parts:
+            for lane in part.lanes.values():
+                for held in lane.waiting:  # in stored order: back to the stream, to be redelivered now
+                    settle(nc, held.msg, nak_delay(0))
+            with contextlib.suppress(MeshError):
+                await nc.flush()
+                await part.consumer.unpin()
+            with contextlib.suppress(MeshError):
+                await part.consumer.close()
+        for reply in self._local:
+            forget(reply)
+        self._local.clear()
         self.log.info("durable.stopped", delivered=self.stats.delivered, dead=self.stats.dead)
 
     def statistics(self) -> dict[str, int]:
         return {"delivered": self.stats.delivered, "retried": self.stats.retried, "dead": self.stats.dead}
 
-    async def _serve(self, sub: PullConsumer, agent_type: str) -> None:
-        me = asyncio.current_task()
-        assert me is not None
-        while not self._stopping:
-            self._idle.add(me)
+    # -- pulling -------------------------------------------------------------------------------
+
+    async def _serve(self, part: _Partition) -> None:
+        consumer = part.consumer
+        while True:
+            started = time.monotonic()
             try:
-                msgs = await sub.fetch(1, timeout=self.options.fetch_wait)
+                how = await consumer.pull(BATCH, self.options.fetch_wait)
             except ConnectionFailed:
                 return
-            except Exception as exc:  # leader election, reconnect: wait and pull again
-                self.log.debug("durable.fetch_failed", agent_type=agent_type, error=repr(exc))
+            except MeshError as exc:  # leader election, reconnect: wait and pull again
+                self.log.debug("durable.fetch_failed", agent_type=part.agent_type, error=exc.message)
                 await asyncio.sleep(0.5)
                 continue
-            finally:
-                self._idle.discard(me)
-            for msg in msgs:
-                try:
-                    await self._deliver(msg, agent_type)
-                except Exception as exc:  # e.g. the connection dropped: unacked, so it comes back
-                    self.log.warning("durable.delivery_failed", agent_type=agent_type, error=repr(exc))
-                    await asyncio.sleep(0.5)
+            if how == "423":  # another worker holds the partition now: what it will get is not ours
+                self._lost_pin(part)
+            self._observe_backlog(part)
+            if how not in ("full", "408") and time.monotonic() - started < 0.05:
+                await asyncio.sleep(0.1)  # refused at once (409 ...): do not spin
 
-    async def _deliver(self, msg: Message, agent_type: str) -> None:
+    def _on_pinned(self, part: _Partition) -> None:
+        """This worker was pinned: hand nothing over until it holds what an earlier puller left."""
+        part.settling = True
+        self._tasks.spawn(self._settle(part))
+
+    async def _settle(self, part: _Partition) -> None:
+        """Wait until every unacknowledged message of the partition is held here (an earlier
+        puller's come back after its `ack_wait`), then hand them over in stored order. Without
+        this, a dead puller's message 1 could be redelivered after message 2 of the same instance
+        had already run here."""
+        deadline = time.monotonic() + 2 * self.options.ack_wait + 5.0
+        waited = False
+        while time.monotonic() < deadline:
+            try:
+                if await part.consumer.ack_pending() <= len(part.held):
+                    break
+            except MeshError as exc:
+                self.log.debug("durable.settle_check_failed", error=exc.message)
+            waited = True
+            await asyncio.sleep(0.1)
+        else:
+            self.log.warning("durable.settle_timed_out", agent_type=part.agent_type, consumer=part.consumer.name)
+        if waited:
+            self.log.info("durable.taken_over", agent_type=part.agent_type, consumer=part.consumer.name, held=len(part.held))
+        part.settling = False
+        for lane in list(part.lanes.values()):
+            if len(lane.waiting) > 1:
+                lane.waiting = deque(sorted(lane.waiting, key=lambda h: h.seq))
+            self._pump(lane)
+
+    def _lost_pin(self, part: _Partition) -> None:
+        """Forget the messages not yet handed over (the new puller gets them); those under way finish."""
+        nc = self.runtime.nc
+        for lane in list(part.lanes.values()):
+            while lane.waiting:
+                held = lane.waiting.popleft()
+                part.held.pop(held.seq, None)
+                settle(nc, held.msg, nak_delay(0))
+            self._drop_if_empty(lane)
+
+    def _on_message(self, part: _Partition, msg: Message) -> None:
         meta = msg.metadata
-        attempts = meta.num_delivered or 1
+        seq = meta.sequence.stream
+        part.pending = meta.num_pending or 0
+        held = part.held.get(seq)
+        if held is not None:  # redelivered while we hold it (a stall past ack_wait): ack the newest
+            held.msg = msg
+            return
         token = msg.subject.split(".", 3)[3]
+        lane = part.lanes.get(token)
+        if lane is None:
+            lane = part.lanes[token] = _Lane(token, part)
         headers = msg.headers or {}
-        msg_id = headers.get(subjects.HEADER_NATS_MSG_ID) or f"seq:{meta.sequence.stream}"
-        out = {
-            subjects.HEADER_MSG_ID: msg_id,
-            subjects.HEADER_TRACEPARENT: child_traceparent(headers.get(subjects.HEADER_TRACEPARENT)),
-            subjects.HEADER_TIMEOUT: str(int(self.options.turn_timeout * 1000)),
-        }
+        msg_id = headers.get(subjects.HEADER_NATS_MSG_ID) or f"seq:{seq}"
+        held = _Held(msg, seq, msg_id, meta.num_delivered or 1, lane)
+        part.held[seq] = held
+        waiting = lane.waiting
+        if waiting and waiting[-1].seq > seq:  # a redelivery behind later messages: keep stored order
+            waiting.append(held)
+            lane.waiting = deque(sorted(waiting, key=lambda h: h.seq))
+        else:
+            waiting.append(held)
+        if subjects.HEADER_NATS_SCHEDULER in headers:
+            held.traceparent = child_traceparent(headers.get(subjects.HEADER_TRACEPARENT))
+            self._observe_schedule(part.agent_type, token, headers[subjects.HEADER_NATS_SCHEDULER], msg_id, held.traceparent)
+        if not part.settling:
+            self._pump(lane)
+
+    # -- handing messages over -----------------------------------------------------------------
+
+    def _pump(self, lane: _Lane) -> None:
+        """Hand the lane's next messages to its instance, as many as may be out at once."""
+        if lane.busy or lane.failing or self._stopping or lane.part.settling or not lane.waiting:
+            return
+        part = lane.part
+        runtime = self.runtime
+        cls = runtime.agents[part.agent_type]
+        key = f"{part.agent_type}.{lane.token}"
+        activation = runtime.activations.get(key)
+        if cls.state_model is None or (activation is not None and activation.status is Status.REMOTE):
+            if not lane.out:
+                held = lane.waiting.popleft()
+                lane.out.append(held)
+                lane.remote = True
+                self._handed(1)
+                self._work.spawn(self._request(held))
+            return
+        if lane.remote and lane.out:
+            return  # a request is out: the next one follows its reply
+        if activation is None:
+            try:
+                name = subjects.decode_name(lane.token)
+            except MeshError as err:
+                held = lane.waiting.popleft()
+                lane.out.append(held)
+                self._handed(1)
+                self._settled(held, err)
+                return
+            activation = Activation(runtime, cls, name, key)
+            runtime.activations[key] = activation
+        lane.remote = False
+        # A mailbox may run a turn (and settle it here) before `deliver` returns: re-check each time.
+        while lane.waiting and len(lane.out) < WINDOW and not (lane.busy or lane.failing):
+            held = lane.waiting.popleft()
+            lane.out.append(held)
+            self._handed(1)
+            held.reply = reply = expect(self._on_local_reply)
+            self._local[reply] = held
+            activation.deliver(Envelope(held.msg.data, reply, self._headers(held), None))
+
+    def _headers(self, held: _Held) -> dict[str, str]:
+        headers = held.msg.headers or {}
+        if held.traceparent is None:
+            held.traceparent = child_traceparent(headers.get(subjects.HEADER_TRACEPARENT))
+        out = {subjects.HEADER_MSG_ID: held.msg_id, subjects.HEADER_TRACEPARENT: held.traceparent}
         if method := headers.get(subjects.HEADER_METHOD):
             out[subjects.HEADER_METHOD] = method
-        try:
-            self._observe_delivery(agent_type, token, meta, headers, out)
-        except Exception as exc:  # observing must never stop a delivery
-            self.log.warning("durable.observe_failed", error=repr(exc))
-        keepalive = self._tasks.spawn(self._keep_alive(msg))
+        return out
+
+    async def _request(self, held: _Held) -> None:
+        """Send one message to the instance's owner (another worker) and settle it by the reply."""
+        part = held.lane.part
+        headers = self._headers(held)
+        headers[subjects.HEADER_TIMEOUT] = str(int(self.options.turn_timeout * 1000))
         try:
             reply = await request(
                 self.runtime.nc,
-                f"agents.{agent_type}.{token}",
-                msg.data,
+                f"agents.{part.agent_type}.{held.lane.token}",
+                held.msg.data,
                 timeout=self.options.turn_timeout,
-                headers=out,
+                headers=headers,
             )
             error = wire.error_of(reply.headers, reply.data)
         except MeshError as exc:
             error = exc
-        finally:
-            keepalive.cancel()
-        try:
-            with map_errors(f"settle a delivery to {agent_type}"):
-                if error is None:
-                    await msg.ack()
-                    self.stats.delivered += 1
-                else:
-                    await self._failed(msg, agent_type, token, msg_id, error, attempts)
-        except ConnectionFailed:
-            pass  # not acked: JetStream redelivers it after ack_wait
+        self._settled(held, error)
 
-    async def _failed(self, msg: Message, agent_type: str, token: str, msg_id: str, error: MeshError, attempts: int) -> None:
-        log = self.log.bind(agent_type=agent_type, token=token, msg_id=msg_id, attempts=attempts, code=error.code)
-        turn_failed = isinstance(error, (AgentError, StateError, MeshTimeout)) or type(error) is MeshError
-        if isinstance(error, RequestError) or (turn_failed and attempts >= self.options.max_attempts):
-            try:
-                await deadletters.bury(self._js, msg, agent_type, token, msg_id, error, attempts, replicas=self.options.replicas)
-            except MeshError as exc:
-                log.warning("durable.bury_failed", error=exc.message)
-                await msg.nak(delay=self.options.delay(attempts))
-                return
-            await msg.ack()
-            self.stats.dead += 1
-            DEAD_LETTERS.labels(agent_type).inc()
-            self._record(
-                agent_type,
-                token,
-                "dead_letter",
-                {
-                    "msg_id": msg_id,
-                    "error_code": error.code,
-                    "error": error.message,
-                    "attempts": attempts,
-                },
-                (msg.headers or {}).get(subjects.HEADER_TRACEPARENT),
-            )
-            log.warning("durable.dead_lettered", error=error.message)
+    def _on_local_reply(self, outcome: Outcome) -> None:
+        """The outcome of a turn of a message handed straight to a mailbox (`mesh.handoff`)."""
+        held = self._local.pop(outcome.envelope.reply or "", None)
+        if held is not None:
+            self._settled(held, outcome.error)
+
+    def _settled(self, held: _Held, error: MeshError | None) -> None:
+        held.done, held.error = True, error
+        lane = held.lane
+        if error is not None:
+            lane.failing = True
+        out = lane.out
+        nc = self.runtime.nc
+        while out and out[0].done:
+            first = out[0]
+            if first.error is None:
+                out.pop(0)
+                self._handed(-1)
+                lane.part.held.pop(first.seq, None)
+                if not settle(nc, first.msg, ACK):
+                    self._work.spawn(settle_later(nc, first.msg, ACK))
+                self.stats.delivered += 1
+                continue
+            if not all(h.done for h in out):
+                return  # the later ones are being handed back (refused unrun): wait for them
+            self._handed(-len(out))
+            for h in reversed(out):  # back to the head of the lane, in order
+                h.done, h.reply = False, ""
+                lane.waiting.appendleft(h)
+            lane.out = []
+            lane.busy, lane.failing = True, False
+            self._work.spawn(self._recover(first, first.error))
             return
-        delay = self.options.delay(attempts)
-        await msg.nak(delay=delay)
-        self.stats.retried += 1
-        log.info("durable.retrying", error=error.message, delay=delay)
+        if not out:
+            self._drop_if_empty(lane)
+        self._pump(lane)
 
-    def _observe_delivery(self, agent_type: str, token: str, meta: Any, headers: dict[str, str], out: dict[str, str]) -> None:
-        """Backlog gauge (what this worker last saw pending per consumer) and `schedule` events."""
-        self._pending[(agent_type, meta.consumer)] = meta.num_pending or 0
-        DURABLE_BACKLOG.labels(agent_type).set(sum(n for (t, _), n in self._pending.items() if t == agent_type))
-        scheduler = headers.get(subjects.HEADER_NATS_SCHEDULER)
-        if scheduler:
-            traceparent = out[subjects.HEADER_TRACEPARENT]
+    def _handed(self, n: int) -> None:
+        self._out += n
+        if self._out:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    def _drop_if_empty(self, lane: _Lane) -> None:
+        if not lane.waiting and not lane.out and not lane.busy and lane.part.lanes.get(lane.token) is lane:
+            del lane.part.lanes[lane.token]
+
+    # -- failures ------------------------------------------------------------------------------
+
+    async def _recover(self, held: _Held, error: MeshError) -> None:
+        """The lane's first message failed: retry it (after its backoff), or bury it; then go on."""
+        lane = held.lane
+        part = lane.part
+        log = self.log.bind(
+            agent_type=part.agent_type, token=lane.token, msg_id=held.msg_id, attempts=held.attempts, code=error.code
+        )
+        try:
+            turn_failed = isinstance(error, (AgentError, StateError, MeshTimeout)) or type(error) is MeshError
+            if isinstance(error, RequestError) or (turn_failed and held.attempts >= self.options.max_attempts):
+                await self._bury(held, error, log)
+            elif turn_failed:
+                delay = self.options.delay(held.attempts)
+                held.attempts += 1
+                self.stats.retried += 1
+                log.info("durable.retrying", error=error.message, delay=delay)
+                await asyncio.sleep(delay)
+            elif error.message not in (NOT_RUN, MOVED_HERE):  # unavailable: not run, retried without limit
+                held.refusals += 1
+                delay = self.options.delay(held.refusals)
+                log.info("durable.retrying", error=error.message, delay=delay)
+                await asyncio.sleep(delay)
+        finally:
+            lane.busy = False
+        self._pump(lane)
+
+    async def _bury(self, held: _Held, error: MeshError, log: Any) -> None:
+        lane = held.lane
+        part = lane.part
+        try:
+            await deadletters.bury(
+                self._js, held.msg, part.agent_type, lane.token, held.msg_id, error, held.attempts, replicas=self.options.replicas
+            )
+        except MeshError as exc:
+            log.warning("durable.bury_failed", error=exc.message)
+            await asyncio.sleep(self.options.delay(held.attempts))
+            return  # still first in its lane: tried again
+        lane.waiting.remove(held)
+        part.held.pop(held.seq, None)
+        await settle_later(self.runtime.nc, held.msg, ACK)
+        self.stats.dead += 1
+        DEAD_LETTERS.labels(part.agent_type).inc()
+        self._record(
+            part.agent_type,
+            lane.token,
+            "dead_letter",
+            {"msg_id": held.msg_id, "error_code": error.code, "error": error.message, "attempts": held.attempts},
+            (held.msg.headers or {}).get(subjects.HEADER_TRACEPARENT),
+        )
+        log.warning("durable.dead_lettered", error=error.message)
+
+    # -- upkeep and observation ----------------------------------------------------------------
+
+    async def _keep_alive(self) -> None:
+        """Tell JetStream every held message is being worked on, so none is redelivered while this
+        worker holds it (waiting in its lane, retried, or in a long turn)."""
+        period = max(0.2, self.options.ack_wait / 3)
+        nc = self.runtime.nc
+        while True:
+            await asyncio.sleep(period)
+            for part in self._parts:
+                for held in list(part.held.values()):
+                    if not settle(nc, held.msg, PROGRESS):
+                        await settle_later(nc, held.msg, PROGRESS)
+
+    def _observe_backlog(self, part: _Partition) -> None:
+        """Backlog gauge: what this worker last saw pending, plus what it holds, per type."""
+        agent_type = part.agent_type
+        total = sum(p.pending + len(p.held) for p in self._parts if p.agent_type == agent_type)
+        DURABLE_BACKLOG.labels(agent_type).set(total)
+
+    def _observe_schedule(self, agent_type: str, token: str, scheduler: str, msg_id: str, traceparent: str) -> None:
+        try:
             self._record(
                 agent_type,
                 token,
                 "schedule",
-                {
-                    "schedule": scheduler,
-                    "msg_id": out[subjects.HEADER_MSG_ID],
-                    "trace_id": trace_id(traceparent),
-                },
+                {"schedule": scheduler, "msg_id": msg_id, "trace_id": trace_id(traceparent)},
                 traceparent,
             )
+        except Exception as exc:  # observing must never stop a delivery
+            self.log.warning("durable.observe_failed", error=repr(exc))
 
     def _record(self, agent_type: str, token: str, kind: str, data: dict[str, Any], traceparent: str | None) -> None:
         if not self._recorders:
@@ -264,14 +534,3 @@ class DurableDelivery:
         body = {"kind": kind, "type": agent_type, "name": name, "at": time.time(), **data}
         for recorder in self._recorders:
             recorder.record(agent_type, name, kind, body, traceparent)
-
-    async def _keep_alive(self, msg: Message) -> None:
-        """Tell JetStream the message is being worked on, so a long turn is not redelivered meanwhile."""
-        period = max(0.2, self.options.ack_wait / 3)
-        started = time.monotonic()
-        while True:
-            await asyncio.sleep(period)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
-            if time.monotonic() - started > self.options.turn_timeout + self.options.ack_wait:
-                return
