@@ -51,6 +51,15 @@ Scenarios (run in this order; --only picks some):
               was lost or applied twice (every reply checked against the final counters). No raw
               baseline: its columns stay empty ("-").
 
+Scale-out (--workers N): invoke and turn (and durable) run against N mesh worker processes and
+  N raw responder processes (the raw ones in one queue group, as a nats-py user scales out), all
+  started for the scenario and stopped after it; "responder" CPU us/op is summed over the N
+  processes of a side. Each such case notes forwarded_share: the share of the mesh side's turns
+  that reached their worker forwarded by another one (two hops) instead of sent straight to the
+  owner, from the workers' $SRV.STATS (MeshClient learns each instance's owner from a reply and
+  addresses it). Target for turn --workers 2: ratio >= 1.0 and forwarded share <= 5 %. On 2
+  cores N > 1 only shows that it works; the scale-out curve needs a machine with 2N+ cores.
+
 How to read the figures:
   ratio = mesh ops/s / raw ops/s of the same case in the same run; > 1 means the mesh is faster.
   p50/p99 are per-request latencies seen by the caller, in ms; at concurrency 64 they are mostly
@@ -98,6 +107,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument(
         "--idle-timeout", type=float, metavar="S", help="MESH_IDLE_TIMEOUT of the activation worker (default 60, --quick 1)"
     )
+    bench.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N mesh workers and N raw responders for invoke, turn and durable (default 1)",
+    )
     bench.add_argument("--json", action="store_true", help="print the report as JSON on stdout (progress stays on stderr)")
     bench.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     bench.add_argument(
@@ -119,9 +135,12 @@ async def cmd_bench(args: argparse.Namespace) -> int:
             profile=args.profile,
             scale=args.scale,
             idle_timeout=args.idle_timeout,
+            workers=args.workers,
         )
         if args.scale <= 0:
             raise ValueError("--scale must be positive")
+        if not 1 <= args.workers <= 64:
+            raise ValueError("--workers must be 1 to 64")
         if args.profile is not None and find_py_spy() is None:
             raise ValueError("--profile needs py-spy: pip install 'agent-mesh[bench]'")
         from services.bench.runner import select

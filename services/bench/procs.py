@@ -88,6 +88,9 @@ async def start_worker(url: str, app: str, log_path: Path, env: dict[str, str] |
     return worker
 
 
+RAW_READY = "raw responder ready"  # what the raw responder prints once it is subscribed
+
+
 def start_raw(url: str, model_url: str, log_path: Path) -> Child:
-    """The raw nats-py responder; the caller waits until `_bench.raw.echo` answers."""
+    """The raw nats-py responder; the caller waits until `_bench.raw.echo` answers (or for `RAW_READY`)."""
     return Child(["services.bench.raw", url, model_url], log_path)

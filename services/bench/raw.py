@@ -9,6 +9,9 @@ what a careful nats-py user writes without the mesh:
 - `_bench.raw.hot.<key>`: the same get + update, one request at a time (the subscription callback
   runs messages in order), which is how one key is kept consistent without CAS retry storms.
 - `_bench.raw.slow.<key>`: a task per request: get, await the stub model, update, reply.
+
+Every subscription is in the queue group `raw`, so that `mesh bench --workers N` can run N of these
+processes as one responder (a nats-py user scales out the same way).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from services.bench import names, stub_model
+from services.bench.procs import RAW_READY
 
 SUBJECT_PREFIX = names.RAW_PREFIX
+QUEUE = "raw"
 BUCKET = names.RAW_BUCKET
 
 
@@ -84,11 +89,13 @@ async def serve(url: str, model_url: str | None) -> None:
     async def on_slow(msg: Msg) -> None:
         spawn(reply(msg, slow(msg)))
 
-    await nc.subscribe(f"{SUBJECT_PREFIX}.echo", cb=on_echo)
-    await nc.subscribe(f"{SUBJECT_PREFIX}.turn.*", cb=on_turn)
-    await nc.subscribe(f"{SUBJECT_PREFIX}.hot.*", cb=on_hot)
-    await nc.subscribe(f"{SUBJECT_PREFIX}.slow.*", cb=on_slow)
+    # One queue group: `mesh bench --workers N` runs N of these processes side by side.
+    await nc.subscribe(f"{SUBJECT_PREFIX}.echo", queue=QUEUE, cb=on_echo)
+    await nc.subscribe(f"{SUBJECT_PREFIX}.turn.*", queue=QUEUE, cb=on_turn)
+    await nc.subscribe(f"{SUBJECT_PREFIX}.hot.*", queue=QUEUE, cb=on_hot)
+    await nc.subscribe(f"{SUBJECT_PREFIX}.slow.*", queue=QUEUE, cb=on_slow)
     await nc.flush()
+    print(RAW_READY, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

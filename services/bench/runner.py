@@ -35,6 +35,7 @@ class BenchOptions:
     profile: Path | None = None
     scale: float = 1.0
     idle_timeout: float | None = None
+    workers: int = 1
 
 
 def select(only: Sequence[str]) -> list[str]:
@@ -132,6 +133,7 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
                         raw_pid=raw.pid,
                         worker_pid=worker.pid,
                         server_pid=server.process.pid if server is not None and server.process else None,
+                        workers=options.workers,
                     )
                     bench.watch(worker, "worker")
                     bench.watch(raw, "raw")
@@ -164,6 +166,7 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
         "nats_url": options.nats_url or "embedded",
         "quick": options.quick,
         "scale": options.scale,
+        "workers": options.workers,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "loadavg_before": [round(x, 2) for x in load_before],
@@ -176,7 +179,9 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
 def render_table(report: dict[str, Any]) -> str:
     """The human-readable report: one row per scenario case."""
     lines = [
-        f"mesh bench ({'quick' if report['quick'] else 'full'} x{report['scale']:g}; {report['cpus']} CPUs; load average "
+        f"mesh bench ({'quick' if report['quick'] else 'full'} x{report['scale']:g}; "
+        + (f"--workers {report['workers']}; " if report.get("workers", 1) > 1 else "")
+        + f"{report['cpus']} CPUs; load average "
         f"{report['loadavg_before'][0]} before, {report['loadavg_after'][0]} after; {report['duration_s']}s)",
         "",
         f"{'scenario':<11} {'case':<28} {'raw ops/s':>10} {'mesh ops/s':>11} {'ratio':>6}  "
