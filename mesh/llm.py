@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import importlib
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
@@ -30,6 +31,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesh import subjects, wire
+from mesh._nats import Connection
 from mesh.agent import Agent
 from mesh.approvals import (
     Decision,
@@ -164,6 +166,7 @@ class LLMAgent(Agent[LLMState]):
         super().__init__(*args, **kwargs)
         self.key = subjects.instance_key(self.type, self.name)
         self._sdk_agent: agents.Agent[Any] | None = None
+        self._session: MemorySession | None = None
         self._runs: RunStore | None = None
         self._timer: asyncio.Task[None] | None = None
         self._usage_seen: dict[str, Usage] = {}
@@ -192,18 +195,19 @@ class LLMAgent(Agent[LLMState]):
         return self._mcp
 
     def session(self) -> MemorySession:
-        """This instance's conversation memory."""
-        return MemorySession(self.mesh.nc, self.type, self.name, max_items=self.memory_max_items)
+        """This instance's conversation memory (one object per activation: it counts what it holds)."""
+        if self._session is None:
+            self._session = MemorySession(self.mesh.nc, self.type, self.name, max_items=self.memory_max_items)
+        return self._session
 
     async def on_activate(self) -> None:
-        # The first import of the SDK takes seconds of CPU: do it off the event loop so other
-        # instances and the worker's lease heartbeat keep running meanwhile.
-        await asyncio.to_thread(_import_sdk)
+        if not _sdk_imported():
+            # The first import of the SDK takes seconds of CPU: do it off the event loop so other
+            # instances and the worker's lease heartbeat keep running meanwhile.
+            await asyncio.to_thread(_import_sdk)
         from mesh.models import model_label
 
-        js = self.mesh.nc.jetstream()
-        await open_memory_stream(js)
-        self._runs = await RunStore.open(js)
+        self._runs = await _stores_of(self.mesh.nc)
         self._mcp_links().start()  # connecting meanwhile; a run waits for them
         model = model_label(self.sdk_agent.model)
         self.log.info("llm.activated", model=model, offline=model == OFFLINE_LABEL, pending=len(self.state.pending))
@@ -550,9 +554,48 @@ class LLMAgent(Agent[LLMState]):
             self.log.warning("approval.expiry_wake_failed", code=err.code, error=err.message)
 
 
+_SDK_MODULES = ("agents", "mesh.models", "mesh.sdk_tracing")
+
+
 def _import_sdk() -> None:
-    for module in ("agents", "mesh.models", "mesh.sdk_tracing"):
+    for module in _SDK_MODULES:
         importlib.import_module(module)
+
+
+def _sdk_imported() -> bool:
+    return all(module in sys.modules for module in _SDK_MODULES)
+
+
+_STORES = "_mesh_llm_stores"
+"""The attribute of a connection holding its `_Stores` (on the object itself: a weak mapping's
+value would keep its key alive, since the stores refer to the connection)."""
+
+
+class _Stores:
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.runs: RunStore | None = None
+
+
+async def _stores_of(nc: Connection) -> RunStore:
+    """The memory stream and the paused-run store, made ready once per connection rather than at
+    each activation (each is a JetStream request or more); an attempt that fails is made again by
+    the next activation. A store lost later is re-created by the connection's healer."""
+    stores = getattr(nc, _STORES, None)
+    if not isinstance(stores, _Stores):
+        stores = _Stores()
+        setattr(nc, _STORES, stores)
+    if stores.runs is None:
+        async with stores.lock:
+            if stores.runs is None:
+                stores.runs = await _open_stores(nc)
+    return stores.runs
+
+
+async def _open_stores(nc: Connection) -> RunStore:
+    js = nc.jetstream()
+    await open_memory_stream(js)
+    return await RunStore.open(js)
 
 
 def _paused_usage(blob: str) -> Usage | None:

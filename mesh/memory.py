@@ -52,7 +52,10 @@ async def open_memory_stream(js: JetStream) -> None:
 class MemorySession:
     """The conversation of one instance, as an `agents.memory.Session`.
 
-    Only the instance's owner writes (turns never overlap), so appends need no compare-and-set.
+    Only the instance's owner writes (turns never overlap), so appends need no compare-and-set,
+    and a session object that has read the whole conversation knows how many items it holds: its
+    appends purge older items only when they would pass `max_items` (an `LLMAgent` keeps one
+    session per activation, so a run reads and appends without a purge request each time).
     Items read back start at a user message: a bound that cut between a tool call and its output
     would otherwise hand the model an orphan tool result, which model APIs reject.
     """
@@ -64,6 +67,7 @@ class MemorySession:
         self.max_items = max_items
         self._nc = nc
         self._js = nc.jetstream()
+        self._count: int | None = None  # items stored, once a read or a purge has told
 
     async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
         items = [orjson.loads(data) for _, data in await self._read()]
@@ -75,24 +79,34 @@ class MemorySession:
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         if not items:
             return
+        count, self._count = self._count, None  # unknown until this write is confirmed
         try:
             for item in items:
                 await store(self._js, self.subject, orjson.dumps(item), stream=subjects.MEMORY_STREAM)
+            if count is not None and count + len(items) <= self.max_items:
+                self._count = count + len(items)
+                return
             await purge(self._js, subjects.MEMORY_STREAM, self.subject, keep=self.max_items)
         except (Unavailable, NoResponders) as exc:
             raise Unavailable(f"memory stream did not confirm the write: {exc.message}") from exc
+        if count is not None:
+            self._count = min(count + len(items), self.max_items)
 
     async def pop_item(self) -> TResponseInputItem | None:
         found = await self._read()
         if not found:
             return None
         seq, data = found[-1]
-        await delete_stored(self._js, subjects.MEMORY_STREAM, seq)
+        self._count = None
+        if await delete_stored(self._js, subjects.MEMORY_STREAM, seq):
+            self._count = len(found) - 1
         item: TResponseInputItem = orjson.loads(data)
         return item
 
     async def clear_session(self) -> None:
+        self._count = None
         await purge(self._js, subjects.MEMORY_STREAM, self.subject)
+        self._count = 0
 
     async def count(self) -> int:
         """How many items are stored (before the read-side trimming of `get_items`)."""
@@ -100,7 +114,9 @@ class MemorySession:
 
     async def _read(self) -> list[tuple[int, bytes]]:
         """Every stored message of this subject, oldest first, via batched direct gets."""
-        return await read_subject(self._nc, subjects.MEMORY_STREAM, self.subject)
+        found = await read_subject(self._nc, subjects.MEMORY_STREAM, self.subject)
+        self._count = len(found)
+        return found
 
 
 def _from_user_message(items: list[Any]) -> list[Any]:

@@ -15,11 +15,22 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agents import Model, OpenAIChatCompletionsModel, OpenAIResponsesModel
+from agents import Handoff, Model, ModelSettings, ModelTracing, OpenAIChatCompletionsModel, OpenAIResponsesModel, Tool
+from agents.agent_output import AgentOutputSchemaBase
 from agents.items import ModelResponse, TResponseInputItem, TResponseOutputItem, TResponseStreamEvent
-from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message, function_call
+from agents.testing import assistant_message, function_call
 from agents.usage import Usage
 from openai import AsyncOpenAI
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseOutputMessage,
+    ResponseOutputText,
+    ResponseTextDeltaEvent,
+    ResponseUsage,
+)
+from openai.types.responses.response_prompt_param import ResponsePromptParam
+from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
 from mesh.llm import OFFLINE_LABEL
 
@@ -68,32 +79,103 @@ class OfflineView:
 
 
 class OfflineModel(Model):
-    """A deterministic model that follows a policy function instead of calling an LLM."""
+    """A deterministic model that follows a policy function instead of calling an LLM.
+
+    It answers both ways the SDK asks: `get_response` (`Runner.run`) returns the policy's items,
+    `stream_response` (`Runner.run_streamed`) streams each message's text as one delta, then the
+    completed response. Each call costs the policy and a few objects, so that what a benchmark on
+    this model measures is the SDK and the mesh around it, not a model simulator.
+    """
 
     label = OFFLINE_LABEL
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
 
-    def _script(self) -> ScriptedModel:
-        return ScriptedModel([ModelStep.respond(self._respond)], default_usage=Usage(requests=1))
-
-    def _respond(self, call: ModelCall) -> ModelStep:
-        items = [i for i in _as_items(call.input)]
+    def _respond(
+        self, system_instructions: str | None, input: str | list[TResponseInputItem], tools: list[Tool], handoffs: list[Handoff]
+    ) -> list[TResponseOutputItem]:
+        items = _as_items(input)
         view = OfflineView(
-            instructions=call.system_instructions or "",
+            instructions=system_instructions or "",
             items=items,
-            tools=[getattr(t, "name", "") for t in call.tools],
-            handoffs=[h.tool_name for h in call.handoffs],
+            tools=[getattr(t, "name", "") for t in tools],
+            handoffs=[h.tool_name for h in handoffs],
             turn=sum(1 for i in items if i.get("role") == "user"),
         )
-        return ModelStep(output=list(self.policy(view)), usage=Usage(requests=1))
+        return list(self.policy(view))
 
-    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
-        return await self._script().get_response(*args, **kwargs)
+    async def get_response(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        model_settings: ModelSettings,
+        tools: list[Tool],
+        output_schema: AgentOutputSchemaBase | None,
+        handoffs: list[Handoff],
+        tracing: ModelTracing,
+        *,
+        previous_response_id: str | None,
+        conversation_id: str | None,
+        prompt: ResponsePromptParam | None,
+    ) -> ModelResponse:
+        output = self._respond(system_instructions, input, tools, handoffs)
+        return ModelResponse(output=output, usage=Usage(requests=1), response_id=None)
 
-    def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[TResponseStreamEvent]:
-        return self._script().stream_response(*args, **kwargs)
+    async def stream_response(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        model_settings: ModelSettings,
+        tools: list[Tool],
+        output_schema: AgentOutputSchemaBase | None,
+        handoffs: list[Handoff],
+        tracing: ModelTracing,
+        *,
+        previous_response_id: str | None,
+        conversation_id: str | None,
+        prompt: ResponsePromptParam | None,
+    ) -> AsyncIterator[TResponseStreamEvent]:
+        output = self._respond(system_instructions, input, tools, handoffs)
+        sequence = 0
+        for index, item in enumerate(output):
+            if isinstance(item, ResponseOutputMessage):
+                for part, content in enumerate(item.content):
+                    if isinstance(content, ResponseOutputText):
+                        yield ResponseTextDeltaEvent(
+                            type="response.output_text.delta",
+                            item_id=item.id,
+                            output_index=index,
+                            content_index=part,
+                            delta=content.text,
+                            logprobs=[],
+                            sequence_number=sequence,
+                        )
+                        sequence += 1
+        response = Response(
+            id="offline-response",
+            created_at=0,
+            model=OFFLINE_LABEL,
+            object="response",
+            output=output,
+            tool_choice="none",
+            tools=[],
+            top_p=None,
+            parallel_tool_calls=False,
+            status="completed",
+            usage=_NO_TOKENS,
+        )
+        yield ResponseCompletedEvent(type="response.completed", response=response, sequence_number=sequence)
+
+
+_NO_TOKENS = ResponseUsage(
+    input_tokens=0,
+    output_tokens=0,
+    total_tokens=0,
+    input_tokens_details=InputTokensDetails(cache_write_tokens=0, cached_tokens=0),
+    output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+)
+"""One model request and no tokens: what the SDK counts for each offline answer."""
 
 
 def select_model(*, policy: Policy, api_key: str | None = None, base_url: str | None = None, model: str | None = None) -> Model:

@@ -68,9 +68,14 @@ class PacedModel(OfflineModel):
     def _script(self) -> ScriptedModel:
         return ScriptedModel([ModelStep.respond(self._respond_paced)], default_usage=Usage(requests=1))
 
+    async def get_response(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._script().get_response(*args, **kwargs)
+
+    def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[TResponseStreamEvent]:
+        return self._script().stream_response(*args, **kwargs)
+
     def _respond_paced(self, call: ModelCall) -> ModelStep:
-        step = self._respond(call)
-        output: Sequence[TResponseOutputItem] = step.output
+        output: Sequence[TResponseOutputItem] = self._respond(call.system_instructions, call.input, call.tools, call.handoffs)
 
         async def events(call: ModelCall) -> AsyncIterator[TResponseStreamEvent]:
             for event in _stream_events_for_step(ModelStep(output=output), preserve_raw_usage=False):

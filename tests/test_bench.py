@@ -14,7 +14,7 @@ from services.bench import names
 from services.bench.runner import render_table, select
 from services.bench.scenarios import SCENARIOS
 
-MEASURED = ["invoke", "turn", "hot", "activation", "slow", "http", "mail", "durable", "failover"]
+MEASURED = ["invoke", "turn", "hot", "activation", "slow", "http", "mail", "durable", "failover", "llm"]
 
 
 def run_mesh(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
@@ -67,6 +67,11 @@ def test_quick_json_runs_every_scenario_and_reports_each_ratio() -> None:
         for side in ("raw", "mesh"):
             assert notes[f"{side}_exactly_once"] is True and notes[f"{side}_order_kept"] is True, row
             assert notes[f"{side}_applied"] == notes[f"{side}_expected"] == row[side]["ops"]
+    llm = by_scenario["llm"][0]  # every conversation answered the same by the mesh and by the plain SDK
+    assert llm["unit"] == "messages" and llm["notes"]["answer_mismatches"] == 0
+    assert llm["notes"]["compared_conversations"] == llm["notes"]["conversations"]
+    assert llm["mesh"]["ops"] == llm["raw"]["ops"] == 2 * llm["notes"]["conversations"]
+    assert [agent for agent, _ in llm["notes"]["sample_answer"]] == ["History Tutor", "Math Tutor"]
     failover = by_scenario["failover"][0]  # every affected instance answered again; nothing lost or applied twice
     notes = failover["notes"]
     assert failover["raw"]["ops"] == 0 and failover["mesh"]["ops"] > 0 and isinstance(failover["met"], bool)
