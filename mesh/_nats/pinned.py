@@ -23,7 +23,7 @@ from mesh._nats.connection import Connection, Message, Subscription, subscribe, 
 from mesh._nats.healing import healer_of
 from mesh._nats.inbox import request
 from mesh._nats.outbox import publish, publish_now
-from mesh.errors import MeshError, RequestError, Unavailable
+from mesh.errors import MeshError, MeshTimeout, RequestError, Unavailable
 
 GROUP = "mesh"
 HEADER_PIN = "Nats-Pin-Id"
@@ -81,7 +81,10 @@ class PinnedConsumer:
         await self._call("CREATE", {"stream_name": self.stream, "config": self.config})
 
     async def _call(self, verb: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109 - the API call's
-        reply = await request(self.nc, self._api % verb, orjson.dumps(body), timeout=timeout)
+        try:
+            reply = await request(self.nc, self._api % verb, orjson.dumps(body), timeout=timeout)
+        except MeshTimeout as exc:  # JetStream is electing a leader, or the link stalls
+            raise Unavailable(f"consumer {self.name}: no answer in time") from exc
         data: dict[str, Any] = orjson.loads(reply.data or b"{}")
         error = data.get("error")
         if error:
