@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from mesh import deadletters, subjects, wire
 from mesh._nats import JetStream, Message, request
-from mesh._nats.pinned import ACK, PROGRESS, PinnedConsumer, nak_delay, settle, settle_later
+from mesh._nats.pinned import ACK, PROGRESS, PinnedConsumer, delivery_of, nak_delay, settle, settle_later
 from mesh.activation import Activation, Status
 from mesh.durable import DurableOptions, ensure_streams
 from mesh.errors import (
@@ -73,9 +73,10 @@ BATCH = 256
 """Messages asked for per pull."""
 MAX_ACK_PENDING = 1024
 """Messages of one partition out at once (held by its puller, not yet acknowledged)."""
-WINDOW = 32
-"""Messages of one instance in its mailbox at once. A crash may leave that many applied and not
-acked, so it stays well below what the processed-ids record keeps (`mesh.dedupe.DEFAULT_KEEP`)."""
+WINDOW = 64
+"""Messages of one instance in its mailbox at once: one group commit's worth (`max_batch`). A crash
+may leave that many applied and not acked (a batch's acks leave on the connection before the next
+batch's state write), so it stays below what the processed-ids record keeps (`mesh.dedupe.DEFAULT_KEEP`)."""
 
 
 @dataclass
@@ -295,9 +296,7 @@ class DurableDelivery:
             self._drop_if_empty(lane)
 
     def _on_message(self, part: _Partition, msg: Message) -> None:
-        meta = msg.metadata
-        seq = meta.sequence.stream
-        part.pending = meta.num_pending or 0
+        delivered, seq, part.pending = delivery_of(msg)
         held = part.held.get(seq)
         if held is not None:  # redelivered while we hold it (a stall past ack_wait): ack the newest
             held.msg = msg
@@ -308,7 +307,7 @@ class DurableDelivery:
             lane = part.lanes[token] = _Lane(token, part)
         headers = msg.headers or {}
         msg_id = headers.get(subjects.HEADER_NATS_MSG_ID) or f"seq:{seq}"
-        held = _Held(msg, seq, msg_id, meta.num_delivered or 1, lane)
+        held = _Held(msg, seq, msg_id, delivered, lane)
         part.held[seq] = held
         waiting = lane.waiting
         if waiting and waiting[-1].seq > seq:  # a redelivery behind later messages: keep stored order
@@ -366,9 +365,11 @@ class DurableDelivery:
 
     def _headers(self, held: _Held) -> dict[str, str]:
         headers = held.msg.headers or {}
-        if held.traceparent is None:
-            held.traceparent = child_traceparent(headers.get(subjects.HEADER_TRACEPARENT))
-        out = {subjects.HEADER_MSG_ID: held.msg_id, subjects.HEADER_TRACEPARENT: held.traceparent}
+        out = {subjects.HEADER_MSG_ID: held.msg_id}
+        if held.traceparent is None and (parent := headers.get(subjects.HEADER_TRACEPARENT)):
+            held.traceparent = child_traceparent(parent)
+        if held.traceparent is not None:  # without one, the turn starts a trace of its own
+            out[subjects.HEADER_TRACEPARENT] = held.traceparent
         if method := headers.get(subjects.HEADER_METHOD):
             out[subjects.HEADER_METHOD] = method
         return out

@@ -171,5 +171,18 @@ async def settle_later(nc: Connection, msg: Message, verb: bytes) -> None:
         pass
 
 
+def delivery_of(msg: Message) -> tuple[int, int, int]:
+    """(times delivered, stream sequence, messages left to deliver) from a delivered message's ack
+    subject, `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` (or the form
+    with a domain and an account hash): nats-py's `metadata` also builds a datetime and two objects."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:
+        return int(tokens[4]), int(tokens[5]), int(tokens[8])
+    if len(tokens) >= 11:
+        return int(tokens[6]), int(tokens[7]), int(tokens[10])
+    meta = msg.metadata
+    return meta.num_delivered or 1, meta.sequence.stream, meta.num_pending or 0
+
+
 def nak_delay(delay: float) -> bytes:
     return NAK + b" " + orjson.dumps({"delay": int(delay * 1e9)}) if delay > 0 else NAK
