@@ -5,8 +5,8 @@ in time, and a resumed one neither refuses a storm of requests nor runs anything
 - hang (SIGSTOP): forwards waiting on the owner probe its lease and take over once it expired;
 - link cut (the owner's connection reset, its reconnects held): taken over at once, the owner
   fenced itself, and it re-checks ownership when it is back;
-- resume after the lease lapsed: requests wait for the renewal (asked for at once), then run where
-  the instance lives now.
+- resume after the lease lapsed: requests wait for the renewal (asked for at once), then run (still
+  the owner) or, sent to its own subject for an instance taken over meanwhile, are refused unrun.
 
 Each test ends with the counters' verdict (`mesh.faults.History`): nothing acknowledged lost,
 nothing applied twice.
@@ -173,16 +173,19 @@ async def test_a_resumed_owner_waits_for_its_lease_and_runs_each_request_once_wh
         with paused(a.process.pid):
             # Requests sent to the stopped worker itself wait in its socket.
             waiting = [
-                asyncio.create_task(raw_request(raw, worker_id(a), name, 20_000)) for name in (kept, moved) for _ in range(5)
+                asyncio.create_task(raw_request(raw, worker_id(a), name, 20_000, refused=name == moved))
+                for name in (kept, moved)
+                for _ in range(5)
             ]
             await eventually(lambda: _lease_gone(client, worker_id(a)), timeout=15)
             # Meanwhile the other worker takes one of its instances over (its lease is gone).
             assert await raw_request(raw, worker_id(b), moved, 5_000) == {"value": 2}
         replies = await asyncio.gather(*waiting)
         assert sorted(r["value"] for r in replies[:5]) == [2, 3, 4, 5, 6], replies  # parked, renewed, run in turn
-        assert sorted(r["value"] for r in replies[5:]) == [3, 4, 5, 6, 7], replies  # sent on to the new owner
+        # Sent to a worker that no longer owns it: refused, not run (the caller routes them again).
+        assert all(r["error"]["code"] == "unavailable" for r in replies[5:]), replies
         assert await client.call("counter", kept, {"add": 0}) == {"value": 6}
-        assert await client.call("counter", moved, {"add": 0}) == {"value": 7}
+        assert await client.call("counter", moved, {"add": 0}) == {"value": 2}
         assert '"lease.regained"' in a.log_text()
         assert await owner_of(client.nc, "counter", moved) == worker_id(b)
     finally:
@@ -234,15 +237,16 @@ async def instances_owned_by(client: MeshClient, worker: str, count: int) -> lis
     raise AssertionError(f"{worker} claimed fewer than {count} of 200 instances")
 
 
-async def raw_request(nc, worker: str, name: str, timeout_ms: int) -> dict:
-    """`{"add": 1}` sent to one worker's own subject, once (as a plain NATS client would)."""
+async def raw_request(nc, worker: str, name: str, timeout_ms: int, refused: bool = False) -> dict:
+    """`{"add": 1}` sent to one worker's own subject, once (as a plain NATS client would); with
+    `refused`, the error reply the worker must answer (it does not own the instance)."""
     msg = await nc.request(
         subjects.worker_subject(worker, subjects.instance_key("counter", name)),
         b'{"add": 1}',
         timeout=timeout_ms / 1000,
         headers={subjects.HEADER_TIMEOUT: str(timeout_ms)},
     )
-    assert not (msg.headers or {}).get(subjects.HEADER_MESH_ERROR), (msg.headers, msg.data)
+    assert bool((msg.headers or {}).get(subjects.HEADER_MESH_ERROR)) == refused, (msg.headers, msg.data)
     return orjson.loads(msg.data)
 
 

@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as _Subscription
 from nats.js import JetStreamContext
 
-from mesh._nats import selfcheck
+from mesh._nats import headers, selfcheck
 from mesh._nats.errors import map_error, map_errors
 from mesh.errors import ConnectionFailed
 
@@ -119,6 +119,7 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Connection
     if reconnect:
         nc.options["max_reconnect_attempts"] = -1  # once connected, ride out any outage
     selfcheck.check_connection(nc)
+    headers.install(nc)
     setattr(nc, _EVENTS, events)
     return nc
 

@@ -28,6 +28,7 @@ from nats.micro.service import (
 from nats.nuid import NUID
 
 from mesh._nats.connection import Connection, Message, Subscription, drain, subscribe, unsubscribe
+from mesh._nats.inline import serve_inline
 from mesh._nats.outbox import publish
 
 Handler = Callable[[Message], Awaitable[None]]
@@ -76,9 +77,20 @@ class Service:
             for name, id_ in ((None, None), (self.name, None), (self.name, self.id)):
                 self._control.append(await subscribe(self.nc, control_subject(verb, name, id_), cb=handler))
 
-    async def add_endpoint(self, *, name: str, subject: str, handler: Handler, metadata: dict[str, str] | None = None) -> None:
-        """Serve `subject` in the service's queue group; `handler` gets each message, one at a time."""
+    async def add_endpoint(
+        self,
+        *,
+        name: str,
+        subject: str,
+        handler: Handler,
+        metadata: dict[str, str] | None = None,
+        inline: Callable[[Message], None] | None = None,
+    ) -> None:
+        """Serve `subject` in the service's queue group; `handler` gets each message, one at a time,
+        or `inline` gets it straight from the read loop (`inline.serve_inline`) where it can."""
         sub = await subscribe(self.nc, subject, queue=self.queue_group, cb=handler)
+        if inline is not None:
+            serve_inline(sub, inline)
         self._endpoints.append(_Endpoint(name, subject, self.queue_group, metadata or {}, sub))
 
     def describe_endpoint(self, *, name: str, subject: str, metadata: dict[str, str] | None = None) -> None:
