@@ -171,7 +171,7 @@ class MeshClient:
         return self._owners.get(subjects.agent_subject(agent_type, name))
 
     def _learn_owner(self, subject: str, owner: str) -> None:
-        if not subject.startswith("agents.") or not _WORKER_ID.match(owner):
+        if not subject.startswith("agents.") or not _WORKER_ID.match(owner) or self.owner_cache <= 0:
             return
         direct = f"_mesh.w.{owner}.{subject[7:]}"
         owners = self._owners
