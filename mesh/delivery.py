@@ -508,9 +508,9 @@ class DurableDelivery:
                         await settle_later(nc, held.msg, PROGRESS)
 
     def _observe_backlog(self, part: _Partition) -> None:
-        """Backlog gauge: what this worker last saw pending, plus what it holds, per type."""
+        """Backlog gauge: the messages this worker last saw waiting in the stream, per type."""
         agent_type = part.agent_type
-        total = sum(p.pending + len(p.held) for p in self._parts if p.agent_type == agent_type)
+        total = sum(p.pending for p in self._parts if p.agent_type == agent_type)
         DURABLE_BACKLOG.labels(agent_type).set(total)
 
     def _observe_schedule(self, agent_type: str, token: str, scheduler: str, msg_id: str, traceparent: str) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 from mesh import subjects, wire
 from mesh._nats import (
     Ack,
+    Connection,
     JetStream,
     RetentionPolicy,
     StorageType,
@@ -30,6 +31,7 @@ from mesh._nats import (
     ensure_stream,
     store,
 )
+from mesh._nats.stored import store_acked
 from mesh.errors import MeshError, NameInvalid, NoResponders, RequestError, Unavailable
 
 DEAD_MAX_AGE = 30 * 24 * 3600.0
@@ -142,6 +144,8 @@ async def publish_retrying(
     created = False
     while True:
         try:
+            if isinstance(nc := getattr(js, "_nc", None), Connection):
+                return await store_acked(nc, subject, data, dict(headers), timeout=2.0)
             return await store(js, subject, data, headers=dict(headers), timeout=2.0)
         except NoResponders as exc:
             error: MeshError = exc  # no stream yet, or its leader is being elected

@@ -18,13 +18,16 @@ class PickyState(BaseModel):
 
 
 class Picky(Agent[PickyState]):
-    """Fails every turn until the worker runs with PICKY_FIXED=1 (a deploy of the fixed code)."""
+    """Fails every turn until the worker runs with PICKY_FIXED=1 (a deploy of the fixed code); each
+    turn takes PICKY_DELAY seconds."""
 
     type = "picky"
 
     async def on_request(self, request: dict[str, Any]) -> dict[str, int]:
         if os.environ.get("PICKY_FIXED") != "1":
             raise RuntimeError("picky is broken")
+        if delay := float(os.environ.get("PICKY_DELAY", "0")):  # a turn that takes a while
+            await asyncio.sleep(delay)
         self.state.ok += 1
         self.state.seen.append(int(request.get("n", 0)))
         return {"ok": self.state.ok}

@@ -43,6 +43,19 @@ Scenarios (run in this order; --only picks some):
               types bench-echo; raw: a bare aiosmtpd handler that only publishes each mail to
               the JetStream stream mesh_bench_raw_mail before answering 250. Reports mails/s
               accepted and p50/p99 time from MAIL FROM to the 250 after DATA.
+  durable     durable messages applied per second, 1,000 instances x 10,000 messages and 1
+              instance x 3,000 (--quick 50 x 500 and 1 x 300), each on a worker (and a raw
+              process) of its own. Every instance first gets one untimed message; then each
+              round publishes at concurrency 64, each instance's messages numbered 1, 2, ... in
+              send order, and is timed until the last one is applied (the work-queue stream is
+              empty: both sides ack only after the KV write). ops/s = messages applied per
+              second; p50/p99 = time to store one message (the publish's ack). The final states
+              are read back: notes say whether every message was applied exactly once and each
+              instance's in the order sent. mesh: MeshClient.send_durable + the worker's durable
+              delivery. raw: a careful nats-py consumer in another process: a work-queue stream,
+              one durable pull consumer (explicit ack, max_ack_pending 1,024) fetched in batches
+              of 256, each batch split by key, keys concurrently, each key's messages in order:
+              kv.get, kv.create or kv.update(last=revision), then ack.
   failover    two mesh worker processes of its own (agent type bench-fail, a persisted counter),
               one MeshClient caller per instance (48; --quick 16) adding 1 in a loop; each round
               (5; --quick 2) SIGKILLs the worker owning the most instances and then starts a
