@@ -282,6 +282,7 @@ class Activation:
         claim = await directory.resolve(self.key)
         if claim.owner != directory.worker_id:
             self.status, self.owner = Status.REMOTE, claim.owner
+            self.dir_revision = claim.revision  # the entry naming the owner, should it have to be taken over
             return
         self.dir_revision = claim.revision
         self.epoch = directory.epoch

@@ -35,6 +35,8 @@ log = structlog.get_logger("mesh.directory")
 FREE = "-"  # the directory value of a released instance (worker ids start with "w")
 RETRY_AFTER = 0.2  # seconds between renewal attempts after a failed one
 EXPIRY_MARGIN = 0.25  # seconds of clock-rate and rounding slack when judging whether a lease expired
+TAKEN_FOR = 2.0  # seconds a takeover's claim is handed to the next `resolve` of its key as it is
+MAX_TAKEN = 1024  # takeovers remembered for `resolve` at most (each is normally used at once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,7 @@ class Directory:
         self._attempted = asyncio.Event()  # set (and replaced) after each renewal attempt of the heartbeat
         self._heartbeat_serving = False
         self.on_renew_failed: Callable[[Exception], None] | None = None  # e.g. the runtime's check for a lost store
+        self._taken: dict[str, tuple[int, int, float]] = {}  # key -> (revision, epoch, when) of a takeover
 
     def fenced(self) -> bool:
         """True when this worker can no longer be sure that nobody else considers it dead."""
@@ -163,17 +166,30 @@ class Directory:
             return not self.fenced()
         return await self.workers.get(worker_id) is not None
 
-    async def take_over(self, key: str, owner: str) -> bool:
+    async def take_over(self, key: str, owner: str, revision: int = 0) -> bool:
         """Claim `key` from `owner`, known gone although its lease may still exist (a forward to it
         found nobody subscribed: the server dropped its connection). Compare-and-set on the entry,
-        and only while it still names `owner`; False if it names someone else by now."""
-        found = await self.entries.get(key)
-        if found is None or found[0].decode() != owner:
-            return False
+        and only while it still names `owner`; False if it names someone else by now. `revision`
+        is the entry's revision when it was read naming `owner` (0: unknown, read it first): a
+        compare-and-set on it saves that read, and a conflict falls back to reading."""
         try:
-            await self.entries.write(key, self.worker_id.encode(), found[1])
+            revision = await self.entries.write(key, self.worker_id.encode(), revision) if revision else 0
         except StateConflict:
-            return False
+            revision = 0
+        if not revision:
+            found = await self.entries.get(key)
+            if found is None or found[0].decode() != owner:
+                return False
+            try:
+                revision = await self.entries.write(key, self.worker_id.encode(), found[1])
+            except StateConflict:
+                return False
+        # The request that found the owner gone is routed again at once and resolves this key:
+        # hand it this claim instead of three more round trips (a create that conflicts, a read,
+        # and a compare-and-set that only bumps the revision again). Failover time is the point.
+        if len(self._taken) >= MAX_TAKEN:
+            self._taken.clear()
+        self._taken[key] = (revision, self.epoch, time.monotonic())
         log.info("directory.taken_over", key=key, owner=owner, reason="owner unreachable")
         return True
 
@@ -182,7 +198,14 @@ class Directory:
 
         An entry is never deleted: a released instance's entry is set to `FREE`. So a claim that
         *creates* the entry proves the instance was never activated before, and has no state to load.
+        A key this worker has just taken over (`take_over`, within `TAKEN_FOR`, same epoch, lease
+        held) is ours at that revision without asking again: nobody may take it from a worker
+        that holds its lease and has not reconnected since, and the state writes are fenced anyway.
         """
+        if self._taken:
+            taken = self._taken.pop(key, None)
+            if taken is not None and taken[1] == self.epoch and time.monotonic() - taken[2] < TAKEN_FOR and not self.fenced():
+                return Claim(self.worker_id, taken[0], False)
         for _ in range(8):
             try:
                 return Claim(self.worker_id, await self.entries.write(key, self.worker_id.encode(), 0, fresh=True), True)

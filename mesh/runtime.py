@@ -399,7 +399,7 @@ class Runtime:
             # (a crash, or a lost link: then it fenced itself). Take over now, lease or not.
             response = None
             try:
-                await self.directory.take_over(activation.key, owner)
+                await self.directory.take_over(activation.key, owner, activation.dir_revision)
             except MeshError as exc:
                 self.log.warning("instance.takeover_failed", key=activation.key, owner=owner, error=exc.message)
                 delay = 0.2

@@ -31,7 +31,7 @@ from nats.js.object_store import ObjectStore
 from mesh._nats.connection import Connection, JetStream
 from mesh._nats.errors import map_errors
 from mesh._nats.healing import healer_of
-from mesh._nats.inbox import inbox_of
+from mesh._nats.inbox import ReplyInbox, inbox_of
 from mesh.errors import MeshError, MeshTimeout, NoResponders, OutcomeUnknown, StateConflict, Unavailable
 from mesh.subjects import HEADER_WRITE
 
@@ -125,6 +125,14 @@ class Bucket:
         self._js = nc.jetstream(timeout=timeout)
         self.name = name
         self._timeout = timeout
+        self._replies: ReplyInbox | None = None  # the connection's reply inbox, looked up once
+
+    @property
+    def _inbox(self) -> ReplyInbox:
+        replies = self._replies
+        if replies is None:
+            replies = self._replies = inbox_of(self._nc)
+        return replies
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
         with map_errors(f"KV {self.name}", timeout=Unavailable):
@@ -201,7 +209,7 @@ class Bucket:
     ) -> int:
         """Send one write and read its ack; `_NoAck` if none came in time."""
         try:
-            msg = await inbox_of(self._nc).request(subject, value, timeout=timeout, headers=headers)
+            msg = await self._inbox.request(subject, value, timeout=timeout, headers=headers)
         except MeshTimeout as exc:
             raise _NoAck(exc.message) from exc
         except NoResponders as exc:  # nobody stores this subject: the bucket's stream is gone
@@ -280,7 +288,7 @@ class Bucket:
     async def _publish_expecting(self, subject: str, value: bytes, last: int, headers: dict[str, str] | None) -> int:
         expected = {EXPECTED_LAST: str(last)}
         try:
-            msg = await inbox_of(self._nc).request(
+            msg = await self._inbox.request(
                 subject, value, timeout=self._timeout, headers={**headers, **expected} if headers else expected
             )
         except (MeshTimeout, NoResponders) as exc:

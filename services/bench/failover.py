@@ -20,6 +20,7 @@ its 6 s lease could expire.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import time
 from collections import Counter as Tally
@@ -92,9 +93,10 @@ async def failover(b: Bench) -> list[Result]:
             victim_id, count = busiest[0]
             theirs = [name for name, owner in owned.items() if owner == victim_id]
             victim = by_id[victim_id]
-            b.progress.note(f"  failover round {r + 1}/{rounds}: SIGKILL worker {victim_id} (owns {count} of {len(names)})")
             killed_at = time.monotonic()
             victim.child.process.kill()
+            at = datetime.datetime.now(datetime.UTC).strftime("%H:%M:%S.%f")[:-3]  # to line up with the workers' logs
+            b.progress.note(f"  failover round {r + 1}/{rounds}: SIGKILL {victim_id} at {at} (owned {count} of {len(names)})")
             await asyncio.to_thread(victim.child.process.wait)
             b.unwatch(victim.recorder)
             victim.child.stop()
