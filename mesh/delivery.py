@@ -105,7 +105,7 @@ class _Held:
         self.error: MeshError | None = None
         self.reply = ""
         self.lane = lane
-        self.traceparent: str | None = None  # the turn's, made once: every retry is in the same trace
+        self.traceparent: str | None = None  # a schedule firing's: its event and its turn share the trace
 
 
 class _Lane:
@@ -366,10 +366,10 @@ class DurableDelivery:
     def _headers(self, held: _Held) -> dict[str, str]:
         headers = held.msg.headers or {}
         out = {subjects.HEADER_MSG_ID: held.msg_id}
-        if held.traceparent is None and (parent := headers.get(subjects.HEADER_TRACEPARENT)):
-            held.traceparent = child_traceparent(parent)
-        if held.traceparent is not None:  # without one, the turn starts a trace of its own
-            out[subjects.HEADER_TRACEPARENT] = held.traceparent
+        # The turn is a span of its own, a child of this one: the sender's (or, for a schedule's
+        # firing, the one its event named). Without one, the turn starts a trace of its own.
+        if traceparent := held.traceparent or headers.get(subjects.HEADER_TRACEPARENT):
+            out[subjects.HEADER_TRACEPARENT] = traceparent
         if method := headers.get(subjects.HEADER_METHOD):
             out[subjects.HEADER_METHOD] = method
         return out
