@@ -145,7 +145,9 @@ class LLMAgent(Agent[LLMState]):
     """Seconds a pending approval waits before it is rejected by `expiry`."""
     max_turns: ClassVar[int] = 10
     stream: ClassVar[bool] = True
-    """Run with the SDK's streaming so progress (text deltas included) is published as events."""
+    """Publish each run's progress (text deltas included) as events: the run is streamed with the
+    SDK's streaming, unless every model of the agents writes its answers whole (the offline demo
+    model), whose runs publish the same events from hooks without the cost of streaming."""
     mcp_connect_timeout: ClassVar[float] = 10.0
     """Seconds an MCP server may take to connect (a run waits at most until the turn's deadline)."""
 
@@ -167,6 +169,7 @@ class LLMAgent(Agent[LLMState]):
         self.key = subjects.instance_key(self.type, self.name)
         self._sdk_agent: agents.Agent[Any] | None = None
         self._session: MemorySession | None = None
+        self._pieces: bool | None = None
         self._runs: RunStore | None = None
         self._timer: asyncio.Task[None] | None = None
         self._usage_seen: dict[str, Usage] = {}
@@ -179,6 +182,14 @@ class LLMAgent(Agent[LLMState]):
         if self._sdk_agent is None:
             self._sdk_agent = self.build_agent()
         return self._sdk_agent
+
+    def _streams_pieces(self) -> bool:
+        """Whether a model of this instance's agents writes its answers piece by piece (see `stream`)."""
+        if self._pieces is None:
+            from mesh.llm_progress import writes_whole_answers
+
+            self._pieces = not writes_whole_answers(self.sdk_agent)
+        return self._pieces
 
     @property
     def mcp_servers(self) -> list[MCPServer]:
@@ -274,6 +285,7 @@ class LLMAgent(Agent[LLMState]):
     async def _run(self, run_input: str | list[Any] | RunState[Any], run_id: str) -> LLMReply:
         from agents import RunConfig, Runner, RunState
 
+        from mesh.llm_progress import ProgressHooks
         from mesh.models import model_label
         from mesh.sdk_tracing import ensure_sdk_tracing
 
@@ -291,7 +303,7 @@ class LLMAgent(Agent[LLMState]):
         if not resumed:  # a resumed run's servers were made ready before its state was loaded
             await self._mcp_ready(run_id)
         try:
-            if self.stream:
+            if self.stream and self._streams_pieces():
                 streamed = Runner.run_streamed(
                     self.sdk_agent, run_input, session=session, run_config=config, max_turns=self.max_turns
                 )
@@ -303,7 +315,10 @@ class LLMAgent(Agent[LLMState]):
                     raise
                 result: agents.RunResultBase = streamed
             else:
-                result = await Runner.run(self.sdk_agent, run_input, session=session, run_config=config, max_turns=self.max_turns)
+                hooks = ProgressHooks(run_id, self.emit) if self.stream else None
+                result = await Runner.run(
+                    self.sdk_agent, run_input, session=session, run_config=config, max_turns=self.max_turns, hooks=hooks
+                )
         except MeshError:
             raise
         except Exception as exc:
@@ -554,7 +569,7 @@ class LLMAgent(Agent[LLMState]):
             self.log.warning("approval.expiry_wake_failed", code=err.code, error=err.message)
 
 
-_SDK_MODULES = ("agents", "mesh.models", "mesh.sdk_tracing")
+_SDK_MODULES = ("agents", "mesh.models", "mesh.sdk_tracing", "mesh.llm_progress")
 
 
 def _import_sdk() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from agents import Handoff, Model, ModelSettings, ModelTracing, OpenAIChatCompletionsModel, OpenAIResponsesModel, Tool
 from agents.agent_output import AgentOutputSchemaBase
@@ -88,6 +88,8 @@ class OfflineModel(Model):
     """
 
     label = OFFLINE_LABEL
+    whole_answers: ClassVar[bool] = True
+    """Each answer is written whole: `LLMAgent` publishes its progress without streaming the run."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy

@@ -61,6 +61,8 @@ PACER: Pacer | None = None
 class PacedModel(OfflineModel):
     """An offline policy whose text answers stream one word per `PACER.take()`."""
 
+    whole_answers = False  # its runs are streamed, word by word
+
     def __init__(self, policy: Policy, pacer: Callable[[], Pacer | None] = lambda: PACER) -> None:
         super().__init__(policy)
         self._pacer = pacer
