@@ -28,7 +28,7 @@ from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from mesh._nats.connection import Connection, JetStream
+from mesh._nats.connection import Connection, JetStream, Message
 from mesh._nats.errors import map_errors
 from mesh._nats.healing import healer_of
 from mesh._nats.inbox import ReplyInbox, inbox_of
@@ -40,6 +40,8 @@ _GONE = ("DEL", "PURGE")
 SETTLE_WITHIN = 3.0  # seconds a write whose ack never came is resent and read back before it is unknown
 SETTLE_ATTEMPT = 1.0  # seconds one resend waits for its ack
 _CONFLICT = (10071, 10164)
+LAST_VALUES_BATCH = 1000  # keys one `Bucket.values` direct get returns at most (more: it watches)
+_END_OF_BATCH, _NOT_FOUND = "204", "404"
 _writes = itertools.count(1)
 
 
@@ -262,7 +264,15 @@ class Bucket:
         )
 
     async def values(self, prefix: str) -> list[bytes]:
-        """The values of every key under `prefix` (which ends with `.`), in stream order."""
+        """The values of every key under `prefix` (which ends with `.`), in stream order.
+
+        Asked with one batched direct get (`_last_values`) when the server answers those: a new
+        owner reads an instance's spilled request records on activation, and after a failover it
+        does so for every instance it takes over at once, where a watch costs a consumer each.
+        """
+        last = await self._last_values(prefix)
+        if last is not None:
+            return last
         found: list[bytes] = []
         with map_errors(f"KV {self.name}", timeout=Unavailable):
             watcher = await self._kv.watch(f"{prefix}>", ignore_deletes=True)
@@ -275,6 +285,42 @@ class Bucket:
             finally:
                 await watcher.stop()  # type: ignore[no-untyped-call]
         return found
+
+    async def _last_values(self, prefix: str) -> list[bytes] | None:
+        """The last value of each key under `prefix`, in stream order, from one `multi_last` direct
+        get (nats-server 2.11+: the messages, then an end-of-batch status); None when the answer is
+        anything else (an older server, a bucket without direct gets, more keys than one batch,
+        no answer in time), and the caller watches instead."""
+        nc = self._nc
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[list[bytes] | None] = loop.create_future()
+        found: list[bytes] = []
+
+        async def on_message(msg: Message) -> None:
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if answer.done():
+                return
+            if status is None:
+                if msg.data and headers.get("KV-Operation") not in _GONE and "Nats-Marker-Reason" not in headers:
+                    found.append(msg.data)
+            elif status == _END_OF_BATCH:
+                answer.set_result(found if headers.get("Nats-Num-Pending", "0") == "0" else None)
+            else:  # 404: no key under the prefix; anything else: ask another way
+                answer.set_result([] if status == _NOT_FOUND else None)
+
+        request = orjson.dumps({"multi_last": [f"$KV.{self.name}.{prefix}>"], "batch": LAST_VALUES_BATCH})
+        with map_errors(f"KV {self.name}", timeout=Unavailable):
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox, cb=on_message)
+            try:
+                await nc.publish(f"$JS.API.DIRECT.GET.KV_{self.name}", request, reply=inbox)
+                async with asyncio.timeout(self._timeout):
+                    return await answer
+            except TimeoutError:
+                return None
+            finally:
+                await sub.unsubscribe()
 
     async def create(self, key: str, value: bytes) -> int:
         """Write `key` only if it does not exist (or was deleted); `StateConflict` if it does."""

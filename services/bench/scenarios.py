@@ -323,8 +323,8 @@ async def activation(b: Bench) -> list[Result]:
         "evicted_all": evicted,
         "idle_timeout_s": b.sizes.idle_timeout,
     }
-    met = mesh.ops_per_s >= 5000 and rss_peak <= 300 and rss_idle <= 150 and evicted
-    target = ">= 5,000 first touches/s; peak RSS <= 300 MB; <= 150 MB after eviction"
+    met = mesh.ops_per_s >= 1.2 * raw.ops_per_s and rss_peak <= 300 and rss_idle <= 150 and evicted
+    target = "ops/s >= 1.2 x raw; peak RSS <= 300 MB; <= 150 MB after eviction"
     return [Result("activation", f"{n} new instances c=64", "first touches", raw, mesh, target, met, notes=notes)]
 
 
