@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 import time
@@ -40,6 +41,7 @@ from mesh._nats import (
     request,
     watch_connection,
 )
+from mesh._nats.inline import serve_inline
 from mesh.activation import Activation, Status
 from mesh.agent import Agent
 from mesh.client import MeshClient
@@ -168,6 +170,7 @@ class Runtime:
         self._unwatch = watch_connection(self.nc, disconnected=self.directory.fence, reconnected=self.directory.renew_now)
         self._accepting = True
         self._forward_sub = await self.nc.subscribe(subjects.worker_wildcard(self.worker_id), cb=self._on_forwarded)
+        serve_inline(self._forward_sub, self._route_forwarded)
         for agent_type in self.agents:
             self._services.append(await self._add_service(agent_type))
         await self.nc.flush()
@@ -216,6 +219,7 @@ class Runtime:
             subject=subjects.agent_wildcard(agent_type),
             handler=self._on_request,
             metadata=endpoint_schemas(self.agents[agent_type]),
+            inline=self._route_request,
         )
         for name, metadata in method_endpoints(self.agents[agent_type]).items():  # served by `request`, with Mesh-Method
             service.describe_endpoint(name=name, subject=subjects.agent_wildcard(agent_type), metadata=metadata)
@@ -303,10 +307,19 @@ class Runtime:
 
     # -- routing -----------------------------------------------------------------------------
 
+    # Requests are routed straight from the connection's read loop (`serve_inline`); the async
+    # callbacks serve when nats-py's internals do not allow that.
+
     async def _on_request(self, msg: Message) -> None:
-        self._dispatch(msg, msg.subject.split(".", 2)[1:], QUEUED)
+        self._route_request(msg)
 
     async def _on_forwarded(self, msg: Message) -> None:
+        self._route_forwarded(msg)
+
+    def _route_request(self, msg: Message) -> None:
+        self._dispatch(msg, msg.subject.split(".", 2)[1:], QUEUED)
+
+    def _route_forwarded(self, msg: Message) -> None:
         headers = msg.headers
         via = FORWARDED if headers is not None and subjects.HEADER_HOPS in headers else DIRECT
         self._dispatch(msg, msg.subject.split(".", 4)[3:], via)
@@ -335,7 +348,7 @@ class Runtime:
             if cls.state_model is None:
                 if subjects.HEADER_REQUEST_ID in headers and self.turns.join_stateless(key, envelope):
                     return  # a retry of a request running here: it gets that turn's outcome
-                self.start_now(self._stateless_turn(cls, subjects.decode_name(token), key, envelope))
+                self.start_now(self._stateless_turn(cls, _decode_name(token), key, envelope))
                 return
             if via != DIRECT:
                 envelope.tell_owner = True
@@ -564,6 +577,10 @@ def _moved(response: Message) -> bool | None:
         return None
     message = headers.get(subjects.HEADER_ERROR)
     return True if message == MOVED else False if message == SHUTTING_DOWN else None
+
+
+_decode_name = functools.lru_cache(maxsize=4096)(subjects.decode_name)
+"""`subjects.decode_name`, remembered for the names a stateless agent is called by again and again."""
 
 
 def _deadline(headers: dict[str, str], now: float, skew: float) -> float:

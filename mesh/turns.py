@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from random import getrandbits
 from typing import Any
 
 import pydantic
@@ -221,21 +220,18 @@ def make_turn_context(
     chain with this instance appended, the caller's deadline."""
     incoming = envelope.headers.get(subjects.HEADER_CHAIN)
     chain = (*incoming.split(","), key) if incoming else (key,)
+    traceparent = child_traceparent(envelope.headers.get(subjects.HEADER_TRACEPARENT))
     return TurnContext(
         agent_type=agent_type,
         name=name,
         key=key,
-        turn_id=new_turn_id(),
-        traceparent=child_traceparent(envelope.headers.get(subjects.HEADER_TRACEPARENT)),
+        turn_id=traceparent[36:48],  # 48 random bits of the turn's new span id: unique, and no second draw
+        traceparent=traceparent,
         chain=chain,
         deadline=envelope.deadline,
         base_log=log,
         deadline_ms=envelope.headers.get(subjects.HEADER_DEADLINE),
     )
-
-
-def new_turn_id() -> str:
-    return f"{getrandbits(48):012x}"  # unique, not secret: no syscall per turn
 
 
 def dump_state(state: Any) -> bytes:
