@@ -41,6 +41,7 @@ SETTLE_WITHIN = 3.0  # seconds a write whose ack never came is resent and read b
 SETTLE_ATTEMPT = 1.0  # seconds one resend waits for its ack
 _CONFLICT = (10071, 10164)
 LAST_VALUES_BATCH = 1000  # keys one `Bucket.values` direct get returns at most (more: it watches)
+LAST_VALUES_WITHIN = 1.0  # seconds that direct get may take before the bucket watches instead, for good
 _END_OF_BATCH, _NOT_FOUND = "204", "404"
 _writes = itertools.count(1)
 
@@ -128,6 +129,7 @@ class Bucket:
         self.name = name
         self._timeout = timeout
         self._replies: ReplyInbox | None = None  # the connection's reply inbox, looked up once
+        self._batched_gets = True  # False once a batched direct get went unanswered (see `_last_values`)
 
     @property
     def _inbox(self) -> ReplyInbox:
@@ -270,7 +272,7 @@ class Bucket:
         owner reads an instance's spilled request records on activation, and after a failover it
         does so for every instance it takes over at once, where a watch costs a consumer each.
         """
-        last = await self._last_values(prefix)
+        last = await self._last_values(prefix) if self._batched_gets else None
         if last is not None:
             return last
         found: list[bytes] = []
@@ -289,8 +291,10 @@ class Bucket:
     async def _last_values(self, prefix: str) -> list[bytes] | None:
         """The last value of each key under `prefix`, in stream order, from one `multi_last` direct
         get (nats-server 2.11+: the messages, then an end-of-batch status); None when the answer is
-        anything else (an older server, a bucket without direct gets, more keys than one batch,
-        no answer in time), and the caller watches instead."""
+        anything else (an older server, a bucket without direct gets, more keys than one batch),
+        and the caller watches instead. No answer within `LAST_VALUES_WITHIN` (a user allowed only
+        `$JS.API.DIRECT.GET.<stream>.<subject>`, whose request the server refuses without a reply)
+        turns these gets off for the bucket."""
         nc = self._nc
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[list[bytes] | None] = loop.create_future()
@@ -315,9 +319,10 @@ class Bucket:
             sub = await nc.subscribe(inbox, cb=on_message)
             try:
                 await nc.publish(f"$JS.API.DIRECT.GET.KV_{self.name}", request, reply=inbox)
-                async with asyncio.timeout(self._timeout):
+                async with asyncio.timeout(min(self._timeout, LAST_VALUES_WITHIN)):
                     return await answer
             except TimeoutError:
+                self._batched_gets = False
                 return None
             finally:
                 await sub.unsubscribe()
