@@ -26,7 +26,7 @@ import orjson
 
 from mesh import subjects
 from services.bench import procs
-from services.bench.load import Measure, drive, merge, percentile, process_cpu
+from services.bench.load import Measure, Progress, drive, merge, percentile, process_cpu
 from services.bench.raw import SUBJECT_PREFIX
 from services.triage import CAPITALS, Triage
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from services.bench.scenarios import Bench, Result
 
 AGENT_TYPE = "bench-llm"
+APP = "services.bench.llm:AGENTS"
 PLAIN_SUBJECT = f"{SUBJECT_PREFIX}.llm"
 CONCURRENCY = 64
 MESSAGES = 2
@@ -75,12 +76,12 @@ async def llm(b: Bench) -> list[Result]:
     recorders = [b.watch(plain, "llm-plain")]
     answers: dict[str, dict[int, list[Answer]]] = {"raw": {}, "mesh": {}}
     try:
-        for w in range(workers):
-            env = {**NO_MODEL_ENV, "MESH_IDLE_TIMEOUT": "600"}
-            child = await procs.start_worker(b.url, "services.bench.llm:AGENTS", b.workdir / f"worker-llm-{w}.log", env=env)
+        env = {"NATS_URL": b.url, "MESH_LOG_FORMAT": "json", "MESH_LOG_LEVEL": "info", "MESH_IDLE_TIMEOUT": "600", **NO_MODEL_ENV}
+        for w in range(workers):  # started together: each takes seconds to import
+            child = procs.Child(["services.cli", "worker", "--app", APP], b.workdir / f"worker-llm-{w}.log", env=env)
             children.append(child)
             recorders.append(b.watch(child, f"worker-llm-{w}"))
-        await plain.wait_for_log("ready", within=60)
+        await asyncio.gather(plain.wait_for_log("ready", within=60), *(c.wait_for_log("worker.started") for c in children[1:]))
 
         async def ask_plain(conversation: int, text: str) -> Answer:
             body = orjson.dumps({"conversation": f"c{b.run_id}-{conversation}", "text": text})
@@ -91,10 +92,14 @@ async def llm(b: Bench) -> list[Result]:
             reply = await b.client.call(AGENT_TYPE, f"l{b.run_id}-{conversation}", text, timeout=120)
             return reply["agent"], reply["output"]
 
-        # Warm-up on conversations outside the measured ones: imports, first runs, caches.
-        warm = min(CONCURRENCY, total)
-        for side, ask in (("raw", ask_plain), ("mesh", ask_mesh)):
-            await drive(_conversations(ask, {}, []), warm, CONCURRENCY, b.progress, f"llm warm-up {side}", offset=WARM_UP)
+        # Warm-up on conversations outside the measured ones (the SDK's import and first runs in
+        # every process), both sides at once: it is not measured, and the imports take seconds.
+        warm, started = min(CONCURRENCY, total), time.perf_counter()
+        quiet = Progress(enabled=False)
+        await asyncio.gather(
+            *(drive(_conversations(ask, {}, []), warm, CONCURRENCY, quiet, "", offset=WARM_UP) for ask in (ask_plain, ask_mesh))
+        )
+        b.progress.note(f"  llm warm-up, both sides: {warm} conversations in {time.perf_counter() - started:.2f}s")
         mesh_pids = [c.pid for c in children[1:]]
         rounds = max(1, min(ROUNDS, total // 100))
         parts: dict[str, list[Measure]] = {"raw": [], "mesh": []}
