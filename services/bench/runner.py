@@ -66,7 +66,7 @@ async def _wait_raw_ready(nc: Any, raw: procs.Child, within: float = 30.0) -> No
             await asyncio.sleep(0.1)
 
 
-BENCH_TYPES = ("bench-echo", "bench-turn", "bench-act", "bench-slow", "bench-fail")
+BENCH_TYPES = ("bench-echo", "bench-turn", "bench-act", "bench-slow", "bench-fail", "bench-llm")
 
 
 async def _clean_up(nc: Any) -> None:
