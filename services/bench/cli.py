@@ -63,6 +63,18 @@ Scenarios (run in this order; --only picks some):
               instance it owned (target p99 <= 1 s); notes say whether any acknowledged update
               was lost or applied twice (every reply checked against the final counters). No raw
               baseline: its columns stay empty ("-").
+  llm         the triage demo (a handoff to the History Tutor, then to the Math Tutor, the
+              conversation kept in memory) on the offline demo model: 500 conversations x 2
+              messages (--quick 24), 64 conversations in flight. mesh: MeshClient calls to 2
+              `mesh worker` processes of its own serving the demo under the type bench-llm (one
+              per core; MESH_BENCH_LLM_WORKERS=N for N), SDK traces as the mesh does them (spans
+              to structlog, nothing uploaded). raw: plain openai-agents in ONE process, what a
+              web app does per message: Runner.run(agent, text, session=SQLiteSession(
+              conversation, file)), reached by a minimal nats-py responder (a task per request),
+              the SDK's default tracing (no OpenAI key: spans made, export skipped). ops/s =
+              messages/s, p50/p99 per message, CPU us/op per message (responder = the plain
+              process, or the mesh workers summed). Both sides' answers are compared per
+              conversation (answer_mismatches). Target: mesh >= 1.5 x plain, same answers.
 
 Scale-out (--workers N): invoke and turn (and durable) run against N mesh worker processes and
   N raw responder processes (the raw ones in one queue group, as a nats-py user scales out), all
