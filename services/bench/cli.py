@@ -76,14 +76,14 @@ Scenarios (run in this order; --only picks some):
               process, or the mesh workers summed). Both sides' answers are compared per
               conversation (answer_mismatches). Target: mesh >= 1.5 x plain, same answers.
 
-Scale-out (--workers N): invoke and turn (and durable) run against N mesh worker processes and
+Scale-out (--workers N): invoke and turn run against N mesh worker processes and
   N raw responder processes (the raw ones in one queue group, as a nats-py user scales out), all
   started for the scenario and stopped after it; "responder" CPU us/op is summed over the N
   processes of a side. Each such case notes forwarded_share: the share of the mesh side's turns
   that reached their worker forwarded by another one (two hops) instead of sent straight to the
   owner, from the workers' $SRV.STATS (MeshClient learns each instance's owner from a reply and
   addresses it). Target for turn --workers 2: ratio >= 1.0 and forwarded share <= 5 %. On 2
-  cores N > 1 only shows that it works; the scale-out curve needs a machine with 2N+ cores.
+  cores N > 1 only shows that it works; the scale-out curve needs 2N + 2 cores or more.
 
 How to read the figures:
   ratio = mesh ops/s / raw ops/s of the same case in the same run; > 1 means the mesh is faster.
@@ -137,7 +137,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=int,
         default=1,
         metavar="N",
-        help="N mesh workers and N raw responders for invoke, turn and durable (default 1)",
+        help="N mesh workers and N raw responders for invoke and turn (default 1)",
     )
     bench.add_argument("--json", action="store_true", help="print the report as JSON on stdout (progress stays on stderr)")
     bench.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
