@@ -76,7 +76,11 @@ async def failover(b: Bench) -> list[Result]:
     unrecovered = 0
     loads: list[asyncio.Task[None]] = []
     try:
-        workers += await asyncio.gather(*(_start(b, n) for n in range(WORKERS)))
+        first = await asyncio.gather(*(_start(b, n) for n in range(WORKERS)), return_exceptions=True)
+        workers += [w for w in first if isinstance(w, _Worker)]  # stopped below, even if another failed to start
+        for failed in first:
+            if isinstance(failed, BaseException):
+                raise failed
         for _ in range(0, len(names), PER_CLIENT):
             clients.append(MeshClient(await connect(NatsOptions.from_url(b.url, name="mesh-bench-failover")), default_timeout=15))
         loads = [
@@ -127,7 +131,6 @@ async def failover(b: Bench) -> list[Result]:
         await asyncio.gather(*loads, return_exceptions=True)
         for client in clients:
             await client.close()
-            await client.nc.close()
         for w in workers:
             b.unwatch(w.recorder)
             w.child.stop()
