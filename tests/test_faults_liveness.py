@@ -5,11 +5,14 @@
   answering throughout (every call succeeds; their latency, not their error rate, degrades: the
   queue group still hands the frozen worker its share of new requests, which callers resend).
   It is also the "owner paused 20 s" case of test_faults_pause.py: raw NATS callers (one attempt,
-  no request id) run alongside, and the counters' verdict must hold.
+  no request id) run alongside, and the counters' verdict must hold. Resumed, the frozen worker
+  regains its lease at once (and re-checks the instances it thinks it owns).
 - Crash failover: owners SIGKILLed one after another under load (four workers, three killed),
   default lease: p99 <= 1 s from the SIGKILL to a successful reply (a killed worker's socket
   closes, so the server drops its subscriptions and a forward to it gets "no responders" at once:
   no need to wait for the lease).
+
+test_liveness.py has the cases these do not cover (a cut link, a resumed owner's parked requests).
 """
 
 import os
@@ -48,6 +51,8 @@ async def test_during_a_20s_pause_its_instances_answer_again_within_the_lease_an
             await eventually(lambda: recovered(history, names, time.monotonic() - 0.5), timeout=10)
             pause = await pause_for(victim.pid, PAUSE)
             await eventually(lambda: recovered(history, names, pause.ended), timeout=30)
+        # Resumed long after its lease expired, it renewed at once and re-checks its instances.
+        await victim.process.wait_logged('"lease.regained"', timeout=10)
         finals = await cluster.finals(names)
 
     during = [c for c in history.calls if c.started >= pause.started and c.started < pause.ended]
