@@ -93,7 +93,7 @@ def consumer_name(agent_type: str, partition: int) -> str:
 class _Held:
     """One message this worker holds: waiting in its lane, or handed to its instance."""
 
-    __slots__ = ("msg", "seq", "msg_id", "attempts", "refusals", "done", "error", "reply", "lane", "traceparent")
+    __slots__ = ("msg", "seq", "msg_id", "attempts", "refusals", "done", "error", "reply", "lane", "traceparent", "since")
 
     def __init__(self, msg: Message, seq: int, msg_id: str, attempts: int, lane: _Lane) -> None:
         self.msg = msg
@@ -106,6 +106,7 @@ class _Held:
         self.reply = ""
         self.lane = lane
         self.traceparent: str | None = None  # a schedule firing's: its event and its turn share the trace
+        self.since = 0.0  # when JetStream last heard that it is being worked on (delivery or progress)
 
 
 class _Lane:
@@ -124,7 +125,7 @@ class _Lane:
 
 
 class _Partition:
-    __slots__ = ("agent_type", "consumer", "lanes", "held", "settling", "pending")
+    __slots__ = ("agent_type", "consumer", "lanes", "held", "settling", "pending", "release")
 
     def __init__(self, agent_type: str) -> None:
         self.agent_type = agent_type
@@ -133,6 +134,7 @@ class _Partition:
         self.held: dict[int, _Held] = {}  # stream sequence -> what this worker holds
         self.settling = False  # newly pinned: collecting what an earlier puller left unacked
         self.pending = 0  # messages the consumer had left to deliver, as of the last one
+        self.release = False  # this worker holds more than its share: give the partition away
 
 
 class DurableDelivery:
@@ -152,6 +154,8 @@ class DurableDelivery:
         self._idle = asyncio.Event()  # set while nothing is handed over and unsettled
         self._idle.set()
         self._out = 0
+        self._now = time.monotonic()  # refreshed by the pull loops: fine enough for progress signals
+        self._pin_timeout = 0.0
         self._recorders = [o for o in runtime.observers if isinstance(o, FlightRecorder)]
 
     # -- life cycle ----------------------------------------------------------------------------
@@ -159,7 +163,7 @@ class DurableDelivery:
     async def start(self) -> None:
         await ensure_streams(self._js, self.options.replicas)
         ack_wait = int(self.options.ack_wait * 1e9)
-        pin_timeout = max(self.options.ack_wait, 2 * self.options.fetch_wait + 1.0)
+        self._pin_timeout = pin_timeout = max(self.options.ack_wait, 2 * self.options.fetch_wait + 1.0)
         for agent_type in self.runtime.agents:
             for partition in self.options.partitions:
                 name = consumer_name(agent_type, partition)
@@ -187,6 +191,7 @@ class DurableDelivery:
                 self._parts.append(part)
                 self._tasks.spawn(self._serve(part))
         self._tasks.spawn(self._keep_alive())
+        self._tasks.spawn(self._balance())
         self.log.info("durable.started", consumers=len(self._parts))
 
     async def _until_answered(self, what: str, create: Callable[[], Awaitable[_T]]) -> _T:
@@ -240,7 +245,12 @@ class DurableDelivery:
     async def _serve(self, part: _Partition) -> None:
         consumer = part.consumer
         while True:
-            started = time.monotonic()
+            if part.release:
+                part.release = False
+                if await self._release(part):  # then let a waiting puller take it, not our next pull
+                    await asyncio.sleep(self._pin_timeout + self.options.fetch_wait)
+                continue
+            self._now = started = time.monotonic()
             try:
                 how = await consumer.pull(BATCH, self.options.fetch_wait)
             except ConnectionFailed:
@@ -285,6 +295,48 @@ class DurableDelivery:
                 lane.waiting = deque(sorted(lane.waiting, key=lambda h: h.seq))
             self._pump(lane)
 
+    async def _balance(self) -> None:
+        """Hold no more than a fair share of a type's partitions: the first worker to pull gets
+        every pin, so one that holds more than (partitions / pullers) gives one away per period.
+        Pullers are counted from the pull requests waiting on a partition (every worker keeps one)."""
+        while True:
+            await asyncio.sleep(self.options.balance_every)
+            for agent_type in self.runtime.agents:
+                parts = [p for p in self._parts if p.agent_type == agent_type]
+                pinned = [p for p in parts if p.consumer.pin is not None and not p.settling]
+                if len(pinned) < 2:
+                    continue
+                try:
+                    pullers = await pinned[0].consumer.pullers()
+                except MeshError:
+                    continue
+                if len(pinned) > -(-len(parts) // max(1, pullers)):
+                    min(pinned, key=lambda p: len(p.held)).release = True
+
+    async def _release(self, part: _Partition) -> bool:
+        """Give away a partition this worker is pinned on (no pull of ours is out): hand nothing more
+        over, let what was handed over finish and be acked, give the rest back in order, unpin.
+        False (and nothing changed) if its messages do not finish within `turn_timeout`."""
+        if part.consumer.pin is None or part.settling:
+            return False
+        part.settling = True
+        deadline = time.monotonic() + self.options.turn_timeout
+        while any(lane.out or lane.busy for lane in part.lanes.values()):
+            if time.monotonic() > deadline:
+                part.settling = False
+                for lane in list(part.lanes.values()):
+                    self._pump(lane)
+                return False
+            await asyncio.sleep(0.05)
+        self._lost_pin(part)
+        try:
+            await part.consumer.unpin()
+        except MeshError as exc:
+            self.log.warning("durable.unpin_failed", consumer=part.consumer.name, error=exc.message)
+        part.settling = False
+        self.log.info("durable.partition_released", agent_type=part.agent_type, consumer=part.consumer.name)
+        return True
+
     def _lost_pin(self, part: _Partition) -> None:
         """Forget the messages not yet handed over (the new puller gets them); those under way finish."""
         nc = self.runtime.nc
@@ -308,6 +360,7 @@ class DurableDelivery:
         headers = msg.headers or {}
         msg_id = headers.get(subjects.HEADER_NATS_MSG_ID) or f"seq:{seq}"
         held = _Held(msg, seq, msg_id, delivered, lane)
+        held.since = self._now
         part.held[seq] = held
         waiting = lane.waiting
         if waiting and waiting[-1].seq > seq:  # a redelivery behind later messages: keep stored order
@@ -496,14 +549,19 @@ class DurableDelivery:
     # -- upkeep and observation ----------------------------------------------------------------
 
     async def _keep_alive(self) -> None:
-        """Tell JetStream every held message is being worked on, so none is redelivered while this
-        worker holds it (waiting in its lane, retried, or in a long turn)."""
+        """Tell JetStream that every message held here for a while is being worked on, so none is
+        redelivered while this worker holds it (waiting in its lane, retried, or in a long turn);
+        most are acked long before they need it."""
         period = max(0.2, self.options.ack_wait / 3)
         nc = self.runtime.nc
         while True:
             await asyncio.sleep(period)
+            self._now = now = time.monotonic()
             for part in self._parts:
                 for held in list(part.held.values()):
+                    if now - held.since < period:
+                        continue
+                    held.since = now
                     if not settle(nc, held.msg, PROGRESS):
                         await settle_later(nc, held.msg, PROGRESS)
 

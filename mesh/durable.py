@@ -53,6 +53,8 @@ class DurableOptions:
     """How long one pull waits for a message; also bounds how long a stopping worker waits."""
     replicas: int = 1
     """Replicas of the MESH_DURABLE and MESH_DEAD streams (3 on a three-node cluster)."""
+    balance_every: float = 5.0
+    """Seconds between checks that a worker holds no more than its share of a type's partitions."""
     partitions: tuple[int, ...] = field(default_factory=lambda: tuple(range(subjects.DURABLE_PARTITIONS)))
 
     def delay(self, attempt: int) -> float:

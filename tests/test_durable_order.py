@@ -107,3 +107,60 @@ async def test_a_retried_message_holds_back_only_its_own_instance(nats_server, m
         await delivery.stop(grace=2)
         await runtime.stop(grace=2)
         await nc.close()
+
+
+async def test_a_second_worker_gets_its_share_of_the_partitions_and_order_holds(nats_server, mesh_client) -> None:
+    """The first worker to pull is pinned on every partition; it gives pins away until each holds
+    about half, while the messages keep flowing in order."""
+    options = DurableOptions(fetch_wait=0.2, ack_wait=2.0, balance_every=0.3)
+    started: list[tuple[Any, Runtime, DurableDelivery]] = []
+
+    async def start_worker() -> DurableDelivery:
+        nc = await connect(NatsOptions.from_url(nats_server.url))
+        runtime = Runtime(nc, [Flaky])
+        await runtime.start()
+        delivery = DurableDelivery(runtime, options)
+        await delivery.start()
+        started.append((nc, runtime, delivery))
+        return delivery
+
+    def pins(delivery: DurableDelivery) -> int:
+        return sum(1 for part in delivery._parts if part.consumer.pin is not None)
+
+    names = [f"i{k}" for k in range(40)]  # spread over the 8 partitions
+    sent = 0
+
+    async def send(rounds: int) -> None:
+        nonlocal sent
+        for _ in range(rounds):
+            for name in names:
+                await mesh_client.send_durable("flaky", name, {"n": sent})
+            sent += 1
+
+    try:
+        first = await start_worker()
+        await send(2)
+        await eventually(lambda: pins(first) == 8, timeout=20)
+        second = await start_worker()
+
+        async def shared() -> bool:
+            await send(1)
+            assert pins(first) <= 4 and pins(second) >= 3, (pins(first), pins(second))
+            return True
+
+        await eventually(shared, timeout=40, interval=0.2)
+        await send(3)
+
+        async def all_in_order() -> bool:
+            for name in names:
+                state = await mesh_client.state("flaky", name)
+                assert state is not None and state["seen"] == list(range(sent)), (name, state)
+            return True
+
+        await eventually(all_in_order, timeout=30)
+        assert second.stats.delivered > 0 and first.stats.delivered > 0
+    finally:
+        for nc, runtime, delivery in reversed(started):
+            await delivery.stop(grace=2)
+            await runtime.stop(grace=2)
+            await nc.close()

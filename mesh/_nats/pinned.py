@@ -99,6 +99,11 @@ class PinnedConsumer:
         info = await self._call("INFO", {})
         return int(info.get("num_ack_pending", 0))
 
+    async def pullers(self) -> int:
+        """Pull requests waiting on the consumer: about one per client that pulls it."""
+        info = await self._call("INFO", {})
+        return int(info.get("num_waiting", 0))
+
     async def unpin(self) -> None:
         """Let the next puller be pinned now rather than after `priority_timeout`."""
         if self.pin is not None:

@@ -17,7 +17,8 @@ batch is split by key, keys run concurrently, each key's messages one after anot
 kv.create or kv.update(last=revision), then ack.
 
 Mesh side: `MeshClient.send_durable` to `bench-durable/<name>`, delivered by its own worker
-(`services.bench.agents:DURABLE_AGENTS`).
+(`services.bench.agents:DURABLE_AGENTS`). With `--workers N`, N such workers and N raw consumer
+processes (on the one raw consumer), and the responder CPU is summed over each side's N.
 """
 
 from __future__ import annotations
@@ -116,19 +117,25 @@ async def durable(b: Any) -> list[Any]:
 
     js = b.nc.jetstream()
     await _ensure_raw_stream(js)
-    raw_proc = procs.Child(["services.bench.durable", b.url], b.workdir / "raw-durable.log")
-    worker = await procs.start_worker(b.url, "services.bench.agents:DURABLE_AGENTS", b.workdir / "worker-durable.log")
-    recorders = [b.watch(worker, "worker-durable"), b.watch(raw_proc, "raw-durable")]
+    n = max(1, getattr(b, "workers", 1))  # --workers: N mesh workers and N raw consumers
+    raw_procs = [procs.Child(["services.bench.durable", b.url], b.workdir / f"raw-durable-{i + 1}.log") for i in range(n)]
+    workers: list[procs.Child] = []
+    recorders = [b.watch(raw, f"raw-durable-{i + 1}") for i, raw in enumerate(raw_procs)]
     results = []
     try:
-        await asyncio.gather(raw_proc.wait_for_log("ready"), worker.wait_for_log("durable.started"))
+        for i in range(n):
+            log = b.workdir / f"worker-durable-{i + 1}.log"
+            workers.append(await procs.start_worker(b.url, "services.bench.agents:DURABLE_AGENTS", log))
+            recorders.append(b.watch(workers[-1], f"worker-durable-{i + 1}"))
+        await asyncio.gather(*(c.wait_for_log("ready") for c in raw_procs), *(w.wait_for_log("durable.started") for w in workers))
         raw_kv = await js.key_value(names.RAW_BUCKET)
+        raw_pids, worker_pids = [c.pid for c in raw_procs], [w.pid for w in workers]
         for case, instances, total in (
             (f"{b.sizes.durable_instances} instances", b.sizes.durable_instances, b.sizes.durable_msgs),
             ("1 instance", 1, b.sizes.durable_hot_msgs),
         ):
             prefix = f"{b.run_id}-{instances}-"
-            sides = {"raw": _Sent("raw", prefix, instances, raw_proc.pid), "mesh": _Sent("mesh", prefix, instances, worker.pid)}
+            sides = {"raw": _Sent("raw", prefix, instances, raw_pids), "mesh": _Sent("mesh", prefix, instances, worker_pids)}
             for side in sides.values():  # first touches are the activation scenario's business: untimed
                 await _side(b, side, f"durable {case} create", instances)
             raws: list[Measure] = []
@@ -154,14 +161,16 @@ async def durable(b: Any) -> list[Any]:
                 met = mesh.ops_per_s >= raw.ops_per_s and mesh.ops_per_s >= 5000
             met = met and checks["mesh"].exact and checks["mesh"].ordered
             notes = {f"{side}_{k}": v for side, check in checks.items() for k, v in check.notes().items()}
+            if n > 1:
+                notes["workers"] = n
             results.append(Result("durable", case, "messages applied", raw, mesh, target, met, notes=notes))
-        raw_proc.check_alive()
-        worker.check_alive()
+        for child in (*raw_procs, *workers):
+            child.check_alive()
     finally:
         for recorder in recorders:
             b.unwatch(recorder)
-        worker.stop()
-        raw_proc.stop()
+        for child in (*workers, *raw_procs):
+            child.stop()
         await _clean_up(b, js)
     return results
 
@@ -198,18 +207,18 @@ class _Check:
 class _Sent:
     """One side of a case: its instances, and how many messages each was sent so far."""
 
-    def __init__(self, side: str, prefix: str, instances: int, pid: int) -> None:
+    def __init__(self, side: str, prefix: str, instances: int, pids: list[int]) -> None:
         self.side = side
         self.prefix = prefix
         self.instances = instances
-        self.pid = pid
+        self.pids = pids
         self.sent: dict[str, int] = {}
 
 
 async def _side(b: Any, sent_to: _Sent, label: str, total: int) -> Measure:
     """Publish `total` messages over the side's instances at concurrency 64, wait until all are applied."""
     js = b.nc.jetstream()
-    side, prefix, instances, pid, sent = sent_to.side, sent_to.prefix, sent_to.instances, sent_to.pid, sent_to.sent
+    side, prefix, instances, pids, sent = sent_to.side, sent_to.prefix, sent_to.instances, sent_to.pids, sent_to.sent
 
     def next_seq(i: int) -> tuple[str, bytes]:
         name = f"{prefix}{i % instances}"
@@ -225,7 +234,10 @@ async def _side(b: Any, sent_to: _Sent, label: str, total: int) -> Measure:
         await b.client.send_durable(AGENT, name, data)
 
     op, drained = (raw_op, _raw_drained) if side == "raw" else (mesh_op, _mesh_drained)
-    probes: dict[str, Callable[[], float]] = {"caller": time.process_time, "responder": lambda: process_cpu(pid)}
+    probes: dict[str, Callable[[], float]] = {
+        "caller": time.process_time,
+        "responder": lambda: sum(process_cpu(pid) for pid in pids),  # summed over --workers processes
+    }
     if b.server_pid is not None:
         probes["server"] = lambda: process_cpu(b.server_pid)
     before = {role: probe() for role, probe in probes.items()}
