@@ -56,23 +56,33 @@ ROUNDS = 2
 
 
 async def _apply(kv: KeyValue, key: str, msgs: list[Msg]) -> None:
-    """One key's messages of a batch, in order: get, create or update(last=rev), ack."""
-    for msg in msgs:
-        seq = orjson.loads(msg.data)["seq"]
+    """One key's messages of a batch, in order: get, create or update(last=rev), ack. A write that
+    lost a race (another raw process wrote the key: --workers) naks the key's rest, to come again."""
+    for i, msg in enumerate(msgs):
         try:
-            entry = await kv.get(key)
-        except jse.KeyNotFoundError:
-            entry = None
-        if entry is None or entry.value is None:
-            state = {"n": 1, "last": seq, "out_of_order": int(seq != 1)}
-            await kv.create(key, orjson.dumps(state))
-        else:
-            state = orjson.loads(entry.value)
-            state["out_of_order"] += int(seq != state["last"] + 1)
-            state["n"] += 1
-            state["last"] = seq
-            await kv.update(key, orjson.dumps(state), last=entry.revision)
-        await msg.ack()
+            await _apply_one(kv, key, msg)
+        except jse.KeyWrongLastSequenceError:
+            for later in msgs[i:]:
+                await later.nak()
+            return
+
+
+async def _apply_one(kv: KeyValue, key: str, msg: Msg) -> None:
+    seq = orjson.loads(msg.data)["seq"]
+    try:
+        entry = await kv.get(key)
+    except jse.KeyNotFoundError:
+        entry = None
+    if entry is None or entry.value is None:
+        state = {"n": 1, "last": seq, "out_of_order": int(seq != 1)}
+        await kv.create(key, orjson.dumps(state))
+    else:
+        state = orjson.loads(entry.value)
+        state["out_of_order"] += int(seq != state["last"] + 1)
+        state["n"] += 1
+        state["last"] = seq
+        await kv.update(key, orjson.dumps(state), last=entry.revision)
+    await msg.ack()
 
 
 async def serve(url: str) -> None:
