@@ -1,1 +1,1 @@
-pytest_plugins = ["mesh.testing", "mail_support", "services.http.testing", "connection_support"]
+pytest_plugins = ["mesh.testing", "mail_support", "services.http.testing", "connection_support", "fresh_venv"]

@@ -2,16 +2,15 @@
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import orjson
 import pytest
 from core_agents import AGENTS
+from fresh_venv import RUN, FreshInstall, clean_env
 
 from mesh.bus import free_port
 
@@ -64,41 +63,35 @@ async def test_errors_are_clear_and_exit_non_zero(mesh_factory, nats_server) -> 
             "has no stored state",
         ),
     ]
-    for args, message in cases:
-        code, out, err = await mesh(*args, url=nats_server.url)
+    # Independent processes, run at once: each spends most of its time importing.
+    results = await asyncio.gather(
+        *(mesh(*args, url=nats_server.url) for args, _ in cases),
+        mesh("call", "counter/x", "{not json", url=nats_server.url),
+        mesh("call", "counter/x", "{}", url=f"nats://127.0.0.1:{free_port()}"),
+    )
+    for (args, message), (code, out, err) in zip(cases, results, strict=False):
         assert code == 1 and out == "" and message in err, (args, code, err)
-    code, _, err = await mesh("call", "counter/x", "{not json", url=nats_server.url)
+    code, _, err = results[-2]
     assert code == 2 and "not JSON" in err
-    code, _, err = await mesh("call", "counter/x", "{}", url=f"nats://127.0.0.1:{free_port()}")
+    code, _, err = results[-1]
     assert code == 1 and "[connection_failed]" in err and "cannot connect to NATS" in err
 
 
-def first_readme_command() -> str:
-    readme = (ROOT / "README.md").read_text()
-    command = readme.split("```sh\n", 1)[1].split("\n```", 1)[0].strip()
-    assert command.endswith("mesh up"), command
-    return command
-
-
 @pytest.mark.slow
-async def test_readme_first_command_runs_the_mesh_from_a_fresh_virtualenv(tmp_path) -> None:
-    """Done-when 8: a copy of the repository, the README's exact first command, then `mesh call`."""
-    checkout = tmp_path / "checkout"
-    files = await asyncio.to_thread(
-        subprocess.run, ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    for name in files.stdout.splitlines():
-        source = ROOT / name
-        if source.is_file():
-            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, checkout / name)
+async def test_readme_first_command_runs_the_mesh_from_a_fresh_virtualenv(tmp_path, fresh_install: FreshInstall) -> None:
+    """Done-when 8: a copy of the repository, the README's exact first command, then `mesh call`.
+
+    The command's install part has been running since the session started (tests/fresh_venv.py);
+    once it succeeded, its last part, `.venv/bin/mesh up`, runs here as the `&&` would run it."""
+    await fresh_install.finished(timeout=600)
+    checkout = fresh_install.checkout
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH", "NATS_URL"}}
+    env = clean_env()
     env.update(
         {"MESH_NATS_PORT": str(port), "MESH_STORE": str(tmp_path / "store"), "MESH_HTTP": "off", "MESH_SMTP_LISTEN": "off"}
     )
     process = await asyncio.create_subprocess_shell(
-        first_readme_command(),
+        RUN,
         cwd=checkout,
         env=env,
         start_new_session=True,
@@ -116,7 +109,7 @@ async def test_readme_first_command_runs_the_mesh_from_a_fresh_virtualenv(tmp_pa
                     raise AssertionError(f"mesh up exited:\n{output.decode(errors='replace')[-3000:]}")
                 output += line
 
-        await asyncio.wait_for(until_up(), 600)
+        await asyncio.wait_for(until_up(), 120)
         call = await asyncio.create_subprocess_exec(
             str(checkout / ".venv" / "bin" / "mesh"),
             "call",

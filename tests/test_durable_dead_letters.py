@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import nats.js.errors
 from durable_support import APP, env, log_events, mesh_cli, wait_log
 
+from mesh import subjects
 from mesh.testing import eventually
 
 
@@ -24,12 +26,14 @@ async def test_failing_handler_is_dead_lettered_after_n_attempts_and_redrive_suc
     await mesh_client.send_durable("picky", "p1", {"n": 7})
     await mesh_client.send_durable("counter", "bad", {"add": "not a number"})  # can never succeed
 
-    async def both_dead_lettered() -> list[dict]:
-        found = await dead_letters(url)
-        assert len(found) == 2, found
-        return found
+    async def both_dead_lettered() -> bool:  # read in-process: a `mesh` process per probe costs seconds
+        stored = (await mesh_client.nc.jetstream().stream_info(subjects.DEAD_STREAM)).state.messages
+        assert stored == 2, f"{stored} dead letters"
+        return True
 
-    letters = await eventually(both_dead_lettered, timeout=30)
+    await eventually(both_dead_lettered, timeout=30, retry=(nats.js.errors.NotFoundError,))
+    letters = await dead_letters(url)
+    assert len(letters) == 2, letters
     by_type = {d["agent_type"]: d for d in letters}
     picky = by_type["picky"]
     assert (picky["name"], picky["error_code"], picky["attempts"]) == ("p1", "handler_error", 3)

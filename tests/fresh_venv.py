@@ -1,0 +1,121 @@
+"""The README's install, started in the background when the session starts (a pytest plugin).
+
+test_cli.py's fresh-virtualenv test runs the README's first command, `<install> && .venv/bin/mesh
+up`, in a copy of the repository. The install (a virtualenv, then `pip install .`: index look-ups,
+downloads, a wheel build) waits on the network for minutes and uses a core for well under one, so
+it runs while the first test modules do, and the test waits for it, then runs `.venv/bin/mesh up`
+as the `&&` would have. It starts only when that test is selected, and is stopped at the end of the
+session whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+TEST = "test_cli.py::test_readme_first_command_runs_the_mesh_from_a_fresh_virtualenv"
+RUN = ".venv/bin/mesh up"
+
+
+def first_readme_command() -> str:
+    readme = (ROOT / "README.md").read_text()
+    command = readme.split("```sh\n", 1)[1].split("\n```", 1)[0].strip()
+    assert command.endswith(f" && {RUN}"), command
+    return command
+
+
+def clean_env() -> dict[str, str]:
+    """The environment of a user's shell: no virtualenv, no PYTHONPATH, no NATS_URL of ours."""
+    return {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH", "NATS_URL"}}
+
+
+@dataclass
+class FreshInstall:
+    """The install part of the README's first command, running in `checkout`."""
+
+    checkout: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, folder: Path) -> FreshInstall:
+        checkout = folder / "checkout"
+        files = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        for name in files.stdout.splitlines():
+            source = ROOT / name
+            if source.is_file():
+                (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, checkout / name)
+        install = first_readme_command().removesuffix(f" && {RUN}")
+        log_path = folder / "install.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                install,
+                shell=True,
+                cwd=checkout,
+                env=clean_env(),
+                start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return cls(checkout, log_path, process)
+
+    async def finished(self, timeout: float) -> None:  # noqa: ASYNC109 - the failure names what the install printed
+        """Return once the install succeeded; fail with its output if it failed or took longer than `timeout`."""
+        try:
+            code = await asyncio.to_thread(self.process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"the install took over {timeout} s:\n{self.output()}") from None
+        assert code == 0, f"the install exited with {code}:\n{self.output()}"
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+_folder: tempfile.TemporaryDirectory[str] | None = None
+_install: FreshInstall | None = None
+
+
+def started() -> FreshInstall:
+    """The session's install, started now if it was not yet."""
+    global _folder, _install
+    if _install is None:
+        _folder = tempfile.TemporaryDirectory(prefix="mesh-fresh-venv-")
+        _install = FreshInstall.start(Path(_folder.name))
+    return _install
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not session.config.option.collectonly and any(item.nodeid.endswith(TEST) for item in session.items):
+        started()
+
+
+def pytest_sessionfinish() -> None:
+    if _install is not None:
+        _install.stop()
+    if _folder is not None:
+        _folder.cleanup()
+
+
+@pytest.fixture
+def fresh_install() -> FreshInstall:
+    """The README's install in a copy of the repository (started with the session; maybe not finished)."""
+    return started()
