@@ -91,6 +91,25 @@ def test_only_runs_the_named_scenarios_and_prints_a_table() -> None:
     assert "turn " not in done.stdout
 
 
+def test_quick_with_two_workers_reports_every_process_and_the_forwarded_share() -> None:
+    done = run_mesh("bench", "--quick", "--json", "--only", "invoke,turn", "--workers", "2", timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["workers"] == 2
+    rows = {(r["scenario"], r["case"]): r for r in report["results"]}
+    assert set(rows) == {("invoke", "c=1"), ("invoke", "c=64"), ("turn", "200 instances c=64")}
+    for row in rows.values():
+        assert row["notes"]["workers"] == 2 and row["notes"]["workers_reporting"] == 2
+        for side in ("raw", "mesh"):
+            assert row[side]["errors"] == 0 and row[side]["ops"] > 0
+            assert row[side]["responder_cpu_us_per_op"] > 0  # summed over both processes of the side
+    assert rows[("invoke", "c=64")]["notes"]["forwarded_share"] == 0  # stateless: never forwarded
+    # The bench's MeshClient learned every instance's owner while creating them: no turn took two hops.
+    turn = rows[("turn", "200 instances c=64")]
+    assert turn["notes"]["forwarded_share"] <= 0.05 and "forwarded share <= 5 %" in turn["target"]
+    assert "starting 1 more mesh worker(s) and raw responder(s) (--workers 2)" in done.stderr
+
+
 def test_an_unknown_scenario_is_a_usage_error() -> None:
     done = run_mesh("bench", "--only", "invoke,nope", timeout=30)
     assert done.returncode == 2
