@@ -55,7 +55,9 @@ Scenarios (run in this order; --only picks some):
               delivery. raw: a careful nats-py consumer in another process: a work-queue stream,
               one durable pull consumer (explicit ack, max_ack_pending 1,024) fetched in batches
               of 256, each batch split by key, keys concurrently, each key's messages in order:
-              kv.get, kv.create or kv.update(last=revision), then ack.
+              kv.get, kv.create or kv.update(last=revision), then ack. --workers N: N workers
+              (they share the partitions) and N raw consumer processes on the one consumer (a
+              write that loses a race to another naks the key's rest: its order breaks).
   failover    two mesh worker processes of its own (agent type bench-fail, a persisted counter),
               one MeshClient caller per instance (48; --quick 16) adding 1 in a loop; each round
               (5; --quick 2) SIGKILLs the worker owning the most instances and then starts a
@@ -137,7 +139,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=int,
         default=1,
         metavar="N",
-        help="N mesh workers and N raw responders for invoke and turn (default 1)",
+        help="N mesh workers and N raw responders for invoke and turn (and durable: N raw consumers) (default 1)",
     )
     bench.add_argument("--json", action="store_true", help="print the report as JSON on stdout (progress stays on stderr)")
     bench.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
