@@ -112,12 +112,17 @@ async def test_reset_and_new_from_the_cli(counters, nats_server) -> None:
     assert (code, orjson.loads(out)) == (0, {"value": 7})
     code, out, _ = await mesh_cli(nats_server.url, "call", "counter/cli", "--method", "reset")
     assert (code, orjson.loads(out)) == (0, {"value": 0})
-    code, _, err = await mesh_cli(nats_server.url, "call", "counter/cli", "--method", "nope")
+    nope, new, no_type = await asyncio.gather(  # independent: at once (each process mostly imports)
+        mesh_cli(nats_server.url, "call", "counter/cli", "--method", "nope"),
+        mesh_cli(nats_server.url, "new", "counter"),
+        mesh_cli(nats_server.url, "new", "nosuchtype"),
+    )
+    code, _, err = nope
     assert code == 1 and "[method_not_found]" in err
-    code, out, _ = await mesh_cli(nats_server.url, "new", "counter")
+    code, out, _ = new
     name = out.strip()
     assert code == 0 and len(name) == 32
-    code, _, err = await mesh_cli(nats_server.url, "new", "nosuchtype")
+    code, _, err = no_type
     assert code == 1 and "no worker serves" in err
     async with await MeshClient.connect(bus.NatsOptions.from_url(nats_server.url)) as client:
         assert await client.call("counter", name, {"add": 1}) == {"value": 1}

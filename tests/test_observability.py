@@ -158,17 +158,25 @@ async def test_tail_links_a_request_across_two_agents_and_history_survives_a_res
         server = NatsServer(store, port=server.port)
         await server.start()
 
-        code, out, err = await run_mesh("history", "hop/a", url=server.url)
+        # Read-only commands, run at once (each process mostly imports).
+        a, b, never, bad_tail, bad_history = await asyncio.gather(
+            run_mesh("history", "hop/a", url=server.url),
+            run_mesh("history", "hop/b", "--json", url=server.url),
+            run_mesh("history", "hop/never", url=server.url),
+            run_mesh("tail", "Bad/x", url=server.url),
+            run_mesh("history", "hop", url=server.url),
+        )
+        code, out, err = a
         assert code == 0, err
         lines = out.splitlines()
         assert [line.split()[1:3] for line in lines] == [["hop/a", "turn"], ["hop/a", "call"], ["hop/a", "state"]]
         assert f"trace={trace}" in lines[0] and "-> hop/b ok" in lines[1] and "revision=" in lines[2]
-        code, out, _ = await run_mesh("history", "hop/b", "--json", url=server.url)
+        code, out, _ = b
         assert code == 0 and json.loads(out.splitlines()[0])["data"]["caller"] == "hop/a"
-        assert (await run_mesh("history", "hop/never", url=server.url))[0:2] == (1, "")
-        code, _, err = await run_mesh("tail", "Bad/x", url=server.url)
+        assert never[0:2] == (1, "")
+        code, _, err = bad_tail
         assert code == 1 and "[name_invalid]" in err
-        code, _, err = await run_mesh("history", "hop", url=server.url)
+        code, _, err = bad_history
         assert code == 1 and "[name_invalid]" in err
     finally:
         server.stop()

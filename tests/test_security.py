@@ -233,34 +233,36 @@ async def test_no_secret_appears_in_any_log_line(tmp_path, worker_factory) -> No
             "MESH_METRICS_PORT": "0",
         }
         worker = await worker_factory(server.url, "core_agents", env)
-        outputs = []
 
-        async def mesh(*args: str, **extra: str) -> None:
+        async def mesh(*args: str, **extra: str) -> str:
             result = await run_mesh(*args, env={**os.environ, "NATS_URL": server.url, **env, **extra})
-            outputs.append(result.stdout + result.stderr)
+            return result.stdout + result.stderr
 
-        await mesh("call", "counter/a", '{"add": 1}')
-        await mesh("call", "faulty/a", '{"action": "raise"}')
-        await mesh("state", "counter/a")
-        await mesh("history", "counter/a")
-        await mesh("call", "counter/a", "{}", MESH_NATS_PASSWORD="wrong-" + password)
-        await mesh("call", "counter/a", "{}", MESH_NATS_TOKEN=token, MESH_NATS_USER="", MESH_NATS_PASSWORD="")
-        await mesh(
-            "call",
-            "counter/a",
-            "{}",
-            NATS_URL=f"nats://meshuser:{password}@127.0.0.1:{server.port}",
-            MESH_NATS_USER="",
-            MESH_NATS_PASSWORD="",
+        first = await mesh("call", "counter/a", '{"add": 1}')
+        others = await asyncio.gather(  # independent of each other: at once (each process mostly imports)
+            mesh("call", "faulty/a", '{"action": "raise"}'),
+            mesh("state", "counter/a"),
+            mesh("history", "counter/a"),
+            mesh("call", "counter/a", "{}", MESH_NATS_PASSWORD="wrong-" + password),
+            mesh("call", "counter/a", "{}", MESH_NATS_TOKEN=token, MESH_NATS_USER="", MESH_NATS_PASSWORD=""),
+            mesh(
+                "call",
+                "counter/a",
+                "{}",
+                NATS_URL=f"nats://meshuser:{password}@127.0.0.1:{server.port}",
+                MESH_NATS_USER="",
+                MESH_NATS_PASSWORD="",
+            ),
+            mesh(
+                "call",
+                "counter/a",
+                "{}",
+                NATS_URL=f"nats://meshuser:{password}@127.0.0.1:1",
+                MESH_NATS_USER="",
+                MESH_NATS_PASSWORD="",
+            ),
         )
-        await mesh(
-            "call",
-            "counter/a",
-            "{}",
-            NATS_URL=f"nats://meshuser:{password}@127.0.0.1:1",
-            MESH_NATS_USER="",
-            MESH_NATS_PASSWORD="",
-        )
+        outputs = [first, *others]
         assert "[connection_failed]" in outputs[-1] and "***@127.0.0.1:1" in outputs[-1]
         assert await worker.terminate() == 0
         logs = worker.log_text()
