@@ -126,6 +126,35 @@ def test_kubernetes_manifests_parse_run_real_commands_and_have_health_checks() -
     assert values["config"]["jetstream"]["enabled"] is True
     users = {u["user"] for u in values["config"]["merge"]["authorization"]["users"]}
     assert users == set(re.findall(r"\{ user: ([\w-]+),", (DEPLOY / "nats" / "auth.conf").read_text()))
+    granted = auth_conf_permissions((DEPLOY / "nats" / "auth.conf").read_text())
+    for user in values["config"]["merge"]["authorization"]["users"]:
+        if "permissions" in user:  # the Helm values grant each user what auth.conf grants, no more, no less
+            perms = user["permissions"]
+            k8s = {
+                (direction, kind): set(perms.get(direction, {}).get(kind, []))
+                for direction in ("publish", "subscribe")
+                for kind in ("allow", "deny")
+            }
+            assert k8s == granted[user["user"]], user["user"]
+
+
+def auth_conf_permissions(text: str) -> dict[str, dict[tuple[str, str], set[str]]]:
+    """Each user's publish/subscribe allow/deny subjects in deploy/nats/auth.conf (its variables resolved)."""
+    text = "\n".join(line.split("#", 1)[0] if line.lstrip().startswith("#") else line for line in text.splitlines())
+    variables = dict(re.findall(r'^\s*(\w+) = "([^"]+)"', text, re.M))
+
+    def subjects(block: str) -> set[str]:
+        return {quoted or variables[name] for quoted, name in re.findall(r'"([^"]+)"|\$(\w+)', block)}
+
+    roles: dict[str, dict[tuple[str, str], set[str]]] = {}
+    for role, body in re.findall(r"^  (\w+) = \{\n(.*?)^  \}", text, re.M | re.S):
+        publish, _, subscribe = body.partition("subscribe:")
+        roles[role] = {
+            (direction, kind): subjects(m.group(1)) if (m := re.search(kind + r": \[(.*?)\]", section, re.S)) else set()
+            for direction, section in (("publish", publish), ("subscribe", subscribe))
+            for kind in ("allow", "deny")
+        }
+    return {user: roles[role] for user, role in re.findall(r"\{ user: ([\w-]+),.*permissions: \$(\w+)", text)}
 
 
 def readme_commands(path: Path) -> list[list[str]]:
