@@ -164,3 +164,39 @@ async def test_a_second_worker_gets_its_share_of_the_partitions_and_order_holds(
             await delivery.stop(grace=2)
             await runtime.stop(grace=2)
             await nc.close()
+
+
+async def test_messages_to_an_instance_another_worker_owns_go_there_in_order(nats_server, mesh_client) -> None:
+    """The puller does not own the instance: its messages come back from the mailbox unrun ("moved")
+    and go to the owner as requests, one at a time, in stored order."""
+    started: list[tuple[Any, Runtime]] = []
+
+    async def start_runtime() -> Runtime:
+        nc = await connect(NatsOptions.from_url(nats_server.url))
+        runtime = Runtime(nc, [Flaky])
+        await runtime.start()
+        started.append((nc, runtime))
+        return runtime
+
+    owner = await start_runtime()
+    assert await mesh_client.call("flaky", "elsewhere", {"n": -1}) is None  # claimed by the only worker
+    puller = await start_runtime()
+    delivery = DurableDelivery(puller, DurableOptions(fetch_wait=0.2))
+    await delivery.start()  # the only one pulling
+    try:
+        for n in range(30):
+            await mesh_client.send_durable("flaky", "elsewhere", {"n": n})
+
+        async def all_in_order() -> list[int]:
+            state = await mesh_client.state("flaky", "elsewhere")
+            assert state is not None and len(state["seen"]) == 31, state
+            return list(state["seen"])
+
+        assert await eventually(all_in_order, timeout=20) == [-1, *range(30)]
+        assert delivery.stats.delivered == 30
+        assert owner.stats["flaky"].turns == 31 and puller.stats["flaky"].turns == 0  # every turn ran on the owner
+    finally:
+        await delivery.stop(grace=2)
+        for nc, runtime in reversed(started):
+            await runtime.stop(grace=2)
+            await nc.close()
