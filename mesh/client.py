@@ -19,7 +19,8 @@ owner's worker subject, saving the queue group's worker a forward and a relay. W
 finds nobody there (`no_responders`: the owner is gone) or is refused (`unavailable`: the instance
 moved, or the worker is stopping; it did not run), the client forgets the owner and sends the
 request again at once to the type subject; every later attempt goes there too, so a hung owner is
-routed around like before (the worker that forwards to it checks its lease).
+routed around like before (the worker that forwards to it checks its lease). A connection whose
+user may not publish to worker subjects (the server refused one) stops addressing owners.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from mesh._nats import (
     publish,
     subscribe,
     unsubscribe,
+    worker_subjects_denied,
 )
 from mesh._nats.inbox import Exchanged, inbox_of, no_responders
 from mesh.context import current_turn
@@ -145,6 +147,9 @@ class MeshClient:
         headers = {**(headers or {}), **context}
         headers[subjects.HEADER_REQUEST_ID] = new_request_id() if request_id is None else check_request_id(request_id)
         direct = self._owners.get(subject)
+        if direct is not None and worker_subjects_denied(self.nc):  # this user may not address workers
+            self._owners.clear()
+            self.owner_cache, direct = 0, None
         attempts = _Attempts(self, subject, direct)
         self._in_flight += 1
         try:

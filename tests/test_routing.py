@@ -1,12 +1,15 @@
 """One hop to the owner: replies name the owner, `MeshClient` addresses it, and a non-owner never runs
 a request sent to it (subjects.md, "One hop to the owner"). Two in-process workers on one server."""
 
+import time
+
 import nats
 import orjson
 from core_agents import AGENTS
 
 from mesh import MeshClient, Runtime, RuntimeOptions, instance_key, subjects
-from mesh.bus import NatsOptions, connect
+from mesh._nats import worker_subjects_denied
+from mesh.bus import NatsOptions, NatsServer, connect
 from mesh.runtime import MOVED
 from mesh.testing import eventually
 
@@ -154,3 +157,32 @@ async def test_an_instance_evicted_and_claimed_elsewhere_is_still_reached_and_it
     finally:
         await raw.close()
         await client.close()
+
+
+async def test_a_caller_that_may_not_publish_to_worker_subjects_goes_back_to_the_type_subject(tmp_path) -> None:
+    config = tmp_path / "auth.conf"
+    config.write_text(
+        "authorization { users = [\n"
+        "  { user: worker, password: w }\n"
+        '  { user: caller, password: c, permissions: { publish: { allow: ["agents.>", "$JS.API.>"] },'
+        ' subscribe: { allow: ["_INBOX.>"] } } }\n'
+        "] }\n"
+    )
+    async with NatsServer(tmp_path / "store", config_file=config) as server:
+        worker_nc = await connect(NatsOptions.from_url(server.url, user="worker", password="w"))
+        runtime = Runtime(worker_nc, AGENTS)
+        await runtime.start()
+        client = MeshClient(await connect(NatsOptions.from_url(server.url, user="caller", password="c")), default_timeout=10)
+        try:
+            for value in (1, 2):  # the first reply names the owner; the second call's direct attempt is refused
+                assert await client.call("counter", "locked", {"add": 1}) == {"value": value}
+            await eventually(lambda: worker_subjects_denied(client.nc), timeout=5)
+            started = time.monotonic()
+            for value in (3, 4, 5):
+                assert await client.call("counter", "locked", {"add": 1}) == {"value": value}
+            assert time.monotonic() - started < 0.45  # none waited for a resend
+            assert client.owner_of("counter", "locked") is None
+        finally:
+            await client.close()
+            await runtime.stop(grace=2)
+            await worker_nc.close()

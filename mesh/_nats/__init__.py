@@ -21,6 +21,7 @@ from mesh._nats.connection import (
     subscribe,
     unsubscribe,
     watch_connection,
+    worker_subjects_denied,
 )
 from mesh._nats.errors import map_error, map_errors
 from mesh._nats.healing import Healer, healer_of
@@ -113,4 +114,5 @@ __all__ = [
     "subscribe",
     "unsubscribe",
     "watch_connection",
+    "worker_subjects_denied",
 ]

@@ -98,11 +98,12 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Connection
     if options.tls_hostname:
         kwargs["tls_hostname"] = options.tls_hostname
 
-    async def _quiet(_: Exception) -> None:
-        return None
+    events = ConnectionEvents()
+
+    async def _quiet(exc: Exception) -> None:
+        events.error(exc)
 
     kwargs["error_cb"] = _quiet
-    events = ConnectionEvents()
     kwargs["disconnected_cb"] = events.disconnected
     kwargs["reconnected_cb"] = events.reconnected
     kwargs["closed_cb"] = events.closed
@@ -134,6 +135,15 @@ class ConnectionEvents:
 
     def __init__(self) -> None:
         self.listeners: dict[str, list[Listener]] = {"disconnected": [], "reconnected": [], "closed": []}
+        self.worker_subjects_denied = False  # the server refused a publish to `_mesh.w.>`
+
+    def error(self, exc: Exception) -> None:
+        """An asynchronous error from the server (the rest are ignored, as before): a refused
+        publish to a worker subject means this user may only call agents through their type subject."""
+        text = str(exc)
+        if '"_mesh.w.' in text and "permissions violation for publish" in text.lower() and not self.worker_subjects_denied:
+            self.worker_subjects_denied = True
+            log.warning("connection.worker_subjects_denied", error=text[:300])
 
     async def disconnected(self) -> None:
         self._call("disconnected")
@@ -160,6 +170,12 @@ mapping's value would keep its key alive, since listeners end up referring to th
 def _events_of(nc: Connection) -> ConnectionEvents | None:
     events = getattr(nc, _EVENTS, None)
     return events if isinstance(events, ConnectionEvents) else None
+
+
+def worker_subjects_denied(nc: Connection) -> bool:
+    """True once the server refused this connection a publish to a worker subject (`_mesh.w.>`)."""
+    events = getattr(nc, _EVENTS, None)
+    return events is not None and events.worker_subjects_denied
 
 
 def watch_connection(
