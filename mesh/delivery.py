@@ -163,7 +163,9 @@ class DurableDelivery:
     async def start(self) -> None:
         await ensure_streams(self._js, self.options.replicas)
         ack_wait = int(self.options.ack_wait * 1e9)
-        self._pin_timeout = pin_timeout = max(self.options.ack_wait, 2 * self.options.fetch_wait + 1.0)
+        # A dead puller's partitions move after this; waiting longer than its messages' ack_wait
+        # gains nothing (the next puller waits for them anyway, `_settle`), so at most 5 s.
+        self._pin_timeout = pin_timeout = max(2 * self.options.fetch_wait + 1.0, min(self.options.ack_wait, 5.0))
         for agent_type in self.runtime.agents:
             for partition in self.options.partitions:
                 name = consumer_name(agent_type, partition)
