@@ -249,14 +249,20 @@ class Triage(LLMAgent):
 
     def build_agent(self) -> agents.Agent[Any]:
         servers = self.mcp_servers
-        return triage_agents(model_for, servers) if servers else shared_triage_agents()
+        return triage_agents(model_for, servers) if servers else shared_triage_agents(hash(self.name) % SHARED_SETS)
+
+
+SHARED_SETS = 8
 
 
 @functools.cache
-def shared_triage_agents() -> agents.Agent[Any]:
-    """The triage agents of every instance without MCP servers: they differ in nothing, and
-    building three SDK agents costs ~1.5 ms of CPU, once per activation if each had its own.
-    (The SDK supports one agent in concurrent runs as long as its tools list is left alone.)"""
+def shared_triage_agents(index: int) -> agents.Agent[Any]:
+    """The triage agents of instances without MCP servers, one of `SHARED_SETS` sets per process:
+    those instances differ in nothing, and building three SDK agents costs ~1.5 ms of CPU, once per
+    activation if each had its own. Several sets rather than one, because the SDK keeps, per agent,
+    a list of the runs using it and scans it at every turn (one agent in 32 concurrent runs cost
+    ~4 % of a worker's CPU). The SDK supports an agent in concurrent runs as long as its tools
+    list is left alone."""
     return triage_agents(model_for)
 
 
