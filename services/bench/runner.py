@@ -123,7 +123,7 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
                     bench = Bench(
                         url=url,
                         nc=nc,
-                        client=MeshClient(nc),
+                        client=MeshClient(nc, owner_cache=1 << 18),  # every instance of a scaled-up turn run
                         model=model,
                         sizes=sizes,
                         progress=progress,
