@@ -14,7 +14,8 @@ more than once when the caller retries (keep them idempotent).
 
 One hop to the owner: the owner of a stateful instance names itself in a reply (`Mesh-Owner`)
 when the request did not come straight to it, and the client remembers it per instance (at most
-`OWNER_CACHE` of them, the oldest forgotten first) and sends the next call's first attempt to the
+`OWNER_CACHE` of them, the oldest forgotten first: a client cycling through more instances than
+that should pass a larger `owner_cache`) and sends the next call's first attempt to the
 owner's worker subject, saving the queue group's worker a forward and a relay. When that attempt
 finds nobody there (`no_responders`: the owner is gone) or is refused (`unavailable`: the instance
 moved, or the worker is stopping; it did not run), the client forgets the owner and sends the
