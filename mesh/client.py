@@ -1,7 +1,7 @@
 """Calling agents from anywhere: scripts, tests, services, and other agents' turns.
 
 Every call has a request id (`Mesh-Request-Id`: the caller's, or a random one), and the client
-retries it with the same id until its deadline: when no reply came within an attempt time (0.5 s,
+retries it with the same id until its deadline: when no reply came within an attempt time (0.25 s,
 doubling up to 2 s; the earlier attempts still count, the first reply wins), and when a reply says
 the request did not run (`unavailable`; `no_responders` for up to a second, as while a worker
 restarts) or that its outcome is unknown (`outcome_unknown`). The owner of an instance runs a
@@ -60,7 +60,8 @@ if TYPE_CHECKING:
     from mesh.schedules import ScheduleInfo
 
 DEFAULT_TIMEOUT = subjects.DEFAULT_TIMEOUT_MS / 1000
-RESEND = (0.5, 2.0)  # seconds without a reply before the first resend, and the cap as it doubles
+RESEND = (0.25, 2.0)  # seconds without a reply before the first resend, and the cap as it doubles
+# (short, since a call in flight to a worker that died is only resent then: most of a failover's time)
 NO_RESPONDERS_FOR = 1.0  # seconds "nobody serves this type" is retried before it is the answer
 _BACKOFF = (0.05, 1.0)  # seconds before a resend after a retryable error, doubling, and its cap
 HEDGE_SHARE = 0.1  # at most this share of a client's calls in flight resend while unanswered...
