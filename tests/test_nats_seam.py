@@ -21,7 +21,8 @@ from nats.js.api import KeyValueConfig, StreamConfig
 from mesh import bus
 from mesh._nats import selfcheck
 from mesh._nats.errors import map_error
-from mesh._nats.inbox import _Handoff, inbox_of
+from mesh._nats.inbox import inbox_of
+from mesh._nats.inline import _Inline
 from mesh.errors import (
     ConnectionFailed,
     MeshError,
@@ -152,7 +153,7 @@ async def test_a_missing_subscription_attribute_disables_the_handoff_with_one_wa
         for conn in conns:  # two connections, two reply subscriptions: still one warning
             replies = await asyncio.gather(*(bus.request(conn, "svc.echo", b"%d" % i, timeout=5) for i in range(20)))
             assert [r.data for r in replies] == [b"%d!" % i for i in range(20)]
-            assert not isinstance(inbox_of(conn).subscription._pending_queue, _Handoff)  # type: ignore[union-attr]
+            assert not isinstance(inbox_of(conn).subscription._pending_queue, _Inline)  # type: ignore[union-attr]
         (warning,) = fresh_selfcheck.events
         assert warning["event"] == "nats.shortcut_disabled" and warning["shortcut"] == "handoff"
         assert "_pending_queue_renamed (missing)" in warning["unexpected"]
@@ -174,7 +175,7 @@ async def test_a_missing_connection_attribute_sends_through_nats_py_publish_with
         assert not bus.publish_now(conns[1], "svc.echo", b"x")  # nothing queued: the caller awaits publish
         replies = await asyncio.gather(*(bus.request(conns[1], "svc.echo", b"%d" % i, timeout=5) for i in range(20)))
         assert [r.data for r in replies] == [b"%d!" % i for i in range(20)]
-        assert isinstance(inbox_of(conns[1]).subscription._pending_queue, _Handoff)  # type: ignore[union-attr]
+        assert isinstance(inbox_of(conns[1]).subscription._pending_queue, _Inline)  # type: ignore[union-attr]
     finally:
         for conn in conns:
             await conn.close()
@@ -185,7 +186,7 @@ async def test_the_handoff_resolves_replies_in_the_read_loop_and_leaves_nothing_
     replies = await asyncio.gather(*(bus.request(nc, "svc.echo", b"%d" % i, timeout=5) for i in range(50)))
     assert len(replies) == 50
     sub = inbox_of(nc).subscription
-    assert sub is not None and isinstance(sub._pending_queue, _Handoff)
+    assert sub is not None and isinstance(sub._pending_queue, _Inline)
     assert (sub.delivered, sub.pending_msgs, sub.pending_bytes) == (50, 0, 0)
 
 

@@ -29,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mesh._nats import selfcheck
 from mesh._nats.connection import Connection, Message, Subscription
 from mesh._nats.errors import map_errors
+from mesh._nats.inline import serve_inline
 from mesh._nats.outbox import publish, publish_now
 from mesh.errors import ConnectionFailed, MeshError, MeshTimeout, NoResponders
 
@@ -239,8 +239,7 @@ class ReplyInbox:
                 prefix = self.nc.new_inbox() + "."
                 with map_errors("subscribe to the reply inbox"):
                     sub = await self.nc.subscribe(prefix + "*", cb=self._on_reply)
-                if selfcheck.check_subscription(sub):
-                    sub._pending_queue = _Handoff(self, sub)
+                serve_inline(sub, self._resolve)  # replies resolved from the read loop, no task hop
                 self._prefix = prefix
                 self._sub = weakref.ref(sub)
 
@@ -252,38 +251,6 @@ class ReplyInbox:
         waiting = self._waiting.pop(msg.subject[len(self._prefix) :], None)
         if waiting is not None and not waiting[0].done():
             waiting[0].set_result(msg)
-
-
-class _Handoff(asyncio.Queue[Message]):
-    """Stands in for the reply subscription's message queue in nats-py.
-
-    nats-py's read loop puts each message into a subscription's queue (`put_nowait`), and a task
-    of the subscription (`_wait_for_msgs`) takes it out (`get`) and awaits the callback: one more
-    trip around the event loop per reply, on every request. A reply only has to wake the request
-    waiting for it, so this queue does that inside `put_nowait`, from the read loop, and stays
-    empty. The subscription's task then waits in `get` for a message that never comes, until
-    nats-py cancels it (unsubscribe, drain or close), which ends it cleanly. A subclass of
-    `asyncio.Queue`, so any other queue method nats-py calls works on an empty queue.
-    """
-
-    def __init__(self, inbox: ReplyInbox, sub: Subscription) -> None:
-        super().__init__()
-        self._inbox = inbox
-        self._sub = sub
-
-    def put_nowait(self, msg: Message) -> None:
-        self._sub._pending_size -= len(msg.data)  # nats-py counted it in; nothing stays pending
-        self._inbox._resolve(msg)
-
-    async def get(self) -> Message:
-        never: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        return await never  # never set: only cancellation (unsubscribe, drain, close) ends the wait
-
-    def task_done(self) -> None:
-        return None
-
-    async def join(self) -> None:
-        return None
 
 
 class _Exchange:

@@ -4,11 +4,11 @@ nats-py puts each message into its subscription's queue, and the subscription's 
 out and awaits the callback: a queue hand-over, a task wake-up and a new coroutine per message. A
 worker's agent endpoints only route a message (`Runtime._dispatch` is synchronous, never raises,
 and starts the turn itself), so `serve_inline` swaps the queue for one that calls the function
-inside `put_nowait`, as the reply inbox does with replies (`inbox._Handoff`), and stays empty.
+inside `put_nowait`, and stays empty. The reply inbox resolves its replies this way too.
 
 Draining is unchanged: nats-py unsubscribes, waits for the server's round trip (every message sent
-before it is handed over on arrival) and then finds the queue empty. The swap needs the same nats-py
-internals as the inbox's handoff (`selfcheck.check_subscription`); without them the subscription
+before it is handed over on arrival) and then finds the queue empty. The swap needs nats-py
+internals (checked by `selfcheck.check_subscription`); without them the subscription
 keeps its callback.
 """
 
