@@ -74,8 +74,10 @@ async def test_an_approval_survives_killing_every_process_and_mesh_approve_resum
             assert await client.state("counter", "t1") == {"value": 5}  # the tool ran exactly once
             state = await client.state("clerk", "desk")
 
-            again = await asyncio.to_thread(mesh_cli, server.url, "approve", "clerk/desk", approval["id"])
-            unknown = await asyncio.to_thread(mesh_cli, server.url, "reject", "clerk/desk", "ap_nope")
+            again, unknown = await asyncio.gather(  # independent: at once (each process mostly imports)
+                asyncio.to_thread(mesh_cli, server.url, "approve", "clerk/desk", approval["id"]),
+                asyncio.to_thread(mesh_cli, server.url, "reject", "clerk/desk", "ap_nope"),
+            )
         for worker in workers:
             await worker.terminate()
     finally:
