@@ -192,8 +192,11 @@ class Activation:
         envelope.attached = None
 
     def _untrack(self, envelope: Envelope) -> None:
-        if self.inflight is not None and self.inflight.get(envelope.request_id or "") is envelope:
-            del self.inflight[envelope.request_id or ""]
+        inflight = self.inflight
+        if inflight is not None and inflight.get(envelope.request_id or "") is envelope:
+            del inflight[envelope.request_id or ""]
+            if not inflight:
+                self.inflight = None  # an emptied dict keeps its table: most instances sit idle
 
     def _send_away(self, envelope: Envelope) -> None:
         """Forward a queued request (and the retries attached to it) to the owner, which tracks them;
