@@ -234,9 +234,12 @@ async def test_a_closed_connection_and_its_reply_inbox_are_freed(nats_server: bu
     gone = weakref.ref(conn)
     await conn.close()
     del conn, bucket
-    await asyncio.sleep(0)  # let the cancelled subscription tasks finish
-    gc.collect()
-    assert gone() is None
+
+    def freed() -> bool:
+        gc.collect()  # the connection's reference cycles (its subscriptions, their tasks) go with it
+        return gone() is None
+
+    await eventually(freed, timeout=5)
 
 
 # -- error mapping, produced for real -----------------------------------------------------------
