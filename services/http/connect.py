@@ -142,14 +142,7 @@ class Link:
         if self.control is not None:
             self.control(frame, payload)
             return
-        if self.closing is not None:
-            return
-        self._queued += len(payload)
-        if self._queued > self.hub.send_queue_bytes:
-            self.overflow()
-            return
-        self._frames.append((frame, payload))
-        self._wake.set()
+        self.write(frame, payload)
 
     def close(self, code: int, reason: str = "") -> None:
         """Close after the frames already queued (the instance's frames keep their order)."""
@@ -191,7 +184,8 @@ class Link:
                 return  # the client is gone: the reader sees its disconnect
 
     def write(self, frame: str, payload: bytes) -> None:
-        """Queue a frame of the bridge's own (a phone call's audio) for the client, under the same bound."""
+        """Queue a frame for the client (the instance's, or the bridge's own: a phone call's audio),
+        within the connection's send bound."""
         if self.closing is not None:
             return
         self._queued += len(payload)
@@ -298,6 +292,19 @@ def close_code(err: MeshError) -> int:
     return 4000 + status
 
 
+async def instance_addressed(ws: WebSocket) -> tuple[str, str] | None:
+    """The `(type, name)` of a live route's path, or None once the handshake was refused with the
+    problem (a type or name that cannot be addressed)."""
+    try:
+        agent_type = subjects.check_type(ws.path_params["type"])
+        name = ws.path_params["name"]
+        subjects.encode_name(name)
+    except MeshError as err:
+        await ws.send_denial_response(problem(err, ws.url.path))
+        return None
+    return agent_type, name
+
+
 async def connect(ws: WebSocket) -> None:
     """`GET /agents/{type}/{name}/connect`: a WebSocket held for the instance (module doc).
 
@@ -305,13 +312,10 @@ async def connect(ws: WebSocket) -> None:
     the instance. A refused connect is an HTTP answer instead (a problem document: 404 for a type
     that takes no connections, or `on_connect`'s error).
     """
-    try:
-        agent_type = subjects.check_type(ws.path_params["type"])
-        name = ws.path_params["name"]
-        subjects.encode_name(name)
-    except MeshError as err:
-        await ws.send_denial_response(problem(err, ws.url.path))
+    addressed = await instance_addressed(ws)
+    if addressed is None:
         return
+    agent_type, name = addressed
     hub = await hub_of(ws.app)
     if hub.fenced():
         await ws.send_denial_response(problem(Unavailable("this bridge is not serving connections now"), ws.url.path))

@@ -40,11 +40,10 @@ import structlog
 from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
-from mesh import subjects
 from mesh.connections import FRAME_TEXT, MEDIA_STREAM, MESSAGE
 from mesh.errors import MeshError, Unavailable
 from mesh.voice import import_sdk
-from services.http.connect import Closing, Link, close_code, close_socket, connect_info, hub_of, serve_link
+from services.http.connect import Closing, Link, close_code, close_socket, connect_info, hub_of, instance_addressed, serve_link
 from services.http.errors import Forbidden
 from services.http.problems import problem
 from services.http.twilio import public_url, signed
@@ -428,13 +427,10 @@ async def offline_stub(app: ASGIApp) -> str:
 
 async def media_stream(ws: WebSocket) -> None:
     """`WebSocket /agents/{type}/{name}/media-stream`: one phone call (module doc)."""
-    try:
-        agent_type = subjects.check_type(ws.path_params["type"])
-        name = ws.path_params["name"]
-        subjects.encode_name(name)
-    except MeshError as err:
-        await ws.send_denial_response(problem(err, ws.url.path))
+    addressed = await instance_addressed(ws)
+    if addressed is None:
         return
+    agent_type, name = addressed
     config: BridgeConfig = ws.app.state.bridge.config
     url = public_url(config, ws.url.scheme, ws.headers, ws.url.path, ws.url.query)
     if not signed(config, ws.headers, url):
