@@ -6,7 +6,8 @@ downloads, a wheel build) waits on the network for minutes and needs under a min
 runs while the other tests do, at the lowest CPU priority (it takes only what they leave idle and
 cannot slow a timing-sensitive test), and that test runs last: it waits for the install, then runs
 `.venv/bin/mesh up` as the `&&` would have. The install starts only when that test is selected, and
-is stopped at the end of the session whatever happened.
+is stopped at the end of the session whatever happened. Under pytest-xdist the controller starts
+and stops it (once, not once per worker), and the worker that runs the test waits for it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +43,18 @@ def clean_env() -> dict[str, str]:
 
 @dataclass
 class FreshInstall:
-    """The install part of the README's first command, running in `checkout`."""
+    """The install part of the README's first command, running in `folder`/checkout.
 
-    checkout: Path
-    log_path: Path
-    process: subprocess.Popen[bytes]
+    It writes its exit status to `folder`/exit_status when it ends, so a process that did not
+    start it (an xdist worker; the controller started it) can wait for it too.
+    """
+
+    folder: Path
+    process: subprocess.Popen[bytes] | None  # None where another process started it
+
+    @property
+    def checkout(self) -> Path:
+        return self.folder / "checkout"
 
     @classmethod
     def start(cls, folder: Path) -> FreshInstall:
@@ -59,34 +68,39 @@ class FreshInstall:
                 (checkout / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, checkout / name)
         install = first_readme_command().removesuffix(f" && {RUN}")
-        log_path = folder / "install.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                install,
-                shell=True,
-                cwd=checkout,
-                env=clean_env(),
-                start_new_session=True,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=lambda: os.nice(19),
-            )
-        return cls(checkout, log_path, process)
+        status = folder / "exit_status"
+        process = subprocess.Popen(
+            f"( {install} ) >{folder / 'install.log'} 2>&1; echo $? >{status}.part; mv {status}.part {status}",
+            shell=True,
+            cwd=checkout,
+            env=clean_env(),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: os.nice(19),
+        )
+        return cls(folder, process)
 
     async def finished(self, timeout: float) -> None:  # noqa: ASYNC109 - the failure names what the install printed
         """Return once the install succeeded; fail with its output if it failed or took longer than `timeout`."""
-        try:
-            code = await asyncio.to_thread(self.process.wait, timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            raise AssertionError(f"the install took over {timeout} s:\n{self.output()}") from None
-        assert code == 0, f"the install exited with {code}:\n{self.output()}"
+        status = self.folder / "exit_status"
+        deadline = time.monotonic() + timeout
+        while not status.exists():
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"the install took over {timeout} s:\n{self.output()}")
+            await asyncio.sleep(0.5)  # written by another process: nothing to wait on but the file
+        code = status.read_text().strip()
+        assert code == "0", f"the install exited with {code}:\n{self.output()}"
 
     def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
+        log = self.folder / "install.log"
+        return log.read_text(errors="replace")[-3000:] if log.exists() else "(no output yet)"
 
     def stop(self) -> None:
+        if self.process is None:
+            return
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
@@ -94,15 +108,36 @@ class FreshInstall:
 
 _folder: tempfile.TemporaryDirectory[str] | None = None
 _install: FreshInstall | None = None
+SHARED_FOLDER_ENV = "MESH_TEST_FRESH_INSTALL"
+"""Under pytest-xdist the controller starts the one install, in the folder this names to its workers."""
 
 
 def started() -> FreshInstall:
-    """The session's install, started now if it was not yet."""
+    """The session's install, started now if it was not yet (in an xdist worker: the controller's)."""
     global _folder, _install
     if _install is None:
-        _folder = tempfile.TemporaryDirectory(prefix="mesh-fresh-venv-")
-        _install = FreshInstall.start(Path(_folder.name))
+        if SHARED_FOLDER_ENV in os.environ:
+            _install = FreshInstall(Path(os.environ[SHARED_FOLDER_ENV]), None)
+        else:
+            _folder = tempfile.TemporaryDirectory(prefix="mesh-fresh-venv-")
+            _install = FreshInstall.start(Path(_folder.name))
     return _install
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """An xdist controller names the install's folder before it starts its workers (they inherit it)."""
+    global _folder
+    if config.pluginmanager.hasplugin("dsession"):
+        _folder = tempfile.TemporaryDirectory(prefix="mesh-fresh-venv-")
+        os.environ[SHARED_FOLDER_ENV] = _folder.name
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
+    """In the controller: start the install once a worker's collection shows the test is selected."""
+    global _install
+    if _install is None and _folder is not None and any(nodeid.endswith(TEST) for nodeid in ids):
+        _install = FreshInstall.start(Path(_folder.name))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -111,7 +146,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if not session.config.option.collectonly and any(item.nodeid.endswith(TEST) for item in session.items):
+    selected = any(item.nodeid.endswith(TEST) for item in session.items)
+    if selected and not session.config.option.collectonly and SHARED_FOLDER_ENV not in os.environ:
         started()
 
 
