@@ -127,7 +127,8 @@ def started() -> FreshInstall:
 def pytest_configure(config: pytest.Config) -> None:
     """An xdist controller names the install's folder before it starts its workers (they inherit it)."""
     global _folder
-    if config.pluginmanager.hasplugin("dsession"):
+    distributing = bool(getattr(config.option, "numprocesses", 0)) and not hasattr(config, "workerinput")
+    if distributing and not config.option.collectonly:
         _folder = tempfile.TemporaryDirectory(prefix="mesh-fresh-venv-")
         os.environ[SHARED_FOLDER_ENV] = _folder.name
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -15,17 +14,12 @@ from pathlib import Path
 
 import httpx
 
+from mesh.bus import free_port
 from mesh.testing import eventually
 
 ROOT = Path(__file__).parent.parent
 MESH = (sys.executable, "-m", "services.cli")
 OFFLINE = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "MESH_MODEL": ""}  # the demo's offline model
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def run_mesh(*args: str, env: dict[str, str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:

@@ -96,7 +96,7 @@ async def test_permissions_example_allows_each_role_its_work_and_refuses_the_res
         stolen = await admin.nc.subscribe("agents.counter.*")
         await admin.nc.flush()
         assert not await mail.refused(lambda: mail.nc.publish("mesh_mail.in", b"raw mail"))
-        assert (await received.next_msg(timeout=2)).data == b"raw mail"
+        assert (await received.next_msg(timeout=10)).data == b"raw mail"  # allowed: delivered, even on a loaded machine
         assert await mail.refused(lambda: mail.nc.publish("agents.counter.a", b'{"add": 1}'))
         assert await mail.refused(lambda: mail.nc.subscribe("events.>"))
         with pytest.raises(nats.errors.TimeoutError):

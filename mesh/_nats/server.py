@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import socket
@@ -39,7 +40,28 @@ def find_binary() -> str:
     return found
 
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, for a server about to start on it.
+
+    Picked at random below the kernel's ephemeral range: a port that `bind(0)` handed out is back in
+    that range once checked, and an outgoing connection of any process may take it before the server
+    binds it (seen with tests starting servers in parallel). Falls back to `bind(0)`.
+    """
+    try:
+        low = int(EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # not Linux: macOS and Windows start theirs at 49152
+        low = 49152
+    for _ in range(100):
+        port = random.randrange(10_000, max(low, 10_001))
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
