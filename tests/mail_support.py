@@ -19,8 +19,9 @@ from pydantic import BaseModel
 from mesh import Agent, bus
 from mesh.bus import NatsServer, free_port
 from mesh.mail import InboundEmail
-from services.mail import MailConfig, MailService
+from services.mail.config import MailConfig
 from services.mail.routing import Resolver
+from services.mail.service import MailService
 
 
 class NotesState(BaseModel):

@@ -5,7 +5,3 @@ job through the mesh (`mesh worker --app services.bench.agents`, its own process
 in the bench process, and reports ops/s, p50/p99 latency and the ratio mesh/raw. See
 `mesh bench --help` for how to read the figures.
 """
-
-from services.bench.runner import BenchOptions, run_bench
-
-__all__ = ["BenchOptions", "run_bench"]

@@ -8,10 +8,6 @@ from pathlib import Path
 
 import orjson
 
-from services.bench.profile import find_py_spy
-from services.bench.runner import BenchOptions, render_table, run_bench
-from services.bench.scenarios import SCENARIOS
-
 HELP = """\
 Measure the mesh against raw nats-py, scenario by scenario, in one run on one nats-server.
 
@@ -122,7 +118,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--nats-url", help="use this server instead of starting an embedded one (env NATS_URL is ignored)")
     bench.add_argument("--quick", action="store_true", help="small counts: a smoke test in well under a minute")
     bench.add_argument(
-        "--only", action="append", default=[], metavar="SCENARIO[,...]", help=f"run only these scenarios ({', '.join(SCENARIOS)})"
+        "--only", action="append", default=[], metavar="SCENARIO[,...]", help="run only these scenarios (listed above)"
     )
     bench.add_argument(
         "--scale",
@@ -153,6 +149,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:
+    # Imported here, not with the parser: every `mesh` command builds the parser.
+    from services.bench.profile import find_py_spy
+    from services.bench.runner import BenchOptions, render_table, run_bench
+
     try:
         options = BenchOptions(
             nats_url=args.nats_url,

@@ -12,7 +12,6 @@ import orjson
 from mesh import bus, deadletters, subjects, timeline
 from mesh.client import MeshClient
 from mesh.errors import BadJson
-from services.bench.cli import cmd_bench as run_bench
 from services.settings import MeshSettings
 
 
@@ -241,4 +240,6 @@ def _login() -> str:
 
 
 async def cmd_bench(args: argparse.Namespace, settings: MeshSettings) -> int:
+    from services.bench.cli import cmd_bench as run_bench  # the bench's modules load only for `mesh bench`
+
     return await run_bench(args)

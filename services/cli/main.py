@@ -11,40 +11,41 @@ import asyncio
 import atexit
 import contextlib
 import gc
+import importlib
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from mesh.errors import MeshError
-from services import mcp_stdio
-from services.cli import commands, serve
 from services.cli.parser import build_parser
 from services.settings import MeshSettings
 
 Command = Callable[[argparse.Namespace, MeshSettings], Coroutine[Any, Any, int]]
 
-COMMANDS: dict[str, Command] = {
-    "up": serve.cmd_up,
-    "worker": serve.cmd_worker,
-    "http": serve.cmd_http,
-    "smtp": serve.cmd_smtp,
-    "call": commands.cmd_call,
-    "new": commands.cmd_new,
-    "mcp": mcp_stdio.cmd_mcp,
-    "state": commands.cmd_state,
-    "ls": commands.cmd_ls,
-    "send": commands.cmd_send,
-    "schedule": commands.cmd_schedule,
-    "dead-letters": commands.cmd_dead_letters,
-    "approvals": commands.cmd_approvals,
-    "approve": commands.cmd_decide,
-    "reject": commands.cmd_decide,
-    "clear-memory": commands.cmd_clear_memory,
-    "tail": commands.cmd_tail,
-    "history": commands.cmd_history,
-    "bench": commands.cmd_bench,
+COMMANDS: dict[str, str] = {
+    "up": "services.cli.serve:cmd_up",
+    "worker": "services.cli.serve:cmd_worker",
+    "http": "services.cli.serve:cmd_http",
+    "smtp": "services.cli.serve:cmd_smtp",
+    "call": "services.cli.commands:cmd_call",
+    "new": "services.cli.commands:cmd_new",
+    "mcp": "services.mcp_stdio:cmd_mcp",
+    "state": "services.cli.commands:cmd_state",
+    "ls": "services.cli.commands:cmd_ls",
+    "send": "services.cli.commands:cmd_send",
+    "schedule": "services.cli.commands:cmd_schedule",
+    "dead-letters": "services.cli.commands:cmd_dead_letters",
+    "approvals": "services.cli.commands:cmd_approvals",
+    "approve": "services.cli.commands:cmd_decide",
+    "reject": "services.cli.commands:cmd_decide",
+    "clear-memory": "services.cli.commands:cmd_clear_memory",
+    "tail": "services.cli.commands:cmd_tail",
+    "history": "services.cli.commands:cmd_history",
+    "bench": "services.cli.commands:cmd_bench",
 }
+"""Each subcommand's coroutine function, imported only when it runs: `mesh call` need not load the
+HTTP bridge, the mail service or the bench (a few hundred milliseconds of start-up)."""
 
 _SETTINGS_FLAGS = {"nats_url", "nats_port", "store", "app", "log_format", "log_level", "metrics_port"}
 _PROCESSES = {"up", "worker", "http", "smtp", "mcp"}
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in _SETTINGS_FLAGS and v is not None}
     settings = MeshSettings().model_copy(update=overrides)
     try:
-        code = asyncio.run(COMMANDS[args.command](args, settings))
+        code = asyncio.run(command(args.command)(args, settings))
     except KeyboardInterrupt:
         return 130
     except (MeshError, ExceptionGroup) as exc:
@@ -69,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in _PROCESSES:
         exit_now(code)
     return code
+
+
+def command(name: str) -> Command:
+    module, _, function = COMMANDS[name].partition(":")
+    return cast(Command, getattr(importlib.import_module(module), function))
 
 
 def exit_now(code: int) -> NoReturn:

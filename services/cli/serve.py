@@ -33,9 +33,7 @@ from mesh.tasks import TaskSet
 from services import triage
 from services.health import open_health_server
 from services.http.config import BridgeConfig, config_from_settings, exposure_problem, parse_listen
-from services.http.server import serve_http
 from services.http.settings import HttpSettings
-from services.mail import MailConfig, MailService
 from services.mail.settings import MailSettings
 from services.settings import LLMSettings, MeshSettings
 from services.worker import close_connection, open_worker
@@ -193,6 +191,9 @@ async def _open_mail(nc: Connection, settings: MailSettings | None, agent_types:
     if settings is None or settings.listen == "off":
         yield
         return
+    from services.mail.config import MailConfig  # loaded only by a process that serves mail
+    from services.mail.service import MailService
+
     service = MailService(nc, MailConfig.from_settings(settings, agent_types=agent_types))
     try:
         await service.start()
@@ -208,6 +209,8 @@ async def _open_mail(nc: Connection, settings: MailSettings | None, agent_types:
 
 async def serve_bridge(config: BridgeConfig, nats: bus.NatsOptions, stop: asyncio.Event) -> None:
     """Serve the HTTP bridge until `stop` is set; a bridge that ends for any reason stops the process."""
+    from services.http.server import serve_http  # loaded only by a process that serves HTTP
+
     print(f"HTTP bridge and dashboard at http://{config.host}:{config.port}/", file=sys.stderr, flush=True)
     if exposure_problem(config) is not None:  # allowed by --insecure
         log.warning("http.insecure", listen=f"{config.host}:{config.port}", auth=False, reachable_by="anyone on the network")
@@ -268,6 +271,9 @@ async def cmd_smtp(args: argparse.Namespace, settings: MeshSettings) -> int:
     stop = stop_on_signals()
     nc = await bus.connect(settings.nats_options(settings.url(), "mesh-smtp"))
     try:
+        from services.mail.config import MailConfig
+        from services.mail.service import MailService
+
         service = MailService(nc, MailConfig.from_settings(mail))
         async with open_health_server(settings.metrics_host, settings.metrics_port, ready=lambda: nc.is_connected):
             await service.start()

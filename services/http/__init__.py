@@ -1,6 +1,5 @@
-"""The HTTP bridge: every agent over HTTP (routes mirror subjects), live views and a dashboard."""
+"""The HTTP bridge: every agent over HTTP (routes mirror subjects), live views and a dashboard.
 
-from services.http.app import create_app
-from services.http.config import BridgeConfig, config_from_settings
-
-__all__ = ["BridgeConfig", "config_from_settings", "create_app"]
+Nothing is imported here: `mesh worker` reads this package's settings and config without loading
+the application (a few hundred milliseconds of start-up).
+"""

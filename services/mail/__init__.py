@@ -8,10 +8,6 @@ processor.py  stored mail → agent turn → reply, at least once, deduplicated
 outbox.py     durable replies through the relay (aiosmtplib)
 approvals.py  pending approvals decided by mail
 service.py    all of the above on one NATS connection
+
+Nothing is imported here: a `mesh worker` reads `settings.py` without loading the service.
 """
-
-from services.mail.config import MailConfig
-from services.mail.routing import Route, address_resolver
-from services.mail.service import MailService
-
-__all__ = ["MailConfig", "MailService", "Route", "address_resolver"]
