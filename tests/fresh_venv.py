@@ -12,17 +12,17 @@ and stops it (once, not once per worker), and the worker that runs the test wait
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from mesh.testing import eventually
 
 ROOT = Path(__file__).parent.parent
 TEST = "test_cli.py::test_readme_first_command_runs_the_mesh_from_a_fresh_virtualenv"
@@ -85,12 +85,11 @@ class FreshInstall:
     async def finished(self, timeout: float) -> None:  # noqa: ASYNC109 - the failure names what the install printed
         """Return once the install succeeded; fail with its output if it failed or took longer than `timeout`."""
         status = self.folder / "exit_status"
-        deadline = time.monotonic() + timeout
-        while not status.exists():
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"the install took over {timeout} s:\n{self.output()}")
-            await asyncio.sleep(0.5)  # written by another process: nothing to wait on but the file
+        try:
+            await eventually(status.exists, timeout=timeout, interval=0.5)  # another process may write it
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"the install took over {timeout} s:\n{self.output()}") from None
         code = status.read_text().strip()
         assert code == "0", f"the install exited with {code}:\n{self.output()}"
 
