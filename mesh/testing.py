@@ -147,6 +147,8 @@ async def wait_serving(url: str, agent_types: Sequence[str], worker_id: str, tim
         try:
             await publish(probe, f"$SRV.PING.{agent_type}", b"", reply=inbox)
             while (msg := await next_message(sub, 0.2)) is not None:
+                if not msg.data:  # the server's "no responders" status: no service subscribed yet
+                    continue
                 if orjson.loads(msg.data).get("metadata", {}).get("mesh.worker") == worker_id:
                     return True
         finally:

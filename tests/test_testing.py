@@ -1,4 +1,4 @@
-"""`mesh.testing.eventually`: the one way the tests wait for a condition."""
+"""`mesh.testing`: `eventually`, the one way the tests wait for a condition, and `wait_serving`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from mesh.testing import eventually
+from mesh.bus import NatsServer
+from mesh.testing import eventually, wait_serving
 
 
 async def test_eventually_returns_the_first_truthy_value_of_a_sync_or_async_probe() -> None:
@@ -65,3 +66,11 @@ async def test_eventually_retries_only_the_errors_it_is_told_mean_not_yet() -> N
     assert await eventually(flaky, interval=0, retry=(ConnectionError,)) == "ok"
     with pytest.raises(ZeroDivisionError):
         await eventually(lambda: 1 / 0)  # a bug in the probe fails at once, not at the deadline
+
+
+async def test_waiting_for_a_type_nobody_serves_yet_keeps_probing_and_times_out_with_a_clear_error(
+    nats_server: NatsServer,
+) -> None:
+    # Until a worker subscribes, the server answers each probe with an empty "no responders" status.
+    with pytest.raises(AssertionError, match=r"worker w-none does not answer \$SRV.PING.nobody"):
+        await wait_serving(nats_server.url, ["nobody"], "w-none", timeout=1.0)
