@@ -13,6 +13,7 @@ and stops it (once, not once per worker), and the worker that runs the test wait
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -70,7 +71,8 @@ class FreshInstall:
         install = first_readme_command().removesuffix(f" && {RUN}")
         status = folder / "exit_status"
         process = subprocess.Popen(
-            f"( {install} ) >{folder / 'install.log'} 2>&1; echo $? >{status}.part; mv {status}.part {status}",
+            f"( {install} ) >{shlex.quote(str(folder / 'install.log'))} 2>&1; "
+            f"echo $? >{shlex.quote(f'{status}.part')}; mv {shlex.quote(f'{status}.part')} {shlex.quote(str(status))}",
             shell=True,
             cwd=checkout,
             env=clean_env(),

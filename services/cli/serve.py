@@ -275,12 +275,12 @@ async def cmd_smtp(args: argparse.Namespace, settings: MeshSettings) -> int:
     mail = MailSettings()
     if args.listen:
         mail = mail.model_copy(update={"listen": args.listen})
+    from services.mail.config import MailConfig  # loaded only by a process that serves mail
+    from services.mail.service import MailService
+
     stop = stop_on_signals()
     nc = await bus.connect(settings.nats_options(settings.url(), "mesh-smtp"))
     try:
-        from services.mail.config import MailConfig
-        from services.mail.service import MailService
-
         service = MailService(nc, MailConfig.from_settings(mail))
         async with open_health_server(settings.metrics_host, settings.metrics_port, ready=lambda: nc.is_connected):
             await service.start()
