@@ -14,7 +14,7 @@ from mesh import bus, subjects
 from mesh.bus import NatsServer, free_port
 from mesh.client import MeshClient
 from mesh.errors import MeshError
-from mesh.testing import eventually
+from mesh.testing import WorkerProcess, eventually
 
 SENDS = 500
 
@@ -35,6 +35,28 @@ async def cluster(tmp_path: Path) -> AsyncIterator[list[NatsServer]]:
     finally:
         for server in servers:
             server.stop()
+
+
+async def report(js: bus.JetStream, workers: list[WorkerProcess]) -> str:
+    """Where each stream's leader and replicas stand, and the workers' last warnings (connection
+    events among them): what a stalled failover needs to be understood."""
+    lines = []
+    for stream in (
+        subjects.DURABLE_STREAM,
+        *(f"KV_{b}" for b in (subjects.STATE_BUCKET, subjects.DIRECTORY_BUCKET, subjects.WORKERS_BUCKET)),
+    ):
+        try:
+            cluster = (await js.stream_info(stream)).cluster
+            replicas = [(r.name, r.current, r.offline, r.lag, r.active) for r in cluster.replicas or []] if cluster else []
+            lines.append(f"{stream}: leader {cluster.leader if cluster else None}, replicas {replicas}")
+        except Exception as exc:  # a report: every stream's line, whatever one costs
+            lines.append(f"{stream}: {type(exc).__name__}: {exc}")
+    for w in workers:
+        warnings = [
+            line for line in w.log_text().splitlines() if any(k in line for k in ('"warning"', '"error"', '"connection.'))
+        ]
+        lines.append(f"{w.log_path.name}: {len(warnings)} warnings, the last:\n  " + "\n  ".join(warnings[-8:]))
+    return "\n".join(lines)
 
 
 async def test_stopping_one_of_three_nodes_loses_no_acknowledged_update(cluster, worker_factory):
@@ -90,7 +112,10 @@ async def test_stopping_one_of_three_nodes_loses_no_acknowledged_update(cluster,
         stopped.set()
         await loads[0]
         assert stored == SENDS
-        await eventually(lambda: value_reaches(client, "counter", "ha", SENDS), timeout=60, retry=TRANSIENT)
+        try:
+            await eventually(lambda: value_reaches(client, "counter", "ha", SENDS), timeout=60, retry=TRANSIENT)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nkilled {leader}\n{await report(js, workers)}") from None
         await eventually(lambda: ok_after_stop >= 5, timeout=30)
         done.set()
         await loads[1]

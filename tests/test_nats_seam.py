@@ -16,6 +16,7 @@ import nats.js.errors as jse
 import orjson
 import pytest
 import pytest_asyncio
+import structlog.testing
 from nats.js.api import KeyValueConfig, StreamConfig
 
 from mesh import bus
@@ -344,6 +345,25 @@ async def test_errors_of_a_connection_that_is_away_map_to_unavailable(tmp_path: 
         server.stop()
     with pytest.raises(ConnectionFailed, match="cannot connect to NATS"):
         await bus.connect(bus.NatsOptions.from_url(f"nats://127.0.0.1:{bus.free_port()}", connect_timeout=0.5))
+
+
+async def test_a_connection_logs_losing_its_server_and_which_server_it_reconnected_to_but_not_its_close(
+    tmp_path: Any,
+) -> None:
+    server = bus.NatsServer(tmp_path / "store")
+    await server.start()
+    with structlog.testing.capture_logs() as logs:
+        nc = await bus.connect(bus.NatsOptions.from_url(server.url))
+        try:
+            server.kill()
+            await eventually(lambda: any(e["event"] == "connection.lost" for e in logs), timeout=5)
+            await server.start()  # the same port
+            await eventually(lambda: any(e["event"] == "connection.restored" for e in logs), timeout=10)
+        finally:
+            await nc.close()
+            server.stop()
+    events = [(e["event"], e["server"]) for e in logs if e["event"].startswith("connection.")]
+    assert events == [("connection.lost", server.url), ("connection.restored", server.url)]
 
 
 @pytest.mark.parametrize(

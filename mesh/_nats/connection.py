@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -98,7 +99,7 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Connection
     if options.tls_hostname:
         kwargs["tls_hostname"] = options.tls_hostname
 
-    events = ConnectionEvents()
+    events = ConnectionEvents(logged=True)
 
     async def _quiet(exc: Exception) -> None:
         events.error(exc)
@@ -122,6 +123,8 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Connection
     selfcheck.check_connection(nc)
     headers.install(nc)
     setattr(nc, _EVENTS, events)
+    events.connection = weakref.ref(nc)
+    events.server = _server_of(nc)
     return nc
 
 
@@ -133,9 +136,12 @@ class ConnectionEvents:
     each, at connect). Listeners are plain functions, called in order inside nats-py's reconnect
     path: they must be quick (set a flag, wake a task) and an error in one is logged, never raised."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, logged: bool = False) -> None:
         self.listeners: dict[str, list[Listener]] = {"disconnected": [], "reconnected": [], "closed": []}
         self.worker_subjects_denied = False  # the server refused a publish to `_mesh.w.>`
+        self.logged = logged  # log losing and regaining the server (connections made by `connect`)
+        self.connection: weakref.ref[Connection] | None = None  # weak: the connection holds these events
+        self.server = ""  # the server last connected to (nats-py forgets it while reconnecting)
 
     def error(self, exc: Exception) -> None:
         """An asynchronous error from the server (the rest are ignored, as before): a refused
@@ -146,9 +152,17 @@ class ConnectionEvents:
             log.warning("connection.worker_subjects_denied", error=text[:300])
 
     async def disconnected(self) -> None:
+        nc = self.connection() if self.connection is not None else None
+        if self.logged and nc is not None and not nc.is_closed:  # nats-py calls this on close too
+            log.warning("connection.lost", server=self.server)
         self._call("disconnected")
 
     async def reconnected(self) -> None:
+        nc = self.connection() if self.connection is not None else None
+        if nc is not None:
+            self.server = _server_of(nc)
+            if self.logged:
+                log.info("connection.restored", server=self.server)
         self._call("reconnected")
 
     async def closed(self) -> None:
@@ -225,6 +239,11 @@ _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 def _redact(text: str) -> str:
     return _USERINFO.sub("***@", text)
+
+
+def _server_of(nc: Connection) -> str:
+    url = nc.connected_url
+    return _redact(url.geturl()) if url is not None else ""
 
 
 def redact_servers(servers: tuple[str, ...] | list[str]) -> list[str]:
