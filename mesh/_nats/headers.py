@@ -7,12 +7,15 @@ at concurrency 64). `parse_header_lines` returns exactly what nats-py 2.16's
 `Client._parse_header_lines` returns, but asks the generator only for a name that is not plain
 letters, digits and dashes (which cannot hold white space). `install` sets it on one connection
 (an instance attribute: nats-py itself is not changed), after checking on sample blocks that both
-parsers agree; if nats-py has no such method, or they disagree, the connection keeps its own.
+parsers agree; if nats-py has no such method, or they disagree, the connection keeps its own and
+the self-check logs it once (`nats.shortcut_disabled`, shortcut `headers`).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from mesh._nats import selfcheck
 
 _CRLF = b"\r\n"
 
@@ -44,11 +47,16 @@ def install(nc: Any) -> bool:
     there to replace, or does not agree with it on `SAMPLES`."""
     original = getattr(type(nc), "_parse_header_lines", None)
     if original is None:
-        return False
+        return _keep("_parse_header_lines (missing)")
     try:
         if any(original(sample) != parse_header_lines(sample) for sample in SAMPLES):
-            return False
-    except Exception:
-        return False
+            return _keep("_parse_header_lines (parses differently)")
+    except Exception as exc:
+        return _keep(f"_parse_header_lines (raised {type(exc).__name__})")
     nc._parse_header_lines = parse_header_lines
     return True
+
+
+def _keep(why: str) -> bool:
+    selfcheck.give_up("headers", [why], "headers are parsed by nats-py's own parser")
+    return False

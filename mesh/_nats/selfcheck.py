@@ -1,6 +1,7 @@
 """Start-up check of the nats-py internals behind the seam's two shortcuts, with public fallbacks.
 
-Two measured shortcuts reach past nats-py's public API (see `outbox` and `inbox`):
+Two measured shortcuts reach past nats-py's public API (see `outbox` and `inbox`; the header
+parser in `headers` checks itself on sample blocks and warns here):
 
 - the outbox appends PUB commands to a connection's outgoing buffer itself
   (`_pending`, `_pending_data_size`, `_max_pending_size`, `_flush_queue`, `_flusher_task`, `stats`);
@@ -63,7 +64,7 @@ def check_connection(nc: Any) -> bool:
     if not missing and not all(isinstance(nc.stats.get(key), int) for key in STATS):
         missing.append("stats[out_msgs|out_bytes]")
     if missing:
-        _give_up("outbox", missing, "messages are published with `await nc.publish` instead")
+        give_up("outbox", missing, "messages are published with `await nc.publish` instead")
         state.outbox = False
         return False
     state.outbox = True
@@ -76,7 +77,7 @@ def check_subscription(sub: Any) -> bool:
         return False
     missing = _mismatches(sub, SUBSCRIPTION)
     if missing:
-        _give_up("handoff", missing, "replies go through the subscription's own task instead")
+        give_up("handoff", missing, "replies go through the subscription's own task instead")
         state.handoff = False
         return False
     state.handoff = True
@@ -93,7 +94,8 @@ def _mismatches(obj: Any, expected: dict[str, type | tuple[type, ...]]) -> list[
     return found
 
 
-def _give_up(shortcut: str, missing: list[str], fallback: str) -> None:
+def give_up(shortcut: str, missing: list[str], fallback: str) -> None:
+    """Log that `shortcut` is off and why, once per process (the header parser's check uses it too)."""
     if shortcut in state.warned:
         return
     state.warned.add(shortcut)
