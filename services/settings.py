@@ -41,6 +41,9 @@ class MeshSettings(BaseSettings):
     nats_tls_cert: str | None = Field(default=None, description="Client certificate file (servers with `verify: true`).")
     nats_tls_key: str | None = Field(default=None, description="Private key file of the client certificate.")
     nats_tls_hostname: str | None = Field(default=None, description="Server name to verify, if not the URL's host.")
+    nats_ping_interval: float = Field(
+        default=10.0, gt=0, description="Seconds between pings; a server silent for 3 in a row is left for another."
+    )
     replicas: int = Field(default=1, ge=1, description="Replicas of the buckets and streams a worker creates (3 on a cluster).")
     metrics_port: int | None = Field(
         default=None,
@@ -88,6 +91,7 @@ class MeshSettings(BaseSettings):
             tls_cert_file=self.nats_tls_cert,
             tls_key_file=self.nats_tls_key,
             tls_hostname=self.nats_tls_hostname,
+            ping_interval=self.nats_ping_interval,
         )
 
     def durable_options(self) -> DurableOptions:

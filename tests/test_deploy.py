@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import AliasChoices
+from pydantic import AliasChoices, ValidationError
 from pydantic_settings import BaseSettings
 
 from mesh.bus import find_binary
@@ -188,3 +188,11 @@ def test_a_wrong_command_or_setting_is_caught() -> None:
         check_command(["mesh", "history"], cli_commands())  # the address is required
     with pytest.raises(AssertionError):
         check_environment({"MESH_METRICS_PROT"})
+
+
+def test_the_nats_ping_interval_comes_from_the_environment_and_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESH_NATS_PING_INTERVAL", "2.5")
+    assert MeshSettings().nats_options("nats://127.0.0.1:4222", "t").ping_interval == 2.5
+    monkeypatch.setenv("MESH_NATS_PING_INTERVAL", "0")
+    with pytest.raises(ValidationError):
+        MeshSettings()

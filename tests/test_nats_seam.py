@@ -36,6 +36,7 @@ from mesh.errors import (
     StateConflict,
     Unavailable,
 )
+from mesh.faults import FaultProxy
 from mesh.recorder import FlightRecorder
 from mesh.testing import eventually
 
@@ -364,6 +365,24 @@ async def test_a_connection_logs_losing_its_server_and_which_server_it_reconnect
             server.stop()
     events = [(e["event"], e["server"]) for e in logs if e["event"].startswith("connection.")]
     assert events == [("connection.lost", server.url), ("connection.restored", server.url)]
+
+
+async def test_a_server_that_stops_answering_with_the_socket_open_is_left_after_three_silent_pings(
+    nats_server: bus.NatsServer,
+) -> None:
+    async with FaultProxy(nats_server.url) as proxy:
+        with structlog.testing.capture_logs() as logs:
+            nc = await bus.connect(bus.NatsOptions.from_url(proxy.url, ping_interval=0.2))
+            try:
+                assert nc.options["ping_interval"] == 0.2 and nc.options["max_outstanding_pings"] == 2
+                proxy.stall()  # the link goes silent both ways; nothing closes it
+                await eventually(lambda: any(e["event"] == "connection.lost" for e in logs), timeout=10)
+                proxy.release()
+                await eventually(lambda: any(e["event"] == "connection.restored" for e in logs), timeout=10)
+                await echo_service(nc)
+                assert (await bus.request(nc, "svc.echo", b"x", timeout=5)).data == b"x!"
+            finally:
+                await nc.close()
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,7 @@ class NatsOptions:
     tls_key_file: str | None = None
     tls_hostname: str | None = None  # name to check in the server certificate, if not the URL's host
     connect_timeout: float = 2.0
+    ping_interval: float = 10.0  # a server silent for 3 pings in a row (20-30 s) is left for another
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context these options ask for, or None to let nats-py decide from the URL scheme."""
@@ -84,6 +85,10 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Connection
         "max_reconnect_attempts": 2,
         "reconnect_time_wait": 0.5,
         "allow_reconnect": reconnect,
+        # nats-py's default (120 s, 2 outstanding) leaves a half-open connection, to a server whose
+        # host froze or whose link dropped without a reset, unnoticed for up to 6 minutes.
+        "ping_interval": options.ping_interval,
+        "max_outstanding_pings": 2,
     }
     if options.user:
         kwargs["user"] = options.user
