@@ -102,7 +102,9 @@ def test_quick_with_two_workers_reports_every_process_and_the_forwarded_share() 
         assert row["notes"]["workers"] == 2 and row["notes"]["workers_reporting"] == 2
         for side in ("raw", "mesh"):
             assert row[side]["errors"] == 0 and row[side]["ops"] > 0
-            assert row[side]["responder_cpu_us_per_op"] > 0  # summed over both processes of the side
+            assert row[side]["responder_cpu_us_per_op"] >= 0  # summed over both processes of the side
+    # CPU time comes in 10 ms ticks (/proc): one quick case may fall under a tick, not all of them.
+    assert sum(row[side]["responder_cpu_us_per_op"] for row in rows.values() for side in ("raw", "mesh")) > 0
     assert rows[("invoke", "c=64")]["notes"]["forwarded_share"] == 0  # stateless: never forwarded
     # The bench's MeshClient learned every instance's owner while creating them: no turn took two hops.
     turn = rows[("turn", "200 instances c=64")]
