@@ -104,7 +104,7 @@ async def connect(options: NatsOptions, *, reconnect: bool = True) -> Connection
     if options.tls_hostname:
         kwargs["tls_hostname"] = options.tls_hostname
 
-    events = ConnectionEvents(logged=True)
+    events = ConnectionEvents()
 
     async def _quiet(exc: Exception) -> None:
         events.error(exc)
@@ -141,11 +141,12 @@ class ConnectionEvents:
     each, at connect). Listeners are plain functions, called in order inside nats-py's reconnect
     path: they must be quick (set a flag, wake a task) and an error in one is logged, never raised."""
 
-    def __init__(self, *, logged: bool = False) -> None:
+    def __init__(self) -> None:
         self.listeners: dict[str, list[Listener]] = {"disconnected": [], "reconnected": [], "closed": []}
         self.worker_subjects_denied = False  # the server refused a publish to `_mesh.w.>`
-        self.logged = logged  # log losing and regaining the server (connections made by `connect`)
-        self.connection: weakref.ref[Connection] | None = None  # weak: the connection holds these events
+        # Set by `connect`, whose connections log losing and regaining their server (weak: the
+        # connection holds these events).
+        self.connection: weakref.ref[Connection] | None = None
         self.server = ""  # the server last connected to (nats-py forgets it while reconnecting)
 
     def error(self, exc: Exception) -> None:
@@ -158,7 +159,7 @@ class ConnectionEvents:
 
     async def disconnected(self) -> None:
         nc = self.connection() if self.connection is not None else None
-        if self.logged and nc is not None and not nc.is_closed:  # nats-py calls this on close too
+        if nc is not None and not nc.is_closed:  # nats-py calls this on close too
             log.warning("connection.lost", server=self.server)
         self._call("disconnected")
 
@@ -166,8 +167,7 @@ class ConnectionEvents:
         nc = self.connection() if self.connection is not None else None
         if nc is not None:
             self.server = _server_of(nc)
-            if self.logged:
-                log.info("connection.restored", server=self.server)
+            log.info("connection.restored", server=self.server)
         self._call("reconnected")
 
     async def closed(self) -> None:
