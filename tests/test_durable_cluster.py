@@ -44,7 +44,8 @@ STREAMS = (
 
 
 async def replicas_current(js: bus.JetStream) -> bool:
-    """True when every replica of every mesh stream is current with its leader."""
+    """True when every replica of every mesh stream is current with its leader; else an
+    AssertionError naming the replicas behind (for `eventually`'s failure message)."""
     for stream in STREAMS:
         cluster = (await js.stream_info(stream)).cluster
         behind = [(r.name, r.lag) for r in (cluster.replicas if cluster else None) or [] if not r.current]
