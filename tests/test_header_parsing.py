@@ -4,7 +4,6 @@ import random
 
 from nats.aio.client import Client
 
-from mesh._nats import headers, selfcheck
 from mesh._nats.headers import SAMPLES, parse_header_lines
 from mesh.bus import NatsOptions, connect
 
@@ -28,24 +27,3 @@ async def test_the_mesh_connections_parse_headers_with_it(nats_server) -> None:
         assert msg.headers == {"Mesh-Request-Id": "r1", "Mesh-Deadline": "17"}
     finally:
         await nc.close()
-
-
-def test_a_connection_whose_parser_disagrees_keeps_nats_py_s_with_one_warning(monkeypatch) -> None:
-    warned = []
-    monkeypatch.setattr(selfcheck, "state", selfcheck.Shortcuts())
-    monkeypatch.setattr(selfcheck.log, "warning", lambda event, **kw: warned.append((event, kw)))
-
-    class Changed(Client):
-        @staticmethod
-        def _parse_header_lines(raw: bytes) -> dict[str, str]:  # as if a nats-py release parsed differently
-            return {}
-
-    class Gone:
-        pass
-
-    changed = Changed()
-    assert not headers.install(changed) and not headers.install(Gone())
-    assert "_parse_header_lines" not in vars(changed)  # nats-py's own stays in use
-    ((event, fields),) = warned
-    assert event == "nats.shortcut_disabled" and fields["shortcut"] == "headers"
-    assert fields["unexpected"] == ["_parse_header_lines (parses differently)"]

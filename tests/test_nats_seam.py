@@ -17,10 +17,11 @@ import orjson
 import pytest
 import pytest_asyncio
 import structlog.testing
+from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StreamConfig
 
 from mesh import bus
-from mesh._nats import selfcheck
+from mesh._nats import headers, selfcheck
 from mesh._nats.errors import map_error
 from mesh._nats.inbox import inbox_of
 from mesh._nats.inline import _Inline
@@ -181,6 +182,25 @@ async def test_a_missing_connection_attribute_sends_through_nats_py_publish_with
     finally:
         for conn in conns:
             await conn.close()
+
+
+def test_a_header_parser_that_disagrees_with_nats_py_s_is_not_installed_with_one_warning(
+    fresh_selfcheck: Warnings,
+) -> None:
+    class Changed(Client):
+        @staticmethod
+        def _parse_header_lines(raw: bytes) -> dict[str, str]:  # as if a nats-py release parsed differently
+            return {}
+
+    class Gone:
+        pass
+
+    changed = Changed()
+    assert not headers.install(changed) and not headers.install(Gone())
+    assert "_parse_header_lines" not in vars(changed)  # nats-py's own stays in use
+    (warning,) = fresh_selfcheck.events
+    assert warning["event"] == "nats.shortcut_disabled" and warning["shortcut"] == "headers"
+    assert warning["unexpected"] == ["_parse_header_lines (parses differently)"]
 
 
 async def test_the_handoff_resolves_replies_in_the_read_loop_and_leaves_nothing_pending(nc: bus.Connection) -> None:

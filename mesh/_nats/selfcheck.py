@@ -1,7 +1,7 @@
-"""Start-up check of the nats-py internals behind the seam's two shortcuts, with public fallbacks.
+"""Start-up check of the nats-py internals behind the seam's shortcuts, with public fallbacks.
 
-Two measured shortcuts reach past nats-py's public API (see `outbox` and `inbox`; the header
-parser in `headers` checks itself on sample blocks and warns here):
+Two measured shortcuts reach past nats-py's public API (see `outbox` and `inbox`); a third, the
+header parser (`headers`), checks itself on sample blocks and warns through `give_up`:
 
 - the outbox appends PUB commands to a connection's outgoing buffer itself
   (`_pending`, `_pending_data_size`, `_max_pending_size`, `_flush_queue`, `_flusher_task`, `stats`);
